@@ -1,0 +1,124 @@
+"""The ``cstbatch`` command: a BIDS-App front door to the same doit tasks as ``dodo.py``.
+
+    cstbatch BIDS_DIR OUT_DIR participant [--participant-label 01 02] [-n 2] [--dry-run]
+    cstbatch --manifest study.json OUT_DIR participant
+    cstbatch sample-data OUT          write the synthetic sample study
+    cstbatch plugins                  list every registered implementation
+    cstbatch options                  print the options table
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import CstBatchError
+from .options import options_table_markdown, parse_cli_value
+
+COMMANDS = ("sample-data", "plugins", "options")
+
+
+def _bids_app_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cstbatch", description="Batch CST assessment of a diffusion-MRI study "
+                                "(BIDS-App style). Other commands: " + ", ".join(COMMANDS))
+    p.add_argument("paths", nargs="+", metavar="BIDS_DIR OUT_DIR {participant,group}",
+                   help="BIDS folder (omit with --manifest), output folder, analysis level")
+    p.add_argument("--manifest", type=Path, help="study manifest (JSON or YAML) instead of a BIDS folder")
+    p.add_argument("--participant-label", nargs="+", help="only these subjects (with or without sub-)")
+    p.add_argument("--exclude-participant-label", nargs="+", help="skip these subjects")
+    p.add_argument("--subject-pattern", default="sub-*", help="glob for subject folders (default sub-*)")
+    p.add_argument("--session-pattern", default="ses-*", help="glob for session folders (default ses-*)")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
+                   help="override an option for every session (see `cstbatch options`)")
+    p.add_argument("-n", "--jobs", type=int, default=1, help="sessions processed side by side")
+    p.add_argument("--dry-run", action="store_true", help="print which tasks would run and why; run nothing")
+    p.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failure (debugging)")
+    p.add_argument("--plugins-dir", type=Path, help="folder of local plugin files (default ./plugins)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every task's output")
+    return p
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise CstBatchError(f"--option {pair!r}: expected NAME=VALUE")
+        options[name] = parse_cli_value(name, value)
+    return options
+
+
+def bids_app(argv: list[str]) -> int:
+    from .runner import run_doit
+    from .study import load_study
+
+    args = _bids_app_parser().parse_args(argv)
+    expected = 2 if args.manifest else 3
+    if len(args.paths) != expected:
+        raise CstBatchError("expected BIDS_DIR OUT_DIR participant" if not args.manifest
+                            else "with --manifest, expected OUT_DIR participant")
+    *inputs, out_dir, level = args.paths
+    if level not in ("participant", "group"):
+        raise CstBatchError(f"analysis level must be participant or group, not {level!r}")
+    study = load_study(bids_dir=Path(inputs[0]) if inputs else None, manifest=args.manifest,
+                       output_dir=Path(out_dir).resolve(), options=_parse_options(args.option),
+                       participant_label=args.participant_label,
+                       exclude_participant_label=args.exclude_participant_label,
+                       subject_pattern=args.subject_pattern, session_pattern=args.session_pattern,
+                       plugins_dir=args.plugins_dir)
+    for where, why in study.skipped:
+        print(f"skipped {where}: {why}")
+    if not study.subjects:
+        raise CstBatchError("no DWI series found to process")
+    if args.dry_run:
+        return run_doit(study, ["plan"])
+    run_args = ["run", "--verbosity", "2" if args.verbose else "1"]
+    if level == "group":
+        run_args.append("aggregate")
+    return run_doit(study, run_args, jobs=args.jobs, stop_on_first_crash=args.stop_on_first_crash)
+
+
+def cmd_plugins(argv: list[str]) -> int:
+    from .plugins import get_registry
+
+    registry = get_registry()
+    print(f"{'kind':<9} {'name':<20} {'version':<8} source")
+    for impl in registry.all():
+        print(f"{impl.kind:<9} {impl.name:<20} {impl.version:<8} {impl.source}")
+    for problem in registry.problems:
+        print(f"skipped: {problem}")
+    return 0
+
+
+def cmd_sample_data(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="cstbatch sample-data", description="write the synthetic sample study")
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+    from . import sample
+
+    kwargs = {} if args.seed is None else {"seed": args.seed}
+    sample.generate_sample_study(args.out, **kwargs)
+    print(f"sample study written to {args.out}")
+    return 0
+
+
+def cmd_options(argv: list[str]) -> int:
+    print(options_table_markdown())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    handlers = {"sample-data": cmd_sample_data, "plugins": cmd_plugins, "options": cmd_options}
+    try:
+        if argv and argv[0] in handlers:
+            return handlers[argv[0]](argv[1:])
+        return bids_app(argv)
+    except CstBatchError as exc:
+        print(f"cstbatch: error: {exc}", file=sys.stderr)
+        return 2
+
+

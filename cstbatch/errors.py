@@ -1,0 +1,62 @@
+"""Error types with messages a user can act on.
+
+Every error that reaches a user is one line naming the file (or JSON path) and the cause, so a
+study of hundreds of sessions can be triaged from the summary alone. The `category` attribute is
+what `batch_summary.json` reports (input, dependency, processing, timeout, system, plugin).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CstBatchError(Exception):
+    """Base class: a failure cstbatch understands and can explain in one line."""
+
+    category = "processing"
+
+
+class InputError(CstBatchError):
+    """The user's input file is unusable; the message names the file and the cause."""
+
+    category = "input"
+
+    def __init__(self, path: str | Path | None, cause: str):
+        self.path = None if path is None else str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}" if self.path else cause)
+
+
+class ManifestError(CstBatchError):
+    """A study definition (manifest or options) is invalid; lists every problem at once."""
+
+    category = "input"
+
+    def __init__(self, source: str | Path, problems: list[str]):
+        self.source = str(source)
+        self.problems = list(problems)
+        lines = "; ".join(self.problems)
+        super().__init__(f"{self.source}: {lines}")
+
+
+class OptionError(CstBatchError):
+    """An option name or value is not acceptable."""
+
+    category = "input"
+
+
+class PluginError(CstBatchError):
+    """A plugin is broken (bad hook, duplicate name, import failure, or an exception inside it)."""
+
+    category = "plugin"
+
+
+class DependencyError(CstBatchError):
+    """An external tool or package the step needs is missing or failed (e.g. dcm2niix)."""
+
+    category = "dependency"
+
+
+class UpstreamFailed(CstBatchError):
+    """An earlier step of the same session failed, so this one did not run."""
+
+    category = "upstream"

@@ -1,0 +1,134 @@
+"""What each step of the chain does with files: load inputs, call the implementation, save.
+
+Plugin implementations work on arrays (see ``hookspecs``); this module is the only place that
+knows file formats and names (through ``SessionLayout``), so a plugin never handles paths of
+the derivative dataset and every output is written atomically.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import save_nifti
+from .errors import InputError, PluginError
+from .layout import TENSOR_PARAMS
+from .step_runner import StepContext
+
+
+def load_dwi(layout, which: str = "denoised"):
+    """(image, float32 data (X,Y,Z,N), dipy GradientTable in voxel axes) of a session."""
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+
+    from .gradients import bids_to_voxel_axes, read_bvals_bvecs
+
+    img = nib.load(str(layout.denoised if which == "denoised" else layout.dwi))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    bvals, bvecs = read_bvals_bvecs(layout.bval, layout.bvec, data.shape[-1])
+    gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, img.affine), b0_threshold=50)
+    return img, data, gtab
+
+
+def _load_mask(layout) -> np.ndarray:
+    import nibabel as nib
+    return np.asarray(nib.load(str(layout.mask)).dataobj) > 0
+
+
+def _load_maps(layout) -> dict[str, np.ndarray]:
+    import nibabel as nib
+    return {p: np.asarray(nib.load(str(layout.tensor_map(p))).dataobj, dtype=np.float32) for p in TENSOR_PARAMS}
+
+
+def _like(img, data, dtype=np.float32):
+    import nibabel as nib
+    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), img.affine, img.header)
+    out.set_data_dtype(dtype)
+    return out
+
+
+def ingest(ctx: StepContext) -> dict[str, Any]:
+    from .steps.ingest import check_nifti_dwi, convert_dicom, write_preproc
+
+    spec, layout = ctx.spec, ctx.layout
+    info: dict[str, Any] = {"input_type": spec.input_type}
+    if spec.input_type == "dicom":
+        conversion = convert_dicom(spec.input_path, layout.work_dir, series=ctx.options.get("series"))
+        ctx.log.info("ingest: %s", conversion.log_message)
+        info["dicom_series"] = conversion.series_description
+        nifti, bval, bvec = conversion.nifti, conversion.bval, conversion.bvec
+    else:
+        nifti = spec.input_path
+        if spec.bval is None or spec.bvec is None:
+            kind = "bval" if spec.bval is None else "bvec"
+            raise InputError(nifti, f"no .{kind} file found (same name, or inherited by BIDS rules)")
+        bval, bvec = spec.bval, spec.bvec
+    checked = check_nifti_dwi(Path(nifti), Path(bval), Path(bvec))
+    write_preproc(checked, layout.dwi, layout.bval, layout.bvec)
+    from .records import sha256
+    info["inputs"] = {str(p): sha256(Path(p)) for p in (nifti, bval, bvec)}
+    info["shape"] = list(checked.img.shape)
+    info["voxel_mm"] = [round(float(z), 4) for z in checked.img.header.get_zooms()[:3]]
+    info["n_b0"] = int(np.sum(checked.bvals <= 50))
+    return info
+
+
+def denoise(ctx: StepContext) -> dict[str, Any]:
+    img, data, gtab = load_dwi(ctx.layout, which="preproc")
+    result = ctx.implementation.func(data, gtab, ctx.options)
+    if not isinstance(result, np.ndarray) or result.shape != data.shape:
+        raise PluginError(f"denoiser {ctx.implementation.name} returned "
+                          f"{getattr(result, 'shape', type(result).__name__)}, expected shape {data.shape}")
+    save_nifti(_like(img, result), ctx.layout.denoised)
+    return {}
+
+
+def mask(ctx: StepContext) -> dict[str, Any]:
+    img, data, gtab = load_dwi(ctx.layout)
+    brain = np.asarray(ctx.implementation.func(data, gtab, ctx.options)).astype(bool)
+    if brain.shape != data.shape[:3] or not brain.any():
+        raise PluginError(f"mask {ctx.implementation.name} gave an empty or mis-shaped mask")
+    save_nifti(_like(img, brain, np.uint8), ctx.layout.mask)
+    return {"mask_voxels": int(brain.sum())}
+
+
+def model(ctx: StepContext) -> dict[str, Any]:
+    from .steps.model import fit_tensor_maps
+
+    img, data, gtab = load_dwi(ctx.layout)
+    maps = fit_tensor_maps(data, gtab, _load_mask(ctx.layout))
+    for param in TENSOR_PARAMS:
+        save_nifti(_like(img, np.nan_to_num(maps[param])), ctx.layout.tensor_map(param))
+    return {}
+
+
+def track(ctx: StepContext) -> dict[str, Any]:
+    from .steps.track import save_trk
+
+    img, data, gtab = load_dwi(ctx.layout)
+    streamlines = ctx.implementation.func(data, gtab, _load_mask(ctx.layout), _load_maps(ctx.layout),
+                                          img.affine, ctx.options)
+    save_trk(streamlines, img, ctx.layout.tractogram)
+    if ctx.options.get("save_trx"):
+        _save_trx(streamlines, img, ctx.layout.tractogram_trx)
+    return {"streamlines": len(streamlines)}
+
+
+def _save_trx(streamlines, img, target: Path) -> None:
+    from dipy.io.stateful_tractogram import Space, StatefulTractogram
+    from trx.trx_file_memmap import TrxFile, save
+
+    from .atomic import atomic_path
+    sft = StatefulTractogram(streamlines, img, Space.RASMM)
+    with atomic_path(target) as tmp:
+        save(TrxFile.from_sft(sft), str(tmp))
+
+
+STEP_FUNCTIONS = {
+    "ingest": ingest,
+    "denoise": denoise,
+    "mask": mask,
+    "model": model,
+    "track": track,
+}

@@ -1,0 +1,45 @@
+"""cstbatch's own implementations, registered through the same hooks a third-party plugin uses.
+
+Implementations are imported lazily (on first call) so that planning a study — which loads the
+registry to validate option values — never pays for importing dipy.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..hookspecs import hookimpl
+
+
+def _lazy(module: str, attr: str, doc: str):
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module, __package__), attr)(*args, **kwargs)
+    call.__name__ = attr
+    call.__qualname__ = attr
+    call.__doc__ = doc
+    call.__module__ = f"cstbatch.steps{module}"
+    return call
+
+
+@hookimpl
+def register_denoisers(register):
+    register("patch2self", _lazy(".denoise", "denoise_patch2self",
+             "Patch2Self (self-supervised regression across volumes), dipy."), version="1")
+    register("nlmeans", _lazy(".denoise", "denoise_nlmeans",
+             "Non-local means with noise estimated from the data, dipy."), version="1")
+    register("mppca", _lazy(".denoise", "denoise_mppca",
+             "Marchenko-Pastur PCA (local PCA), dipy."), version="1")
+    register("none", _lazy(".denoise", "denoise_none", "No denoising."), version="1")
+
+
+@hookimpl
+def register_maskers(register):
+    register("median_otsu", _lazy(".mask", "mask_median_otsu",
+             "median_otsu on the mean b0, dipy."), version="1")
+
+
+@hookimpl
+def register_trackers(register):
+    register("csd_deterministic", _lazy(".track", "track_deterministic",
+             "CSD peaks + deterministic maximum direction getter; passes fibre crossings."), version="1")
+    register("tensor_eudx", _lazy(".track", "track_tensor_eudx",
+             "DTI EuDX (stops in crossings; for comparison)."), version="1")

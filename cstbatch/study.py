@@ -1,0 +1,57 @@
+"""A study ready to plan: its sessions (with effective options), config, and provenance.
+
+Both front doors (``dodo.py`` and the ``cstbatch`` command) build a ``Study`` through
+``load_study`` and hand it to the same task generator, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .discover import discover_study
+from .manifest import load_manifest
+from .spec import BatchConfig, SubjectSpec
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+SAMPLE_MANIFEST = PACKAGE_ROOT.parent / "sample_data" / "manifest.json"
+
+
+@dataclass
+class Study:
+    subjects: list[SubjectSpec]
+    config: BatchConfig
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    kind: str = "manifest"                 # "bids", "manifest" or "sample"
+    plugins_dir: Path | None = None
+    sample_dir: Path | None = None         # where the sample study is generated (kind "sample")
+
+
+def load_study(*, bids_dir: Path | None = None, manifest: Path | None = None, output_dir: Path | None = None,
+               options: Mapping[str, Any] | None = None, participant_label: Iterable[str] | None = None,
+               exclude_participant_label: Iterable[str] | None = None, subject_pattern: str = "sub-*",
+               session_pattern: str = "ses-*", plugins_dir: Path | None = None) -> Study:
+    """Build the study from a BIDS folder, a manifest, or (neither given) the sample study."""
+    if bids_dir is not None:
+        bids_dir = Path(bids_dir).resolve()
+        found = discover_study(bids_dir, subject_pattern, session_pattern, participant_label,
+                               exclude_participant_label, options)
+        participants = bids_dir / "participants.tsv"
+        config = BatchConfig(output_dir=output_dir or bids_dir / "derivatives" / "cstbatch",
+                             options=dict(options or {}), name=bids_dir.name, source_dataset=bids_dir,
+                             participants_tsv=participants if participants.exists() else None)
+        return Study(found.entries, config, found.skipped, "bids", plugins_dir)
+    kind = "manifest"
+    if manifest is None:
+        manifest, kind = SAMPLE_MANIFEST, "sample"
+    specs, config = load_manifest(Path(manifest), output_dir=output_dir, cli_options=options)
+    if participant_label or exclude_participant_label:
+        keep = {p.removeprefix("sub-") for p in participant_label or []}
+        drop = {p.removeprefix("sub-") for p in exclude_participant_label or []}
+        specs = [s for s in specs if (not keep or s.subject_id[4:] in keep) and s.subject_id[4:] not in drop]
+    study = Study(specs, config, [], kind, plugins_dir)
+    if kind == "sample":
+        study.sample_dir = Path(manifest).resolve().parent / "generated"
+        if output_dir is None:
+            study.config.output_dir = Path.cwd() / "derivatives" / "cstbatch"
+    return study

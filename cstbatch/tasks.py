@@ -1,0 +1,167 @@
+"""The doit task generator: one task per step per session, then one aggregation task.
+
+Declarative only — it states files, dependencies and what determines each result; the work is
+in ``step_runner``/``session_steps``. Chaining is by step records (``file_dep`` on the earlier
+steps' records, ``targets`` = outputs + own record): a record is always written, so a failed
+session never blocks doit's scheduling of the others or of the aggregation, while a step whose
+record is not a success is never up to date and reruns next time.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from doit.tools import config_changed
+
+from .chain import BUILTIN_STEP_VERSION, STEP_INPUTS, STEP_SELECTOR, step_outputs
+from .layout import STATE_DIR, SessionLayout, group_paths
+from .options import STEPS, step_options
+from .plugins import get_registry
+from .records import succeeded
+from .step_runner import run_step, spec_to_job
+from .study import Study
+
+#: Bump when the meaning of task configuration changes (reruns everything).
+FORMAT_VERSION = "1"
+SAMPLE_TASK = "sample_study"
+AGGREGATE_TASK = "aggregate"
+
+
+class step_succeeded:
+    """uptodate: False unless the step's last record says success (failed steps always rerun)."""
+
+    def __init__(self, record: Path):
+        self.record = record
+
+    def __call__(self, task, values):
+        return succeeded(self.record)
+
+
+class inputs_unchanged:
+    """uptodate for the raw inputs: size + mtime of each file (or each file of a DICOM folder).
+
+    Raw inputs are not ``file_dep`` because a missing input must become a clean per-session
+    failure at ingest, not a doit error that stops scheduling.
+    """
+
+    def __init__(self, paths: list[Path]):
+        self.paths = [Path(p) for p in paths]
+        self.digest = None
+
+    def _signature(self) -> str:
+        parts = []
+        for path in self.paths:
+            files = sorted(path.rglob("*")) if path.is_dir() else [path]
+            for f in files:
+                try:
+                    st = f.stat()
+                    parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+                except OSError:
+                    parts.append(f"{f}:missing")
+        return "|".join(parts)
+
+    def configure_task(self, task):
+        task.value_savers.append(lambda: {"_inputs": self.digest})
+
+    def __call__(self, task, values):
+        self.digest = self._signature()
+        return values.get("_inputs") == self.digest
+
+
+def implementation_config(step: str, options: dict, registry) -> dict[str, Any]:
+    """What determines a step's result: its options and implementation name + version."""
+    if step in STEP_SELECTOR:
+        kind, option = STEP_SELECTOR[step]
+        impl = registry.get(kind, options[option])  # unknown name: fails here, at planning time
+        implementation = {"name": impl.name, "version": impl.version}
+    else:
+        implementation = {"name": "builtin", "version": BUILTIN_STEP_VERSION[step]}
+    return {"format": FORMAT_VERSION, "step": step, "implementation": implementation,
+            "options": step_options(options, step)}
+
+
+def session_tasks(spec, study: Study, registry, stop_on_first_crash: bool = False) -> Iterator[dict]:
+    out_dir = study.config.output_dir
+    layout = SessionLayout.of(out_dir, spec)
+    job = spec_to_job(spec, out_dir, study.plugins_dir)
+    raw = [p for p in (spec.input_path, spec.bval, spec.bvec) if p is not None]
+    for step in STEPS:
+        record = layout.record(step)
+        uptodate = [config_changed(implementation_config(step, spec.options, registry)), step_succeeded(record)]
+        task = {
+            "basename": spec.key,
+            "name": step,
+            "doc": f"{step} for {spec.key}",
+            "actions": [(run_step, [step, job, stop_on_first_crash])],
+            "file_dep": [layout.record(s) for s in STEP_INPUTS[step]],
+            "targets": step_outputs(step, layout, spec.options) + [record],
+            "uptodate": uptodate,
+            "clean": True,
+        }
+        if step == "ingest":
+            uptodate.append(inputs_unchanged(raw))
+            if study.kind == "sample":
+                task["task_dep"] = [SAMPLE_TASK]
+        yield task
+    yield {"basename": spec.key, "name": None, "doc": f"every step of {spec.key} ({spec.origin})"}
+
+
+def sample_task(study: Study) -> dict:
+    from . import sample
+
+    return {
+        "basename": SAMPLE_TASK,
+        "doc": "generate the synthetic sample study (when missing or outdated)",
+        "actions": [(sample.generate_sample_study, [study.sample_dir])],
+        "targets": sample.sample_outputs(study.sample_dir),
+        "uptodate": [config_changed({"sample_version": sample.SAMPLE_VERSION})],
+        "clean": True,
+    }
+
+
+def aggregate_task(study: Study) -> dict:
+    from .aggregate import aggregate_action, study_to_job
+
+    out_dir = study.config.output_dir
+    layouts = [SessionLayout.of(out_dir, s) for s in study.subjects]
+    return {
+        "basename": AGGREGATE_TASK,
+        "doc": "group outputs: dataset_description, participants, batch summary/metrics, group report",
+        "actions": [(aggregate_action, [study_to_job(study)])],
+        "task_dep": [f"{s.key}:report" for s in study.subjects],
+        "file_dep": [lay.record(step) for lay in layouts for step in STEPS],
+        "targets": [p for name, p in group_paths(out_dir).items()],
+        "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects]})],
+        "clean": True,
+    }
+
+
+def generate_tasks(study: Study, stop_on_first_crash: bool = False) -> Iterator[dict]:
+    """Every task of the study, in a deterministic order."""
+    registry = get_registry(study.plugins_dir)
+    if study.kind == "sample":
+        yield sample_task(study)
+    for spec in study.subjects:
+        yield from session_tasks(spec, study, registry, stop_on_first_crash)
+    yield aggregate_task(study)
+
+
+def doit_config(study: Study, jobs: int = 1) -> dict[str, Any]:
+    state = study.config.output_dir / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    config = {
+        "dep_file": str(state / "doit-state.json"),
+        "backend": "json",
+        "verbosity": 1,
+    }
+    if jobs > 1:
+        config.update(num_process=jobs, par_type="process")
+    return config
+
+
+def doit_namespace(study: Study, jobs: int = 1, stop_on_first_crash: bool = False) -> dict[str, Any]:
+    """A module-like namespace for doit's ``ModuleTaskLoader`` (also what ``dodo.py`` exports)."""
+    def task_cstbatch():
+        yield from generate_tasks(study, stop_on_first_crash)
+    return {"task_cstbatch": task_cstbatch, "DOIT_CONFIG": doit_config(study, jobs)}

@@ -1,0 +1,34 @@
+"""doit front door: ``doit run`` processes the study; with no variables, the sample study.
+
+    doit run                                   sample study → ./derivatives/cstbatch
+    doit run manifest=study.json out=/results  a manifest
+    doit run bids=/data/study out=/results participant_label=01,02
+    doit list / doit run sub-01_ses-01 / doit plan
+
+Everything else lives in the package; this file only picks the study.
+"""
+from doit import get_var
+
+from cstbatch.errors import CstBatchError
+from cstbatch.study import load_study
+from cstbatch.tasks import doit_namespace
+
+
+def _var(name):
+    value = get_var(name)
+    return value or None
+
+
+def _labels(name):
+    value = _var(name)
+    return value.split(",") if value else None
+
+
+try:
+    _study = load_study(bids_dir=_var("bids"), manifest=_var("manifest"), output_dir=_var("out"),
+                        participant_label=_labels("participant_label"),
+                        exclude_participant_label=_labels("exclude_participant_label"))
+except CstBatchError as exc:  # one line, no traceback
+    raise SystemExit(f"cstbatch: error: {exc}") from None
+
+globals().update(doit_namespace(_study))
