@@ -1,0 +1,191 @@
+"""Built-in denoisers: ``func(data, gtab, options) -> ndarray`` (see :mod:`cstbatch.hookspecs`).
+
+All take float32 (X, Y, Z, N) in the image voxel grid and return float32 of the same shape.
+
+Everything here is single-threaded on purpose: cstbatch gets its parallelism from running
+sessions side by side in doit's process pool. dipy's ``parallel=True`` paths switch
+multiprocessing to the *spawn* start method globally, which breaks that pool, and OpenMP
+``num_threads > 1`` oversubscribes the cores the other sessions are using.
+
+Options used (defaults in :mod:`cstbatch.options`):
+
+``denoise_patch_radius`` (int, voxels)
+    Patch radius of nlmeans (similarity patch) and mppca (local PCA patch). mppca needs more
+    voxels in a patch than there are volumes, so its radius is raised to the smallest one that
+    satisfies that (radius 2 for ≤ 124 volumes).
+``patch2self_model`` ("ols" or "ridge")
+    Regressor of Patch2Self.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import ndimage
+
+#: b-values at or below this count as b0 (same as the gradient table built at ingest).
+_B0_THRESHOLD = 50.0
+
+
+def _as_float32(data: np.ndarray) -> np.ndarray:
+    data = np.asarray(data)
+    if data.ndim != 4:
+        raise ValueError(f"denoising needs 4-D data (X, Y, Z, N), got shape {data.shape}")
+    return data if data.dtype == np.float32 else data.astype(np.float32)
+
+
+def denoise_none(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.ndarray:
+    """No denoising: returns ``data`` as float32 (no copy when it already is)."""
+    return _as_float32(data)
+
+
+def denoise_patch2self(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.ndarray:
+    """Patch2Self (self-supervised regression of each volume from all the others).
+
+    Parameters
+    ----------
+    data : float32 (X, Y, Z, N)
+    gtab : dipy GradientTable
+        Only ``bvals`` are used (b0s and DWIs are regressed separately).
+    options : mapping
+        ``patch2self_model``: "ols" (default) or "ridge".
+
+    Why: it needs no noise model or noise estimate (unlike nlmeans) and uses the redundancy
+    across volumes rather than across neighbouring voxels, so it does not blur the narrow
+    CST. dipy's version 3 (count-sketch, memory-mapped temporaries) keeps memory bounded for
+    large sessions. Negative outputs are clipped to 0 because a log-signal tensor fit cannot use
+    them (dipy 1.12's ``shift_intensity`` computes a zero shift, so it is left off).
+    """
+    from dipy.denoise.patch2self import patch2self
+
+    data = _as_float32(data)
+    model = str(options.get("patch2self_model", "ols")).lower()
+    if model not in ("ols", "ridge"):
+        raise ValueError(f"patch2self_model must be 'ols' or 'ridge', got {model!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "< 10 volumes" advice on tiny tests
+        out = patch2self(
+            data,
+            np.asarray(gtab.bvals, dtype=float),
+            model=model,
+            b0_threshold=_B0_THRESHOLD,
+            out_dtype=np.float32,
+            alpha=1.0,
+            verbose=False,
+            b0_denoising=True,
+            clip_negative_vals=True,
+            shift_intensity=False,
+            version=3,
+        )
+    return np.asarray(out, dtype=np.float32)
+
+
+def estimate_noise_sigma(data: np.ndarray, gtab=None) -> float:
+    """Robust noise standard deviation of a 4-D DWI (same units as the signal).
+
+    For every volume the voxel minus the mean of its 6 face neighbours, scaled by
+    ``sqrt(6/7)``, has the noise's standard deviation where the signal is locally smooth (the
+    estimator of dipy's ``estimate_sigma``). Instead of averaging that residual over the whole
+    volume -- which mixes Rayleigh-distributed background (under-estimate) with tissue edges
+    (over-estimate) -- its median absolute deviation is taken inside the foreground (mean b0
+    above 20 % of its 99th percentile), and the median over volumes is returned: one acquisition
+    has one noise level, and the median ignores volumes dominated by structure.
+    """
+    data = np.asarray(data)
+    bvals = None if gtab is None else np.asarray(gtab.bvals)
+    if bvals is not None and np.any(bvals <= _B0_THRESHOLD):
+        ref = data[..., bvals <= _B0_THRESHOLD].mean(axis=-1)
+    else:
+        ref = data[..., 0].astype(np.float64)
+    hi = np.percentile(ref, 99)
+    fg = ref > 0.2 * hi
+    # the residual of a voxel at the mask edge includes background: erode by one voxel
+    fg_inner = ndimage.binary_erosion(fg)
+    if fg_inner.sum() >= 100:
+        fg = fg_inner
+    if fg.sum() < 10:
+        fg = np.ones(ref.shape, bool)
+    kernel = np.zeros((3, 3, 3), dtype=np.float64)
+    kernel[0, 1, 1] = kernel[2, 1, 1] = kernel[1, 0, 1] = 1
+    kernel[1, 2, 1] = kernel[1, 1, 0] = kernel[1, 1, 2] = 1
+    kernel /= 6.0
+    sigmas = []
+    conv = np.empty(ref.shape, dtype=np.float64)
+    for i in range(data.shape[-1]):
+        vol = np.asarray(data[..., i], dtype=np.float64)
+        ndimage.convolve(vol, kernel, output=conv, mode="nearest")
+        resid = np.sqrt(6.0 / 7.0) * (vol - conv)[fg]
+        mad = np.median(np.abs(resid - np.median(resid)))
+        sigmas.append(1.4826 * mad)
+    return float(np.median(sigmas))
+
+
+def denoise_nlmeans(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.ndarray:
+    """Non-local means (dipy blockwise, Rician-corrected), noise level estimated from the data.
+
+    Parameters
+    ----------
+    data : float32 (X, Y, Z, N)
+    gtab : dipy GradientTable (b0s define the foreground for the noise estimate)
+    options : mapping
+        ``denoise_patch_radius`` (default 1): similarity patch radius in voxels.
+
+    Why: a classic, well-understood spatial denoiser; sigma comes from
+    :func:`estimate_noise_sigma` so no scanner coil information is needed. ``num_threads=1``
+    keeps it single-threaded (see module doc).
+    """
+    from dipy.denoise.nlmeans import nlmeans
+
+    data = _as_float32(data)
+    radius = int(options.get("denoise_patch_radius", 1))
+    sigma = estimate_noise_sigma(data, gtab)
+    if not np.isfinite(sigma) or sigma <= 0:
+        return data.copy()
+    out = nlmeans(
+        data,
+        sigma=sigma,
+        mask=None,
+        patch_radius=max(1, radius),
+        block_radius=None,
+        rician=True,
+        num_threads=1,
+        method="blockwise",
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def mppca_patch_radius(requested: int, n_volumes: int) -> int:
+    """Smallest patch radius ≥ ``requested`` whose patch has more voxels than volumes.
+
+    Marchenko-Pastur PCA estimates the noise from the eigenvalue spectrum of a (voxels ×
+    volumes) matrix; with fewer voxels than volumes the spectrum is rank-deficient and the
+    noise estimate breaks down.
+    """
+    r = max(1, int(requested))
+    while (2 * r + 1) ** 3 <= n_volumes:
+        r += 1
+    return r
+
+
+def denoise_mppca(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.ndarray:
+    """Marchenko-Pastur PCA denoising (dipy ``mppca``), noise level estimated from the data.
+
+    Parameters
+    ----------
+    data : float32 (X, Y, Z, N)
+    gtab : dipy GradientTable (unused: MP-PCA needs only the redundancy across volumes)
+    options : mapping
+        ``denoise_patch_radius`` (default 1), raised by :func:`mppca_patch_radius` as needed.
+
+    Why: the standard local-PCA denoiser (as in MRtrix ``dwidenoise``); it estimates the
+    noise itself from the eigenvalue spectrum, so no sigma is needed.
+    """
+    from dipy.denoise.localpca import mppca
+
+    data = _as_float32(data)
+    radius = mppca_patch_radius(int(options.get("denoise_patch_radius", 1)), data.shape[-1])
+    radius = min(radius, max(1, (min(data.shape[:3]) - 1) // 2))
+    out = mppca(data, mask=None, patch_radius=radius, pca_method="eig",
+                out_dtype=np.float32, suppress_warning=True)
+    return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,375 @@
+"""Whole-brain tractography: ``func(data, gtab, mask, maps, affine, options) -> list[ndarray]``.
+
+Streamlines are returned as float32 (n_points, 3) arrays in RAS+ mm.
+
+Why CSD by default: the CST runs through the corona radiata, where callosal and association
+fibres cross it. A tensor has a single orientation per voxel, so in a crossing it points along
+whichever bundle dominates (or nowhere in particular) and deterministic DTI tracking either
+turns away or stops; the CST then looks truncated or lesioned where it is not. Constrained
+spherical deconvolution resolves several fibre orientations per voxel, and the deterministic
+maximum-direction getter follows the one closest to the incoming direction, so the tract
+continues straight through the crossing. ``track_tensor_eudx`` is kept for comparison.
+
+Space handling: dipy's trackers step through the voxel grid along directions expressed on
+the voxel axes (the gradient table is built that way at ingest) and scale each step by the
+voxel size taken from the affine, so the affine is handed to the tracker and the seeds are
+given in world mm. That is correct for RAS, LAS and oblique images and for anisotropic
+voxels; affines with shear are rejected by dipy and handled by resampling-free fallback (track
+in voxel space with the mean voxel size, then apply the affine).
+
+Options (defaults in :mod:`cstbatch.options`): ``track_seed_density`` (seeds per voxel along
+each axis), ``track_seed_fa``, ``track_stop_fa``, ``track_step_size`` (mm),
+``track_max_angle`` (degrees per step), ``track_min_length`` (mm), ``track_random_seed``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+#: b-values at or below this count as b0.
+_B0_THRESHOLD = 50.0
+#: the longest streamline followed (mm); the CST is ~150-200 mm in adults.
+MAX_LENGTH_MM = 300.0
+
+_DEFAULTS = {
+    "track_seed_density": 2,
+    "track_seed_fa": 0.2,
+    "track_stop_fa": 0.15,
+    "track_step_size": 0.5,
+    "track_max_angle": 30.0,
+    "track_min_length": 20.0,
+    "track_random_seed": 42,
+}
+
+
+def _opt(options: Mapping[str, Any], name: str):
+    val = options.get(name, None)
+    return _DEFAULTS[name] if val is None else val
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _has_shear(affine: np.ndarray) -> bool:
+    lin = np.asarray(affine, float)[:3, :3]
+    dot = lin.T @ lin
+    return not np.allclose(np.triu(dot, 1), 0.0, atol=1e-5)
+
+
+def _tracking_frame(affine: np.ndarray) -> tuple[np.ndarray, float]:
+    """(affine handed to the tracker, factor turning mm into the tracker's step unit)."""
+    affine = np.asarray(affine, dtype=float)
+    if not _has_shear(affine):
+        return affine, 1.0
+    # dipy cannot step in a sheared grid: track in voxel units of the mean voxel size
+    vox = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    return np.eye(4), 1.0 / float(np.mean(vox))
+
+
+def make_seeds(seed_mask: np.ndarray, density: int, random_seed: int) -> np.ndarray:
+    """Seed points in voxel coordinates: a regular ``density``³ grid per voxel, jittered.
+
+    Parameters
+    ----------
+    seed_mask : bool (X, Y, Z)
+    density : int, seeds per voxel along each axis
+    random_seed : int, seed of the jitter
+
+    Returns float64 (n, 3) voxel coordinates (voxel centres are integers).
+
+    Why jitter: a pure grid produces streamlines on a lattice (visible stripes in tract
+    density maps). Each seed moves by at most half its sub-voxel spacing, so seeds stay in
+    their own sub-cell, and a fixed ``random_seed`` gives identical seeds, hence identical
+    streamlines, on every run.
+    """
+    from dipy.tracking.utils import seeds_from_mask
+
+    density = max(1, int(density))
+    seeds = seeds_from_mask(np.asarray(seed_mask, bool), np.eye(4), density=[density] * 3)
+    seeds = np.asarray(seeds, dtype=float)
+    rng = np.random.default_rng(int(random_seed))
+    seeds += rng.uniform(-0.5, 0.5, size=seeds.shape) / density
+    return seeds
+
+
+def _apply(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _finish(streamlines, track_affine: np.ndarray, affine: np.ndarray, min_length_mm: float):
+    """Map tracker output to RAS+ mm float32 and drop streamlines shorter than the minimum."""
+    affine = np.asarray(affine, float)
+    to_world = affine @ np.linalg.inv(track_affine)
+    same = np.allclose(to_world, np.eye(4))
+    out = []
+    for sl in streamlines:
+        sl = np.asarray(sl, dtype=float)
+        if len(sl) < 2:
+            continue
+        if not same:
+            sl = _apply(to_world, sl)
+        seg = np.diff(sl, axis=0)
+        if np.sqrt((seg ** 2).sum(-1)).sum() < min_length_mm:
+            continue
+        out.append(sl.astype(np.float32))
+    return out
+
+
+def _stopping(maps: Mapping[str, np.ndarray], mask: np.ndarray, stop_fa: float):
+    from dipy.tracking.stopping_criterion import ThresholdStoppingCriterion
+
+    fa = np.asarray(maps["fa"], dtype=float)
+    if mask is not None:
+        fa = np.where(np.asarray(mask, bool), fa, 0.0)
+    return ThresholdStoppingCriterion(np.ascontiguousarray(fa), float(stop_fa)), fa
+
+
+def select_shell(gtab):
+    """Indices (b0s + one shell) for single-shell CSD, and the shell's b-value.
+
+    Single-shell CSD assumes one b-value; on multi-shell data the shell with most directions
+    is used (ties: the higher b, whose angular contrast is better), rounded to 100 s/mm².
+    """
+    bvals = np.asarray(gtab.bvals, float)
+    b0 = bvals <= _B0_THRESHOLD
+    shells = np.round(bvals / 100.0) * 100.0
+    uniq, counts = np.unique(shells[~b0], return_counts=True)
+    if uniq.size == 0:
+        raise ValueError("no diffusion-weighted volumes")
+    best = uniq[np.lexsort((uniq, counts))[-1]]
+    keep = b0 | (shells == best)
+    return np.flatnonzero(keep), float(best)
+
+
+def sh_order_for(n_directions: int) -> int:
+    """SH order for CSD: 8 with ≥ 45 directions (45 coefficients), else 6 (≥ 28), else 4.
+
+    CSD's non-negativity constraint allows some super-resolution, but a lower order on
+    ~30-direction clinical data keeps the fit stable; 6 still separates 60-90° crossings.
+    """
+    if n_directions >= 45:
+        return 8
+    if n_directions >= 28:
+        return 6
+    return 4
+
+
+def _response(gtab, data, fa, mask):
+    """Single-fibre response from the most anisotropic voxels of our own FA map.
+
+    Why not ``auto_response_ssst``: it refits a tensor in a cube around the volume centre,
+    which misses the white matter on small or off-centre fields of view. Voxels with FA > 0.7
+    are the classic choice; if fewer than 50 exist, the 300 highest-FA voxels in the mask are
+    used instead.
+    """
+    from dipy.reconst.csdeconv import response_from_mask_ssst
+
+    cand = fa > 0.7
+    if mask is not None:
+        cand &= np.asarray(mask, bool)
+    if cand.sum() < 50:
+        vals = np.where(mask if mask is not None else True, fa, 0.0).ravel()
+        n = min(300, int((vals > 0).sum()))
+        if n < 5:
+            raise ValueError("too few anisotropic voxels to estimate a fibre response")
+        thr = np.partition(vals, -n)[-n]
+        cand = (fa >= thr) & (fa > 0)
+        if mask is not None:
+            cand &= np.asarray(mask, bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        response, _ = response_from_mask_ssst(gtab, data, cand.astype(np.uint8))
+    return response
+
+
+def fit_csd_sh(data, gtab, mask, fa, stop_fa):
+    """Fit single-shell CSD where tracking can go; returns (sh coefficients, sh order).
+
+    Returns float64 (X, Y, Z, n_coef) spherical-harmonic coefficients (dipy "descoteaux07"
+    basis, directions on voxel axes), zero outside the fitted voxels. Only voxels inside the
+    mask with FA above ``stop_fa`` (dilated by one voxel, for the tracker's trilinear
+    interpolation) are fitted: elsewhere tracking stops anyway, and CSD is the slowest part.
+    """
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel
+    from scipy import ndimage
+
+    keep, _ = select_shell(gtab)
+    if keep.size != len(gtab.bvals):
+        sub = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep], b0_threshold=_B0_THRESHOLD)
+        data = data[..., keep]
+    else:
+        sub = gtab
+    n_dirs = int((~sub.b0s_mask).sum())
+    order = sh_order_for(n_dirs)
+    fit_mask = fa > stop_fa
+    if mask is not None:
+        fit_mask &= np.asarray(mask, bool)
+    fit_mask = ndimage.binary_dilation(fit_mask)
+    if mask is not None:
+        fit_mask &= np.asarray(mask, bool)
+    response = _response(sub, data, fa, mask)
+    model = ConstrainedSphericalDeconvModel(sub, response, sh_order_max=order)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = model.fit(data, mask=fit_mask)
+        shm = np.asarray(fit.shm_coeff, dtype=float)
+    return shm, order
+
+
+# --------------------------------------------------------------------------------------------
+# trackers
+# --------------------------------------------------------------------------------------------
+
+def track_deterministic(data, gtab, mask, maps, affine, options) -> list[np.ndarray]:
+    """CSD + deterministic maximum-direction tracking (the default method).
+
+    Parameters
+    ----------
+    data : float32 (X, Y, Z, N), image voxel grid (denoised)
+    gtab : dipy GradientTable, b-vectors on the voxel axes
+    mask : bool (X, Y, Z) brain mask
+    maps : dict with ``fa`` float32 (X, Y, Z) (from :func:`cstbatch.steps.model.fit_tensor_maps`)
+    affine : (4, 4) voxel → RAS+ mm
+    options : mapping, see module doc
+
+    Returns
+    -------
+    list of float32 (n_points, 3) arrays in RAS+ mm, each at least ``track_min_length`` mm.
+
+    Seeds: voxels in the mask with FA > ``track_seed_fa`` (white matter),
+    ``track_seed_density``³ per voxel, jittered reproducibly (:func:`make_seeds`). Tracking
+    stops where FA < ``track_stop_fa`` or outside the mask, or when no direction within
+    ``track_max_angle`` degrees of the current one exists. Every peak at a seed is tracked in
+    both directions (dipy ``LocalTracking`` defaults), so a seed in a crossing yields a
+    streamline per bundle. Single process, no threads.
+    """
+    from dipy.data import default_sphere
+    from dipy.direction import DeterministicMaximumDirectionGetter
+    from dipy.tracking.local_tracking import LocalTracking
+
+    data = np.asarray(data)
+    sc, fa = _stopping(maps, mask, _opt(options, "track_stop_fa"))
+    shm, _ = fit_csd_sh(data, gtab, mask, fa, float(_opt(options, "track_stop_fa")))
+    dg = DeterministicMaximumDirectionGetter.from_shcoeff(
+        shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
+        pmf_threshold=0.1,
+    )
+    return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options)
+
+
+def _seed_mask(fa, mask, seed_fa):
+    sm = fa > float(seed_fa)
+    if mask is not None:
+        sm &= np.asarray(mask, bool)
+    return sm
+
+
+def _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options):
+    track_affine, unit = _tracking_frame(affine)
+    seeds_vox = make_seeds(_seed_mask(fa, mask, _opt(options, "track_seed_fa")),
+                           int(_opt(options, "track_seed_density")),
+                           int(_opt(options, "track_random_seed")))
+    if not len(seeds_vox):
+        return []
+    step = float(_opt(options, "track_step_size"))
+    tracker = LocalTracking(
+        dg, sc, _apply(track_affine, seeds_vox), track_affine,
+        step_size=step * unit,
+        maxlen=int(np.ceil(MAX_LENGTH_MM / step)),
+        minlen=2,
+        return_all=True,
+        random_seed=int(_opt(options, "track_random_seed")),
+    )
+    return _finish(tracker, track_affine, affine, float(_opt(options, "track_min_length")))
+
+
+def track_tensor_eudx(data, gtab, mask, maps, affine, options) -> list[np.ndarray]:
+    """Deterministic DTI tracking (EuDX-style: follow the tensor's principal eigenvector).
+
+    Same arguments, seeds, stopping rule and output as :func:`track_deterministic`; the only
+    difference is the orientation model: one direction per voxel, ``maps["evecs"][..., :, 0]``
+    (voxel axes), so crossings are not resolved. Kept to show, and test, what CSD buys.
+    ``data`` and ``gtab`` are unused (the tensor was already fitted by the model step).
+    """
+    from dipy.data import default_sphere
+    from dipy.direction.peaks import PeaksAndMetrics
+    from dipy.tracking.tracker import eudx_tracking
+
+    sc, fa = _stopping(maps, mask, _opt(options, "track_stop_fa"))
+    e1 = np.asarray(maps["evecs"], dtype=float)[..., :, 0]
+    sphere = default_sphere
+    # nearest sphere vertex to ±e1 (EuDX works on vertex indices); hemisphere-symmetric sphere
+    shape = e1.shape[:3]
+    idx = np.zeros(shape, dtype=np.int32)
+    flat = e1.reshape(-1, 3)
+    flat_idx = idx.reshape(-1)
+    verts = sphere.vertices
+    for start in range(0, flat.shape[0], 200_000):
+        blk = flat[start:start + 200_000]
+        flat_idx[start:start + 200_000] = np.argmax(blk @ verts.T, axis=1)
+    valid = (fa > 0) & (np.linalg.norm(e1, axis=-1) > 0)
+    pam = PeaksAndMetrics()
+    pam.sphere = sphere
+    pam.peak_indices = np.where(valid, idx, -1)[..., None].astype(np.int32)
+    pam.peak_values = np.where(valid, 1.0, 0.0)[..., None]
+    pam.peak_dirs = np.where(valid[..., None], verts[idx], 0.0)[..., None, :]
+    pam.gfa = fa
+    pam.qa = pam.peak_values
+    pam.odf = None
+    pam.shm_coeff = None
+    pam.B = None
+    pam.odf_vertices = verts
+
+    track_affine, unit = _tracking_frame(affine)
+    seeds_vox = make_seeds(_seed_mask(fa, mask, _opt(options, "track_seed_fa")),
+                           int(_opt(options, "track_seed_density")),
+                           int(_opt(options, "track_random_seed")))
+    if not len(seeds_vox):
+        return []
+    step = float(_opt(options, "track_step_size"))
+    streamlines = eudx_tracking(
+        _apply(track_affine, seeds_vox), sc, track_affine,
+        pam=pam,
+        min_len=2,
+        max_len=int(MAX_LENGTH_MM),
+        step_size=step * unit,
+        max_angle=float(_opt(options, "track_max_angle")),
+        sphere=sphere,
+        nbr_threads=1,
+        random_seed=int(_opt(options, "track_random_seed")) + 1,
+        return_all=True,
+    )
+    return _finish(streamlines, track_affine, affine, float(_opt(options, "track_min_length")))
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+
+def save_trk(streamlines, ref_img, path) -> None:
+    """Write streamlines (RAS+ mm) as TrackVis ``.trk`` referenced to ``ref_img``.
+
+    The reference image fixes the voxel grid/affine stored in the header, so viewers and
+    ``load_tractogram(path, ref_img)`` place the streamlines where they were computed. Written to
+    a hidden temporary ``.trk`` in the same folder, then ``os.replace``'d into place.
+    """
+    from dipy.io.stateful_tractogram import Space, StatefulTractogram
+    from dipy.io.streamline import save_tractogram
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.name[:-4] if path.name.endswith(".trk") else path.name
+    tmp = path.with_name(f".{name}.tmp{os.getpid()}.trk")
+    sft = StatefulTractogram(list(streamlines), ref_img, Space.RASMM)
+    try:
+        save_tractogram(sft, str(tmp), bbox_valid_check=False)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
