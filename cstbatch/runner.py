@@ -6,6 +6,7 @@ Also adds one doit command, ``plan``: which tasks would run and why, without run
 from __future__ import annotations
 
 import io
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,12 @@ class Plan(DoitCmdBase):
                               | {d for d in task.task_dep if d in will_run})
             if status.status == "run" or upstream:
                 will_run.add(task.name)
-                why = explain(status.reasons) if status.status == "run" else f"after {upstream[0]}"
+                if status.status != "run":
+                    why = f"after {upstream[0]}"
+                elif not self.dep_manager.get_values(task.name):
+                    why = "not run before"
+                else:
+                    why = explain(status.reasons)
                 lines.append(f"run  {task.name:<32} {why}")
             elif status.status == "error":
                 lines.append(f"run  {task.name:<32} {status.get_error_message()}")
@@ -84,6 +90,7 @@ class CstbatchDoitMain(DoitMain):
 def run_doit(study: Study, argv: list[str], jobs: int = 1, stop_on_first_crash: bool = False) -> int:
     """Run a doit command line (``["run"]``, ``["list"]``, ``["plan"]``…) over the study's tasks."""
     namespace = doit_namespace(study, jobs, stop_on_first_crash)
+    namespace["DOIT_CONFIG"]["outfile"] = sys.stdout  # doit binds sys.stdout at import time
     return CstbatchDoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
 
 

@@ -27,6 +27,19 @@ class Study:
     sample_dir: Path | None = None         # where the sample study is generated (kind "sample")
 
 
+def check_study(study: "Study") -> "Study":
+    """Planning-time checks that must stop the run before doit starts (unknown plugins)."""
+    from .errors import OptionError
+    from .plugins import get_registry
+    from .tasks import check_implementations
+
+    registry = get_registry(study.plugins_dir)
+    problems = check_implementations(study, registry)
+    if problems:
+        raise OptionError("; ".join(problems))
+    return study
+
+
 def load_study(*, bids_dir: Path | None = None, manifest: Path | None = None, output_dir: Path | None = None,
                options: Mapping[str, Any] | None = None, participant_label: Iterable[str] | None = None,
                exclude_participant_label: Iterable[str] | None = None, subject_pattern: str = "sub-*",
@@ -40,7 +53,7 @@ def load_study(*, bids_dir: Path | None = None, manifest: Path | None = None, ou
         config = BatchConfig(output_dir=output_dir or bids_dir / "derivatives" / "cstbatch",
                              options=dict(options or {}), name=bids_dir.name, source_dataset=bids_dir,
                              participants_tsv=participants if participants.exists() else None)
-        return Study(found.entries, config, found.skipped, "bids", plugins_dir)
+        return check_study(Study(found.entries, config, found.skipped, "bids", plugins_dir))
     kind = "manifest"
     if manifest is None:
         manifest, kind = SAMPLE_MANIFEST, "sample"
@@ -54,4 +67,4 @@ def load_study(*, bids_dir: Path | None = None, manifest: Path | None = None, ou
         study.sample_dir = Path(manifest).resolve().parent / "generated"
         if output_dir is None:
             study.config.output_dir = Path.cwd() / "derivatives" / "cstbatch"
-    return study
+    return check_study(study)

