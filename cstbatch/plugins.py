@@ -122,7 +122,7 @@ def build_registry(plugins_dir: Path | None = None) -> Registry:
             raise PluginError(f"plugin {name} ({source}): {exc}") from None
         sources[name] = source
     for kind, hook_name in hookspecs.KIND_HOOKS.items():
-        for impl in getattr(pm.hook, hook_name).get_hookimpls()[::-1]:  # registration order
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order
             source = sources[impl.plugin_name]
             register = _registrar(registry, kind, source)
             try:
@@ -137,7 +137,7 @@ def build_registry(plugins_dir: Path | None = None) -> Registry:
 
 
 def _validation_message(exc: pluggy.PluginValidationError) -> str:
-    text = str(exc)
+    text = " ".join(str(exc).split())
     if "unknown hook" in text:
         known = ", ".join(sorted(hookspecs.KIND_HOOKS.values()))
         return f"{text} (known hooks: {known})"
