@@ -83,15 +83,11 @@ class Plan(DoitCmdBase):
         return 0
 
 
-class CstbatchDoitMain(DoitMain):
-    DOIT_CMDS = DoitMain.DOIT_CMDS + (Plan,)
-
-
 def run_doit(study: Study, argv: list[str], jobs: int = 1, stop_on_first_crash: bool = False) -> int:
     """Run a doit command line (``["run"]``, ``["list"]``, ``["plan"]``…) over the study's tasks."""
     namespace = doit_namespace(study, jobs, stop_on_first_crash)
     namespace["DOIT_CONFIG"]["outfile"] = sys.stdout  # doit binds sys.stdout at import time
-    return CstbatchDoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
+    return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
 
 
 def run_batch(subjects: list[SubjectSpec], config: BatchConfig, verbose: bool = False, *,

@@ -8,7 +8,7 @@ record is not a success is never up to date and reruns next time.
 """
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -159,12 +159,15 @@ def generate_tasks(study: Study, stop_on_first_crash: bool = False) -> Iterator[
 
 
 def doit_config(study: Study, jobs: int = 1) -> dict[str, Any]:
-    state = study.config.output_dir / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
+    from .progress import ProgressReporter
+
+    out_dir = study.config.output_dir
+    layouts = {s.key: SessionLayout.of(out_dir, s) for s in study.subjects}
     config = {
-        "dep_file": str(state / "doit-state.json"),
-        "backend": "json",
+        "dep_file": str(out_dir / STATE_DIR / "state"),
+        "backend": "cstbatch",
         "verbosity": 1,
+        "reporter": ProgressReporter(out_dir, layouts, sys.stdout),
     }
     if jobs > 1:
         config.update(num_process=jobs, par_type="process")
