@@ -18,6 +18,7 @@ from .layout import SessionLayout, group_paths
 from .options import merge_options
 from .results import collect_results
 from .spec import BatchConfig, SubjectResult
+from .tables import write_csv
 from .step_runner import job_to_spec, spec_to_job
 
 BIDS_VERSION = "1.10.0"
@@ -96,14 +97,7 @@ def generate_batch_summary(results: list[SubjectResult], output_dir: Path, confi
         if subjects is not None and r.status == "success":
             row.update(_session_metrics(r, output_dir, subjects[i]))
         rows.append(row)
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(paths["batch_metrics"], buf.getvalue())
+    write_csv(paths["batch_metrics"], rows)
     return summary
 
 

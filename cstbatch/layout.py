@@ -70,7 +70,7 @@ class SessionLayout:
     # register
     @property
     def transform(self) -> Path:
-        return self._f("xfm", "from-MNI_to-dwi_xfm.json")
+        return self._f("xfm", "from-dwi_to-MNI_xfm.npz")
 
     def roi(self, name: str) -> Path:
         return self._f("xfm", f"desc-{name}_mask.nii.gz")
@@ -78,6 +78,10 @@ class SessionLayout:
     @property
     def registration_qc(self) -> Path:
         return self._f("figures", "desc-registration_qc.png")
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
 
     # metrics / report
     @property

@@ -125,10 +125,102 @@ def _save_trx(streamlines, img, target: Path) -> None:
         save(TrxFile.from_sft(sft), str(tmp))
 
 
+ROI_FILES = {"brainstem": "brainstem", "motor_left": "motorL", "motor_right": "motorR"}
+
+
+def _atlas(ctx: StepContext):
+    """The atlas the session's options name (the register step's own implementation)."""
+    from .step_runner import implementation_for
+
+    impl = ctx.implementation if ctx.implementation and ctx.implementation.kind == "atlas" else \
+        implementation_for("register", ctx.options, ctx.spec_plugins_dir)
+    return impl.func(ctx.options)
+
+
+def _load_streamlines(path: Path) -> list[np.ndarray]:
+    """Streamlines of a .trk in RAS+ mm (nibabel applies the header's voxel→RAS+ mapping)."""
+    import nibabel as nib
+
+    return [np.asarray(s, dtype=np.float64) for s in nib.streamlines.load(str(path)).streamlines]
+
+
+def register(ctx: StepContext) -> dict[str, Any]:
+    import nibabel as nib
+
+    from .steps.register import qc_figure, register_template, save_registration
+
+    atlas = ctx.implementation.func(ctx.options)
+    fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
+    reg = register_template(fa_img, atlas, ctx.options)
+    save_registration(reg, ctx.layout.transform)
+    rois = reg.warp_rois(atlas, fa_img)
+    for name, short in ROI_FILES.items():
+        save_nifti(_like(fa_img, rois[name], np.uint8), ctx.layout.roi(short))
+    qc_figure(fa_img, reg.warp_template(atlas.registration_template, fa_img), ctx.layout.registration_qc,
+              rois=rois, title=f"{ctx.spec.key}: {atlas.name} template on FA")
+    return {"atlas": atlas.name, "atlas_version": atlas.version, "quality": reg.quality,
+            "quality_metric": reg.quality_metric, "roi_voxels": {k: int(v.sum()) for k, v in rois.items()}}
+
+
+def extract(ctx: StepContext) -> dict[str, Any]:
+    import nibabel as nib
+
+    from .steps.register import load_registration, streamlines_to_mni
+    from .steps.track import save_trk
+
+    atlas = _atlas(ctx)
+    reg = load_registration(ctx.layout.transform)
+    streamlines = _load_streamlines(ctx.layout.tractogram)
+    selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas, ctx.options)
+    fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
+    counts = {}
+    for side in ("left", "right"):
+        idx = np.asarray(selected[side], dtype=int)
+        save_trk([streamlines[i] for i in idx], fa_img, ctx.layout.cst(side))
+        counts[side] = int(len(idx))
+    return {"whole_brain": len(streamlines), "cst_streamlines": counts}
+
+
+def metrics(ctx: StepContext) -> dict[str, Any]:
+    import nibabel as nib
+
+    from .steps.metrics import compute_metrics, metrics_to_rows, profiles_to_rows
+    from .steps.register import load_registration
+    from .tables import write_csv
+
+    fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
+    brainstem = np.asarray(nib.load(str(ctx.layout.roi("brainstem"))).dataobj) > 0
+    result = compute_metrics(_load_streamlines(ctx.layout.cst("left")), _load_streamlines(ctx.layout.cst("right")),
+                             _load_maps(ctx.layout), fa_img.affine, ctx.options,
+                             mni=load_registration(ctx.layout.transform), brainstem_mask=brainstem)
+    from .provenance import session_provenance
+    from .atomic import write_json
+
+    write_json(ctx.layout.metrics_json, {"session": ctx.spec.key, "subject": ctx.spec.subject_id,
+                                         "session_id": ctx.spec.session_id, "metrics": result,
+                                         "provenance": session_provenance(ctx)})
+    write_csv(ctx.layout.metrics_csv, metrics_to_rows(result))
+    write_csv(ctx.layout.profiles_csv, profiles_to_rows(result))
+    return {"fa_mean": {s: result[s]["fa_mean"] for s in ("left", "right")},
+            "fa_laterality": result["laterality"].get("fa_mean")}
+
+
+def report(ctx: StepContext) -> dict[str, Any]:
+    from .steps.report import SessionReportInput
+
+    session = SessionReportInput.from_layout(ctx.spec, ctx.layout, ctx.options)
+    written = ctx.implementation.func(session, ctx.layout.report_html.parent, ctx.options)
+    return {"files": sorted(str(Path(p).name) for p in written or [])}
+
+
 STEP_FUNCTIONS = {
     "ingest": ingest,
     "denoise": denoise,
     "mask": mask,
     "model": model,
     "track": track,
+    "register": register,
+    "extract": extract,
+    "metrics": metrics,
+    "report": report,
 }

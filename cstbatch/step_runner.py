@@ -33,6 +33,7 @@ class StepContext:
     options: dict[str, Any]
     log: logging.Logger
     implementation: Any = None  # plugins.Implementation for pluggable steps
+    spec_plugins_dir: str | None = None
 
 
 def spec_to_job(spec: SubjectSpec, out_dir: Path, plugins_dir: Path | None) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
         record["implementation"] = ({"name": impl.name, "version": impl.version, "source": impl.source}
                                     if impl else {"name": "builtin", "version": BUILTIN_STEP_VERSION[step],
                                                   "source": "built-in"})
-        ctx = StepContext(spec, layout, spec.options, log, impl)
+        ctx = StepContext(spec, layout, spec.options, log, impl, job["plugins_dir"])
         log.info("%s: start (%s)", step, record["implementation"]["name"])
         info = STEP_FUNCTIONS[step](ctx) or {}
         written = [p for p in step_outputs(step, layout, spec.options) if p.exists()]

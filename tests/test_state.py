@@ -1,0 +1,146 @@
+"""Crash-safe state: per-task commits, kill -9 recovery, the run lock."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cstbatch.records import VOLATILE_FIELDS
+from cstbatch.state import LockError, RunLock, ShardedJsonDB
+from conftest import write_tiny_dwi
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Codec:
+    encode = staticmethod(json.dumps)
+    decode = staticmethod(json.loads)
+
+
+def test_sharded_backend_commits_each_write_per_session(tmp_path):
+    db = ShardedJsonDB(str(tmp_path / "state"), Codec())
+    db.set("sub-01_ses-01:denoise", "_values_:", {"a": 1})
+    db.set("aggregate", "result:", "x")
+    # on disk right away, without dump(): a kill now loses nothing
+    assert json.loads((tmp_path / "state/sub-01_ses-01.json").read_text()) == {"sub-01_ses-01:denoise": {"_values_:": {"a": 1}}}
+    assert "aggregate" in json.loads((tmp_path / "state/_study.json").read_text())
+    again = ShardedJsonDB(str(tmp_path / "state"), Codec())
+    assert again.get("sub-01_ses-01:denoise", "_values_:") == {"a": 1}
+    again.remove("sub-01_ses-01:denoise")
+    assert json.loads((tmp_path / "state/sub-01_ses-01.json").read_text()) == {}
+
+
+def test_lock_refuses_second_run_naming_holder_and_clears_stale(tmp_path):
+    first = RunLock(tmp_path / ".cstbatch")
+    first.acquire()
+    holder = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from cstbatch.state import RunLock, LockError
+        try:
+            RunLock({str(tmp_path / '.cstbatch')!r}).acquire()
+        except LockError as exc:
+            print(exc)
+        """)], capture_output=True, text=True, check=True).stdout
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in holder and "another cstbatch run" in holder
+    first.release()
+    assert not (tmp_path / ".cstbatch/lock").exists()
+    # a lock left by a process that is gone is stale and cleared
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".cstbatch/lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                         "started": "2026-01-01T00:00:00+00:00"}))
+    lock = RunLock(tmp_path / ".cstbatch")
+    lock.acquire()
+    assert lock.holder()["pid"] == os.getpid()
+    lock.release()
+
+
+HANG_PLUGIN = """
+import os, time
+from pathlib import Path
+from cstbatch.hookspecs import hookimpl
+
+@hookimpl
+def register_denoisers(register):
+    def hang_once(data, gtab, options):
+        marker = os.environ.get("CSTBATCH_TEST_MARKER")
+        if marker and not Path(marker).exists():
+            Path(marker).write_text("in flight")
+            time.sleep(120)
+        return data
+    register("hang_once", hang_once, version="1")
+"""
+
+RUN = """
+import sys
+from pathlib import Path
+from cstbatch.runner import run_doit
+from cstbatch.study import load_study
+study = load_study(manifest=Path(sys.argv[1]), output_dir=Path(sys.argv[2]), plugins_dir=Path(sys.argv[3]))
+sys.exit(run_doit(study, ["run"] + sys.argv[4:]))
+"""
+
+
+def _study(tmp_path: Path) -> Path:
+    for i in range(2):
+        write_tiny_dwi(tmp_path / "data" / f"s{i}_dwi", seed=i)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "hang.py").write_text(HANG_PLUGIN)
+    manifest = tmp_path / "study.json"
+    manifest.write_text(json.dumps({"options": {"denoise_method": "none"}, "subjects": [
+        {"id": "sub-01", "session": None, "nifti": "data/s0_dwi.nii.gz"},
+        {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz", "options": {"denoise_method": "hang_once"}}]}))
+    return manifest
+
+
+def _outputs(out: Path) -> dict[str, str]:
+    """Every output file's content digest; step records compared without their volatile fields."""
+    import hashlib
+    digests = {}
+    for p in sorted(out.rglob("*")):
+        rel = str(p.relative_to(out))
+        if not p.is_file() or rel.startswith((".cstbatch", "logs")):
+            continue
+        data = p.read_bytes()
+        if "/steps/" in f"/{rel}":
+            record = json.loads(data)
+            for k in VOLATILE_FIELDS:
+                record.pop(k, None)
+            data = json.dumps(record, sort_keys=True).encode()
+        digests[rel] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def test_kill_9_mid_run_repeats_only_the_in_flight_task(tmp_path):
+    manifest = _study(tmp_path)
+    targets = ["sub-01:track", "sub-02:track"]
+    out = tmp_path / "out"
+    env = dict(os.environ, CSTBATCH_TEST_MARKER=str(tmp_path / "marker"))
+    proc = subprocess.Popen([sys.executable, "-c", RUN, str(manifest), str(out), str(tmp_path / "plugins"), *targets],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "marker").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)            # kill -9 while sub-02:denoise is in flight
+    proc.wait()
+    assert (out / ".cstbatch/lock").exists()    # the killed run's lock is left behind (stale)
+    rerun = subprocess.run([sys.executable, "-c", RUN, str(manifest), str(out), str(tmp_path / "plugins"), *targets],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    ran = [line[3:].strip() for line in rerun.stdout.splitlines() if line.startswith(".  ")]
+    assert ran == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:track"], rerun.stdout
+    assert not list(out.rglob(".tmp-*")) or all(".cstbatch" in str(p) for p in out.rglob(".tmp-*"))
+
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-c", RUN, str(manifest), str(clean), str(tmp_path / "plugins"), *targets],
+                   cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert _outputs(out) == _outputs(clean)
