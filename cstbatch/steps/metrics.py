@@ -1,0 +1,279 @@
+"""Per-side CST metrics: counts, volume, length, diffusion scalars, profiles, laterality.
+
+Inputs are in subject space: streamlines as (n, 3) RAS+ mm arrays, scalar maps on the DWI
+grid with its voxel → RAS+ mm ``affine``.
+
+Definitions
+-----------
+streamline_count
+    Number of streamlines of the side.
+volume_mm3
+    Voxels visited by at least one streamline (streamlines densified to ≤ half a voxel per
+    step first, so no voxel is jumped over) × voxel volume.
+mean_length_mm
+    Mean arc length.
+fa / md / rd / ad (``*_mean``, ``*_std``)
+    Each streamline is resampled to ``profile_nodes`` equally spaced points (arc length,
+    ``dipy.tracking.streamline.set_number_of_points``), the map is sampled there by
+    trilinear interpolation, the streamline's value is the mean over its points; the side's
+    value is the mean (and std) over streamlines, so long and short streamlines weigh alike.
+profiles
+    Per node (0 = brainstem end, N-1 = cortical end) mean and std over streamlines. Every
+    streamline is first oriented brainstem → cortex: the end with the lower MNI z comes first
+    when the subject → MNI transform is given; else the end nearer the subject-space
+    brainstem mask; else the end with the lower subject z.
+regions
+    Means over all profile points of a side falling in an MNI z band: ``pontine``
+    −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
+    cerebral peduncle), ``precentral`` z ≥ 40 (precentral white matter and cortex end).
+    Without an MNI transform, node thirds are used instead (first / middle / last third).
+laterality
+    (L − R) / (L + R) for each scalar (count, volume, length, fa/md/rd/ad means); ``None``
+    when either side is missing/NaN or both are zero.
+
+Everything returned is JSON-serialisable (floats, lists, None for NaN).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+SCALARS = ("fa", "md", "rd", "ad")
+SIDES = ("left", "right")
+DEFAULT_PROFILE_NODES = 100
+#: name -> (z_min, z_max) in MNI mm, inclusive.
+REGIONS_MNI_Z = {
+    "pontine": (-40.0, -15.0),
+    "internal_capsule": (0.0, 18.0),
+    "precentral": (40.0, math.inf),
+}
+REGION_THIRDS = {"pontine": 0, "internal_capsule": 1, "precentral": 2}
+LATERALITY_KEYS = ("streamline_count", "volume_mm3", "mean_length_mm") + tuple(f"{s}_mean" for s in SCALARS)
+
+
+def _f(x) -> float | None:
+    """float, or None for NaN / inf / None."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _as_list(streamlines) -> list[np.ndarray]:
+    return [np.asarray(s, np.float64).reshape(-1, 3) for s in (streamlines if streamlines is not None else [])]
+
+
+def _mni_matrix(mni) -> np.ndarray | None:
+    if mni is None:
+        return None
+    m = getattr(mni, "subject_to_mni", mni)
+    m = np.asarray(m, float)
+    return m if m.shape == (4, 4) else None
+
+
+def _voxel_sizes(affine) -> np.ndarray:
+    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+
+
+def densify(streamline: np.ndarray, max_step: float) -> np.ndarray:
+    """Insert points linearly so that no step is longer than ``max_step`` mm."""
+    s = np.asarray(streamline, np.float64)
+    if len(s) < 2:
+        return s
+    seg = np.diff(s, axis=0)
+    n = np.maximum(np.ceil(np.linalg.norm(seg, axis=1) / max_step).astype(int), 1)
+    if np.all(n == 1):
+        return s
+    starts = np.repeat(s[:-1], n, axis=0)
+    frac = np.concatenate([np.arange(k) / k for k in n])
+    pts = starts + np.repeat(seg, n, axis=0) * frac[:, None]
+    return np.vstack([pts, s[-1:]])
+
+
+def visited_voxel_mask(streamlines, shape, affine) -> np.ndarray:
+    """Bool mask of voxels (grid ``shape``/``affine``) visited by any streamline."""
+    shape = tuple(int(v) for v in shape[:3])
+    mask = np.zeros(shape, bool)
+    sl = _as_list(streamlines)
+    if not sl:
+        return mask
+    step = 0.5 * float(_voxel_sizes(affine).min())
+    pts = np.concatenate([densify(s, step) for s in sl], axis=0)
+    inv = np.linalg.inv(np.asarray(affine, float))
+    ijk = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
+    ok = np.all((ijk >= 0) & (ijk < np.array(shape)), axis=1)
+    ijk = ijk[ok]
+    mask[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
+    return mask
+
+
+def sample_map(data: np.ndarray, points: np.ndarray, affine) -> np.ndarray:
+    """Trilinear interpolation of a 3-D map at RAS+ mm points (NaN outside the grid)."""
+    from scipy import ndimage
+
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    inv = np.linalg.inv(np.asarray(affine, float))
+    vox = pts @ inv[:3, :3].T + inv[:3, 3]
+    vals = ndimage.map_coordinates(np.asarray(data, np.float64), vox.T, order=1, mode="nearest")
+    shape = np.array(data.shape[:3])
+    outside = np.any((vox < -0.5) | (vox > shape - 0.5), axis=1)
+    vals[outside] = np.nan
+    return vals
+
+
+def orient_streamlines(streamlines, mni=None, brainstem_mask=None, affine=None) -> list[np.ndarray]:
+    """Flip streamlines so that each runs brainstem → cortex (see module doc for the rule)."""
+    sl = _as_list(streamlines)
+    if not sl:
+        return sl
+    m = _mni_matrix(mni)
+    first = np.array([s[0] for s in sl])
+    last = np.array([s[-1] for s in sl])
+    if m is not None:
+        flip = (last @ m[2, :3] + m[2, 3]) < (first @ m[2, :3] + m[2, 3])
+    elif brainstem_mask is not None and affine is not None and np.asarray(brainstem_mask).any():
+        ijk = np.argwhere(np.asarray(brainstem_mask, bool))
+        a = np.asarray(affine, float)
+        c = (ijk @ a[:3, :3].T + a[:3, 3]).mean(axis=0)
+        flip = np.linalg.norm(last - c, axis=1) < np.linalg.norm(first - c, axis=1)
+    else:
+        flip = last[:, 2] < first[:, 2]
+    return [s[::-1].copy() if f else s for s, f in zip(sl, flip)]
+
+
+def _resample(sl: list[np.ndarray], nodes: int) -> np.ndarray:
+    from dipy.tracking.streamline import set_number_of_points
+
+    if not sl:
+        return np.zeros((0, nodes, 3))
+    good = [s if len(s) >= 2 else np.vstack([s, s]) for s in sl]
+    return np.asarray(set_number_of_points(good, nb_points=nodes), np.float64)
+
+
+def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask) -> dict:
+    sl = [s for s in _as_list(streamlines) if len(s) > 0]
+    vox_vol = float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3])))
+    shape = next(iter(maps.values())).shape[:3] if maps else None
+    out: dict[str, Any] = {"streamline_count": len(sl)}
+    lengths = np.array([np.linalg.norm(np.diff(s, axis=0), axis=1).sum() for s in sl]) if sl else np.zeros(0)
+    out["mean_length_mm"] = _f(lengths.mean()) if len(sl) else None
+    out["volume_mm3"] = float(visited_voxel_mask(sl, shape, affine).sum() * vox_vol) if shape and sl else 0.0
+    oriented = orient_streamlines(sl, mni, brainstem_mask, affine)
+    res = _resample(oriented, nodes)  # (S, N, 3)
+    m = _mni_matrix(mni)
+    z_mni = (res @ m[2, :3] + m[2, 3]) if (m is not None and len(res)) else None
+    out["profiles"], out["profiles_std"], out["regions"] = {}, {}, {r: {} for r in REGIONS_MNI_Z}
+    for name in SCALARS:
+        data = maps.get(name) if maps else None
+        if data is None or not len(res):
+            out[f"{name}_mean"] = out[f"{name}_std"] = None
+            out["profiles"][name] = out["profiles_std"][name] = None
+            for r in REGIONS_MNI_Z:
+                out["regions"][r][name] = None
+            continue
+        vals = sample_map(np.asarray(data), res.reshape(-1, 3), affine).reshape(res.shape[:2])
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_sl = np.nanmean(vals, axis=1)
+                out[f"{name}_mean"] = _f(np.nanmean(per_sl))
+                out[f"{name}_std"] = _f(np.nanstd(per_sl))
+                out["profiles"][name] = [_f(v) for v in np.nanmean(vals, axis=0)]
+                out["profiles_std"][name] = [_f(v) for v in np.nanstd(vals, axis=0)]
+                for r, (zlo, zhi) in REGIONS_MNI_Z.items():
+                    if z_mni is not None:
+                        sel = (z_mni >= zlo) & (z_mni <= zhi)
+                    else:
+                        third = REGION_THIRDS[r]
+                        node = np.arange(nodes)
+                        sel = np.broadcast_to((node * 3 // nodes) == third, vals.shape)
+                    v = vals[sel]
+                    out["regions"][r][name] = _f(np.nanmean(v)) if v.size else None
+    return out
+
+
+def laterality_index(left, right) -> float | None:
+    """(L − R) / (L + R); None when a side is missing / NaN or both are zero."""
+    left, right = _f(left), _f(right)
+    if left is None or right is None:
+        return None
+    s = left + right
+    if s == 0:
+        return None
+    return _f((left - right) / s)
+
+
+def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarray],
+                    maps: Mapping[str, np.ndarray], affine, options: Mapping[str, Any] | None = None,
+                    *, mni=None, brainstem_mask: np.ndarray | None = None) -> dict:
+    """Metrics per side plus laterality (see module doc).
+
+    ``maps``: ``fa``/``md``/``rd``/``ad`` arrays on the grid of ``affine`` (others ignored).
+    ``mni``: a :class:`~cstbatch.steps.register.Registration` or a 4x4 subject → MNI matrix
+    (orientation and MNI z regions); ``brainstem_mask``: the brainstem ROI on the subject
+    grid (orientation fallback).
+    """
+    options = dict(options or {})
+    nodes = int(options.get("profile_nodes") or DEFAULT_PROFILE_NODES)
+    if nodes < 2:
+        from ..errors import OptionError
+
+        raise OptionError(f"profile_nodes: must be at least 2, got {nodes}")
+    maps = {k: np.asarray(v) for k, v in (maps or {}).items() if k in SCALARS}
+    result: dict[str, Any] = {
+        side: _side_metrics(sl, maps, affine, nodes, mni, brainstem_mask)
+        for side, sl in (("left", cst_left), ("right", cst_right))
+    }
+    result["laterality"] = {k: laterality_index(result["left"][k], result["right"][k]) for k in LATERALITY_KEYS}
+    result["profile_nodes"] = nodes
+    result["regions_definition"] = (
+        {r: [lo, None if math.isinf(hi) else hi] for r, (lo, hi) in REGIONS_MNI_Z.items()}
+        if _mni_matrix(mni) is not None else {r: f"node third {i + 1}" for r, i in REGION_THIRDS.items()}
+    )
+    result["orientation"] = ("mni_z" if _mni_matrix(mni) is not None
+                             else "brainstem_mask" if brainstem_mask is not None else "subject_z")
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+def metrics_to_rows(metrics: Mapping[str, Any]) -> list[dict]:
+    """Rows for metrics.csv: one per side plus one ``laterality_index`` row (same columns)."""
+    rows = []
+    for side in SIDES:
+        m = metrics[side]
+        row = {"side": side}
+        for k in ("streamline_count", "volume_mm3", "mean_length_mm"):
+            row[k] = m.get(k)
+        for s in SCALARS:
+            row[f"{s}_mean"] = m.get(f"{s}_mean")
+            row[f"{s}_std"] = m.get(f"{s}_std")
+        for r, vals in m.get("regions", {}).items():
+            for s in SCALARS:
+                row[f"{s}_{r}"] = vals.get(s)
+        rows.append(row)
+    li = {"side": "laterality_index"}
+    for k in rows[0]:
+        if k != "side":
+            li[k] = metrics.get("laterality", {}).get(k)
+    rows.append(li)
+    return rows
+
+
+def profiles_to_rows(metrics: Mapping[str, Any]) -> list[dict]:
+    """Tidy profile rows: side, node, metric, value, std."""
+    rows = []
+    for side in SIDES:
+        m = metrics[side]
+        for s in SCALARS:
+            prof = (m.get("profiles") or {}).get(s)
+            std = (m.get("profiles_std") or {}).get(s)
+            if prof is None:
+                continue
+            for node, v in enumerate(prof):
+                rows.append({"side": side, "node": node, "metric": s, "value": v,
+                             "std": None if std is None else std[node]})
+    return rows

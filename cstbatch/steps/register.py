@@ -1,0 +1,388 @@
+"""Template → subject registration (dipy.align) and moving things between the two spaces.
+
+The atlas template is registered to the subject's FA map: subject FA is the *static* image,
+the template the *moving* one. The pipeline is the usual dipy one: centre of mass →
+translation → rigid → affine, each by Mattes mutual information, optionally followed by
+symmetric diffeomorphic (SyN, cross-correlation) refinement (``registration_method="syn"``).
+
+Which template image: the ICBM atlas gives an FA-like image (0.55·WM + 0.15·GM probability,
+see ``cstbatch.atlas.fa_like_template``) rather than the T1. FA maps have no skull, scalp or
+CSF signal and white matter is their brightest tissue; the FA-like template shares this, so
+both the centre-of-mass start and mutual information lock onto the same structures. With the
+T1 the skull dominates the centre of mass and the outline, and WM/GM contrast is reversed
+only in part, which leaves MI with more wrong optima. Passing an :class:`Atlas` uses its
+``registration_template``.
+
+Conventions: dipy's optimised affine maps *static world → moving world*, i.e. subject RAS+
+mm → MNI mm; that is stored as ``Registration.subject_to_mni``. ROIs are pulled from the
+template grid to the subject grid by nearest neighbour; streamlines (RAS+ mm) are pushed from
+subject to MNI mm through the same transform.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import InputError, OptionError
+
+REGISTRATION_METHODS = ("affine", "syn")
+
+#: Iterations per pyramid level (coarse → fine) of each affine stage.
+AFFINE_LEVEL_ITERS = (250, 100, 30)
+AFFINE_SIGMAS = (3.0, 1.0, 0.0)
+AFFINE_FACTORS = (4, 2, 1)
+SYN_LEVEL_ITERS = (20, 10, 5)
+#: The template is resampled to about the subject's voxel size (never finer than this).
+MIN_TEMPLATE_VOXEL_MM = 1.0
+
+
+@dataclass
+class Registration:
+    """Result of :func:`register_template`.
+
+    ``subject_to_mni``: 4x4 world transform, subject RAS+ mm → template (MNI) mm (the affine
+    part; with SyN the nonlinear ``mapping`` refines it). ``quality``: Pearson correlation of
+    the subject FA and the warped FA-like template inside the brain (1 is perfect; below
+    ~0.5 deserves a look at the QC figure).
+    """
+
+    subject_to_mni: np.ndarray
+    method: str = "affine"
+    quality: float = float("nan")
+    quality_metric: str = "pearson_r_fa_vs_warped_template"
+    subject_shape: tuple = ()
+    subject_affine: np.ndarray | None = None
+    template_shape: tuple = ()
+    template_affine: np.ndarray | None = None
+    mapping: Any = None  # dipy DiffeomorphicMap for SyN
+    info: dict = field(default_factory=dict)
+
+    @property
+    def mni_to_subject(self) -> np.ndarray:
+        return np.linalg.inv(self.subject_to_mni)
+
+    def _affine_map(self, fa_shape, fa_affine, tpl_shape, tpl_affine):
+        from dipy.align.imaffine import AffineMap
+
+        return AffineMap(
+            self.subject_to_mni,
+            domain_grid_shape=tuple(fa_shape[:3]), domain_grid2world=np.asarray(fa_affine, float),
+            codomain_grid_shape=tuple(tpl_shape[:3]), codomain_grid2world=np.asarray(tpl_affine, float),
+        )
+
+    def warp_to_subject(self, image: np.ndarray, image_affine: np.ndarray, fa_img,
+                        interpolation: str = "linear") -> np.ndarray:
+        """Resample an MNI-space array (on grid ``image_affine``) onto the subject FA grid."""
+        image = np.asarray(image)
+        fa_shape, fa_affine = fa_img.shape[:3], np.asarray(fa_img.affine, float)
+        if self.mapping is not None:
+            return np.asarray(self.mapping.transform(
+                image.astype(np.float32), interpolation=interpolation,
+                image_world2grid=np.linalg.inv(image_affine),
+                out_shape=fa_shape, out_grid2world=fa_affine,
+            ))
+        amap = self._affine_map(fa_shape, fa_affine, image.shape, image_affine)
+        return np.asarray(amap.transform(image.astype(np.float32), interpolation=interpolation))
+
+    def warp_rois(self, atlas, fa_img) -> dict[str, np.ndarray]:
+        """The atlas ROIs on the subject grid (bool arrays, nearest neighbour)."""
+        out = {}
+        for name, roi in atlas.rois().items():
+            w = self.warp_to_subject(roi.astype(np.float32), atlas.affine, fa_img, "nearest")
+            out[name] = w > 0.5
+        return out
+
+    def warp_template(self, template_img, fa_img) -> np.ndarray:
+        """The template resampled onto the subject grid (trilinear)."""
+        return self.warp_to_subject(np.asarray(template_img.dataobj, np.float32),
+                                    np.asarray(template_img.affine, float), fa_img)
+
+
+# ---------------------------------------------------------------------------------------
+def _as_image(img, what: str):
+    if isinstance(img, (str, Path)):
+        try:
+            return nib.load(str(img))
+        except Exception as exc:
+            raise InputError(img, f"cannot read {what}: {exc}") from exc
+    return img
+
+
+def _template_from(template) -> nib.Nifti1Image:
+    if hasattr(template, "registration_template"):
+        return template.registration_template
+    return _as_image(template, "template")
+
+
+def _voxel_sizes(affine) -> np.ndarray:
+    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+
+
+def _downsample_template(data: np.ndarray, affine: np.ndarray, voxel_mm: float):
+    """Smooth and resample ``data`` to isotropic ``voxel_mm`` (keeps the field of view)."""
+    from scipy import ndimage
+
+    vox = _voxel_sizes(affine)
+    factor = voxel_mm / vox
+    if np.all(factor <= 1.05):
+        return data.astype(np.float32), np.asarray(affine, float)
+    sigma = np.sqrt(np.maximum(factor ** 2 - 1.0, 0.0)) / 2.355 * 2.0  # FWHM ≈ new voxel
+    smooth = ndimage.gaussian_filter(data.astype(np.float32), sigma)
+    new_shape = np.maximum(np.round(np.array(data.shape[:3]) / factor).astype(int), 1)
+    scale = np.diag(list(factor) + [1.0])
+    new_affine = np.asarray(affine, float) @ scale
+    out = ndimage.affine_transform(smooth, factor, output_shape=tuple(new_shape), order=1,
+                                   mode="constant", cval=0.0)
+    return out.astype(np.float32), new_affine
+
+
+def _clean_fa(fa_img) -> tuple[np.ndarray, np.ndarray]:
+    fa = np.asarray(fa_img.dataobj, dtype=np.float32)
+    if fa.ndim == 4 and fa.shape[3] == 1:
+        fa = fa[..., 0]
+    if fa.ndim != 3:
+        raise InputError(None, f"FA map must be 3-D, has shape {fa.shape}")
+    fa = np.clip(np.nan_to_num(fa, nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0)
+    if not fa.any():
+        raise InputError(None, "FA map is all zero: nothing to register")
+    return fa, np.asarray(fa_img.affine, float)
+
+
+def registration_quality(fa: np.ndarray, warped: np.ndarray) -> float:
+    """Pearson r of FA and the warped FA-like template inside either's brain region."""
+    m = (fa > 0.02) | (warped > 0.02 * max(float(warped.max()), 1e-6))
+    if m.sum() < 10:
+        return float("nan")
+    a, b = fa[m].astype(np.float64), warped[m].astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def register_template(fa_img, template_img, options: Mapping[str, Any] | None = None) -> Registration:
+    """Register the template (moving) to the subject FA (static); return the transform.
+
+    ``template_img``: a nibabel image in MNI space, or an :class:`~cstbatch.atlas.Atlas`
+    (its FA-like ``registration_template`` is used). ``options["registration_method"]``:
+    ``"affine"`` (default) or ``"syn"``.
+    """
+    from dipy.align.imaffine import AffineRegistration, MutualInformationMetric, transform_centers_of_mass
+    from dipy.align.transforms import AffineTransform3D, RigidTransform3D, TranslationTransform3D
+
+    options = dict(options or {})
+    method = str(options.get("registration_method") or "affine").lower()
+    if method not in REGISTRATION_METHODS:
+        raise OptionError(f"registration_method: {method!r} is not one of {', '.join(REGISTRATION_METHODS)}")
+    fa_img = _as_image(fa_img, "FA map")
+    template = _template_from(template_img)
+    fa, fa_affine = _clean_fa(fa_img)
+    tpl_full = np.nan_to_num(np.asarray(template.dataobj, dtype=np.float32))
+    if tpl_full.ndim == 4 and tpl_full.shape[3] == 1:
+        tpl_full = tpl_full[..., 0]
+    voxel_mm = max(float(np.min(_voxel_sizes(fa_affine))), MIN_TEMPLATE_VOXEL_MM)
+    tpl, tpl_affine = _downsample_template(tpl_full, np.asarray(template.affine, float), voxel_mm)
+
+    level_iters = list(options.get("_registration_level_iters") or AFFINE_LEVEL_ITERS)
+    metric = MutualInformationMetric(nbins=32, sampling_proportion=None)
+    affreg = AffineRegistration(metric=metric, level_iters=level_iters, sigmas=list(AFFINE_SIGMAS),
+                                factors=list(AFFINE_FACTORS), verbosity=0)
+    com = transform_centers_of_mass(fa, fa_affine, tpl, tpl_affine)
+    current = com.affine
+    stages = {"center_of_mass": current.copy()}
+    for name, transform in (("translation", TranslationTransform3D()),
+                            ("rigid", RigidTransform3D()),
+                            ("affine", AffineTransform3D())):
+        amap = affreg.optimize(fa, tpl, transform, None, static_grid2world=fa_affine,
+                               moving_grid2world=tpl_affine, starting_affine=current)
+        current = amap.affine
+        stages[name] = current.copy()
+
+    reg = Registration(
+        subject_to_mni=np.asarray(current, float),
+        method="affine",
+        subject_shape=tuple(int(s) for s in fa.shape),
+        subject_affine=fa_affine,
+        template_shape=tuple(int(s) for s in template.shape[:3]),
+        template_affine=np.asarray(template.affine, float),
+    )
+    if method == "syn":
+        from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+        from dipy.align.metrics import CCMetric
+
+        sdr = SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters=list(SYN_LEVEL_ITERS))
+        # normalise contrast so CC sees comparable images
+        reg.mapping = sdr.optimize(fa, tpl, static_grid2world=fa_affine,
+                                   moving_grid2world=tpl_affine, prealign=reg.subject_to_mni)
+        reg.method = "syn"
+    warped = reg.warp_to_subject(tpl, tpl_affine, fa_img)
+    reg.quality = registration_quality(fa, warped)
+    reg.info = {"template_voxel_mm": voxel_mm, "level_iters": level_iters,
+                "stages": {k: np.asarray(v).tolist() for k, v in stages.items()}}
+    return reg
+
+
+# ---------------------------------------------------------------------------------------
+def streamlines_to_mni(streamlines_ras, reg: Registration) -> list[np.ndarray]:
+    """Map subject RAS+ mm streamlines to MNI mm (same order, same point counts)."""
+    streamlines = [np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in streamlines_ras]
+    if not streamlines:
+        return []
+    lengths = np.array([len(s) for s in streamlines])
+    pts = np.concatenate(streamlines, axis=0)
+    if reg.mapping is not None:
+        out = np.asarray(reg.mapping.transform_points(pts))
+    else:
+        a = np.asarray(reg.subject_to_mni, float)
+        out = pts @ a[:3, :3].T + a[:3, 3]
+    return [o.astype(np.float32) for o in np.split(out, np.cumsum(lengths)[:-1])]
+
+
+def points_to_mni(points: np.ndarray, reg: Registration) -> np.ndarray:
+    """Map an (n, 3) array of subject RAS+ mm points to MNI mm."""
+    return streamlines_to_mni([np.asarray(points)], reg)[0].astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_registration(reg: Registration, path) -> Path:
+    """Write ``reg`` to ``path`` (.npz; the SyN fields included), atomically."""
+    path = Path(path)
+    meta = {
+        "method": reg.method, "quality": None if not np.isfinite(reg.quality) else float(reg.quality),
+        "quality_metric": reg.quality_metric, "subject_shape": list(reg.subject_shape),
+        "template_shape": list(reg.template_shape), "info": reg.info, "format": "cstbatch-registration-1",
+    }
+    arrays = {
+        "subject_to_mni": np.asarray(reg.subject_to_mni, float),
+        "subject_affine": np.asarray(reg.subject_affine if reg.subject_affine is not None else np.eye(4)),
+        "template_affine": np.asarray(reg.template_affine if reg.template_affine is not None else np.eye(4)),
+        "meta": np.array(json.dumps(meta)),
+    }
+    m = reg.mapping
+    if m is not None:
+        arrays.update({
+            "syn_forward": np.asarray(m.forward, np.float32), "syn_backward": np.asarray(m.backward, np.float32),
+            "syn_disp_shape": np.asarray(m.disp_shape), "syn_disp_grid2world": np.asarray(m.disp_grid2world),
+            "syn_domain_shape": np.asarray(m.domain_shape), "syn_domain_grid2world": np.asarray(m.domain_grid2world),
+            "syn_codomain_shape": np.asarray(m.codomain_shape),
+            "syn_codomain_grid2world": np.asarray(m.codomain_grid2world),
+            "syn_prealign": np.asarray(m.prealign),
+        })
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    _atomic_write(path, write)
+    return path
+
+
+def load_registration(path) -> Registration:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "registration file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise InputError(path, f"cannot read registration: {exc}") from exc
+    meta = json.loads(str(d["meta"]))
+    q = meta.get("quality")
+    reg = Registration(
+        subject_to_mni=d["subject_to_mni"], method=meta["method"],
+        quality=float("nan") if q is None else float(q), quality_metric=meta.get("quality_metric", ""),
+        subject_shape=tuple(meta.get("subject_shape", ())), subject_affine=d["subject_affine"],
+        template_shape=tuple(meta.get("template_shape", ())), template_affine=d["template_affine"],
+        info=meta.get("info", {}),
+    )
+    if "syn_forward" in d:
+        from dipy.align.imwarp import DiffeomorphicMap
+
+        m = DiffeomorphicMap(
+            3, d["syn_disp_shape"], disp_grid2world=d["syn_disp_grid2world"],
+            domain_shape=d["syn_domain_shape"], domain_grid2world=d["syn_domain_grid2world"],
+            codomain_shape=d["syn_codomain_shape"], codomain_grid2world=d["syn_codomain_grid2world"],
+            prealign=d["syn_prealign"],
+        )
+        m.forward = d["syn_forward"].astype(np.float32)
+        m.backward = d["syn_backward"].astype(np.float32)
+        m.is_inverse = False
+        reg.mapping = m
+    return reg
+
+
+# ---------------------------------------------------------------------------------------
+def qc_figure(fa_img, warped_template, path, rois: Mapping[str, np.ndarray] | None = None,
+              title: str | None = None) -> Path:
+    """PNG: subject FA with the warped template's outline (and ROIs) on 3 axial + 2 other slices.
+
+    ``warped_template``: array on the subject grid (or a nibabel image). ``rois``: optional
+    subject-grid bool masks (brainstem, motor_left, motor_right) drawn as coloured contours.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fa, _ = _clean_fa(_as_image(fa_img, "FA map"))
+    tpl = np.asarray(getattr(warped_template, "dataobj", warped_template), np.float32)
+    if tpl.shape != fa.shape:
+        raise InputError(None, f"warped template shape {tpl.shape} differs from FA {fa.shape}")
+    tmax = float(tpl.max()) or 1.0
+    levels = [0.08 * tmax, 0.5 * tmax]  # brain outline, white-matter boundary
+    nz = np.argwhere(fa > 0.05)
+    lo, hi = (nz.min(0), nz.max(0)) if len(nz) else (np.zeros(3, int), np.array(fa.shape) - 1)
+    zs = np.linspace(lo[2], hi[2], 5)[1:4].astype(int)
+    views = [("axial", 2, int(z)) for z in zs] + [("coronal", 1, int((lo[1] + hi[1]) // 2)),
+                                                  ("sagittal", 0, int((lo[0] + hi[0]) // 2))]
+    colors = {"brainstem": "yellow", "motor_left": "cyan", "motor_right": "magenta"}
+    fig, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 3.6))
+    for ax, (label, axis, idx) in zip(axes, views):
+        sl = [slice(None)] * 3
+        sl[axis] = idx
+        sl = tuple(sl)
+        ax.imshow(fa[sl].T, origin="lower", cmap="gray", vmin=0, vmax=0.8)
+        t = tpl[sl].T
+        if t.max() > levels[0]:
+            ax.contour(t, levels=levels, colors=["red", "orange"], linewidths=0.7)
+        for name, mask in (rois or {}).items():
+            m = np.asarray(mask)[sl].T.astype(float)
+            if m.any():
+                ax.contour(m, levels=[0.5], colors=[colors.get(name, "lime")], linewidths=0.8)
+        ax.set_title(f"{label} {idx}", fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+
+    def write(tmp):
+        fig.savefig(tmp, format="png", dpi=90)
+
+    try:
+        _atomic_write(path, write)
+    finally:
+        plt.close(fig)
+    return path

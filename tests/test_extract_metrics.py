@@ -1,0 +1,190 @@
+"""CST extraction on synthetic MNI streamlines, and per-side metrics on synthetic maps."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cstbatch.atlas import icbm_atlas
+from cstbatch.steps.extract import classify_streamlines, extract_endpoint, extract_passthrough
+from cstbatch.steps.metrics import (
+    compute_metrics,
+    laterality_index,
+    metrics_to_rows,
+    orient_streamlines,
+    profiles_to_rows,
+    visited_voxel_mask,
+)
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    return icbm_atlas({})
+
+
+def _nearest_roi_point(atlas, roi, target):
+    ijk = np.argwhere(atlas.roi(roi))
+    xyz = ijk @ atlas.affine[:3, :3].T + atlas.affine[:3, 3]
+    return xyz[np.argmin(np.linalg.norm(xyz - np.asarray(target), axis=1))]
+
+
+def _polyline(*ctrl, step=1.0):
+    """Piecewise-linear streamline through the control points, ~``step`` mm apart."""
+    ctrl = [np.asarray(c, float) for c in ctrl]
+    out = []
+    for a, b in zip(ctrl[:-1], ctrl[1:]):
+        n = max(int(np.ceil(np.linalg.norm(b - a) / step)), 1)
+        out.append(a + (b - a) * (np.arange(n)[:, None] / n))
+    out.append(ctrl[-1][None])
+    return np.vstack(out)
+
+
+def _cst(atlas, sign):
+    """A CST-like path: brainstem (pons) → peduncle → internal capsule → precentral cortex."""
+    top = _nearest_roi_point(atlas, "motor_left" if sign < 0 else "motor_right", [sign * 38, -18, 62])
+    return _polyline([sign * 5, -30, -45], [sign * 8, -24, -25], [sign * 13, -18, -8],
+                     [sign * 22, -14, 10], [sign * 28, -16, 35], top)
+
+
+@pytest.fixture(scope="module")
+def bundle(atlas):
+    left, right = _cst(atlas, -1), _cst(atlas, +1)
+    left_curved = _polyline([-6, -28, -40], [-10, -22, -15], [-18, -10, 5], [-26, -8, 30],
+                            _nearest_roi_point(atlas, "motor_left", [-20, -14, 70]))
+    # brainstem → crosses the midline in the internal-capsule level → right motor cortex
+    crossing = _polyline([-6, -28, -40], [-10, -22, -15], [-15, -18, 10], [10, -15, 25],
+                         _nearest_roi_point(atlas, "motor_right", [38, -18, 62]))
+    # brainstem → frontal cortex (anterior limb / prefrontal): a distractor
+    frontal = _polyline([-6, -28, -40], [-12, -18, -8], [-20, 5, 15], [-28, 40, 30])
+    # commissural: left motor → right motor through the corpus callosum
+    callosal = _polyline(_nearest_roi_point(atlas, "motor_left", [-38, -18, 62]), [-15, -15, 30],
+                         [0, -15, 25], [15, -15, 30], _nearest_roi_point(atlas, "motor_right", [38, -18, 62]))
+    # a CST that runs on from cortex into frontal white matter (passes, but does not end, in M1)
+    overshoot = np.vstack([left, _polyline(left[-1], [-30, 30, 40])[1:]])
+    # too short (only a piece of brainstem to cortex is impossible; use a pontine stub + motor)
+    short = _polyline(_nearest_roi_point(atlas, "motor_left", [-30, -10, 42]), [-26, -12, 30])
+    return {"left": left, "right": right, "left_curved": left_curved, "crossing": crossing,
+            "frontal": frontal, "callosal": callosal, "overshoot": overshoot, "short": short}
+
+
+def test_passthrough_keeps_exactly_the_cst(bundle, atlas):
+    names = list(bundle)
+    out = extract_passthrough([bundle[n] for n in names], atlas, {})
+    assert set(out) == {"left", "right"}
+    assert sorted(names[i] for i in out["left"]) == ["left", "left_curved", "overshoot"]
+    assert [names[i] for i in out["right"]] == ["right"]
+    assert out["left"].dtype == np.int64
+
+
+def test_endpoint_needs_both_ends_in_rois(bundle, atlas):
+    names = list(bundle)
+    out = extract_endpoint([bundle[n] for n in names], atlas, {})
+    assert sorted(names[i] for i in out["left"]) == ["left", "left_curved"]
+    assert [names[i] for i in out["right"]] == ["right"]
+    # the direction a streamline was tracked in does not matter
+    flipped = extract_endpoint([bundle[n][::-1] for n in names], atlas, {})
+    assert [list(v) for v in flipped.values()] == [list(v) for v in out.values()]
+
+
+def test_length_limits_and_empty_input(bundle, atlas):
+    sl = [bundle["left"], bundle["right"]]
+    info = classify_streamlines(sl, atlas, {})
+    assert info["length_mm"][0] > 100
+    out = extract_passthrough(sl, atlas, {"extract_max_length": 50.0})
+    assert len(out["left"]) == 0 and len(out["right"]) == 0
+    out = extract_passthrough([], atlas, {})
+    assert len(out["left"]) == 0 and len(out["right"]) == 0
+
+
+def test_side_comes_from_mni_x_not_voxel_axes(bundle, atlas):
+    # the same atlas stored with a flipped x axis (LAS) gives the same answer
+    import nibabel as nib
+
+    from cstbatch.atlas import Atlas
+
+    def flip(img):
+        flip_x = np.array([[-1, 0, 0, img.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+        return nib.Nifti1Image(np.asarray(img.dataobj)[::-1], img.affine @ flip_x)
+
+    las = Atlas(name="las", version="1", template=flip(atlas.template), brainstem=flip(atlas.brainstem),
+                motor_left=flip(atlas.motor_left), motor_right=flip(atlas.motor_right))
+    names = list(bundle)
+    a = extract_passthrough([bundle[n] for n in names], atlas, {})
+    b = extract_passthrough([bundle[n] for n in names], las, {})
+    assert [list(v) for v in a.values()] == [list(v) for v in b.values()]
+
+
+# ---------------------------------------------------------------------------------------
+AFF = np.diag([2.0, 2.0, 2.0, 1.0])
+AFF[:3, 3] = [-80.0, -110.0, -60.0]
+SHAPE = (81, 96, 75)
+
+
+def _grid_mm():
+    ii, jj, kk = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    return ii * 2.0 - 80.0, jj * 2.0 - 110.0, kk * 2.0 - 60.0
+
+
+def _maps(fa_left=0.6, fa_right=0.4):
+    x, _, z = _grid_mm()
+    fa = np.where(x < 0, fa_left, fa_right).astype(np.float32)
+    return {"fa": fa, "md": np.full(SHAPE, 0.8e-3, np.float32), "rd": np.full(SHAPE, 0.5e-3, np.float32),
+            "ad": np.full(SHAPE, 1.4e-3, np.float32)}
+
+
+def test_metrics_known_values_and_laterality(bundle):
+    left = [bundle["left"], bundle["left_curved"]]
+    right = [bundle["right"]]
+    m = compute_metrics(left, right, _maps(), AFF, {"profile_nodes": 50}, mni=np.eye(4))
+    assert m["left"]["streamline_count"] == 2 and m["right"]["streamline_count"] == 1
+    assert m["left"]["fa_mean"] == pytest.approx(0.6, abs=1e-6)
+    assert m["right"]["fa_mean"] == pytest.approx(0.4, abs=1e-6)
+    assert m["left"]["md_mean"] == pytest.approx(0.8e-3, rel=1e-5)
+    assert m["laterality"]["fa_mean"] == pytest.approx(0.2, abs=1e-6)
+    assert m["laterality"]["md_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert m["laterality"]["streamline_count"] == pytest.approx(1 / 3)
+    assert m["left"]["volume_mm3"] > m["right"]["volume_mm3"] > 0
+    assert len(m["left"]["profiles"]["fa"]) == 50
+    assert m["left"]["regions"]["pontine"]["fa"] == pytest.approx(0.6, abs=1e-6)
+    json.dumps(m)  # JSON-serialisable
+    rows = metrics_to_rows(m)
+    assert [r["side"] for r in rows] == ["left", "right", "laterality_index"]
+    assert rows[0].keys() == rows[2].keys()
+    assert rows[2]["fa_mean"] == pytest.approx(0.2, abs=1e-6)
+    prow = profiles_to_rows(m)
+    assert len(prow) == 2 * 4 * 50 and set(prow[0]) == {"side", "node", "metric", "value", "std"}
+
+
+def test_profile_orientation_brainstem_to_cortex(bundle):
+    _, _, z = _grid_mm()
+    maps = {"fa": (0.2 + 0.004 * (z + 60)).astype(np.float32)}  # FA rises with z
+    left = bundle["left"]
+    for mni in (np.eye(4), None):
+        m1 = compute_metrics([left], [left[::-1]], maps, AFF, {"profile_nodes": 20}, mni=mni)
+        for side in ("left", "right"):
+            prof = m1[side]["profiles"]["fa"]
+            assert prof[0] < prof[-1], (side, mni)
+        np.testing.assert_allclose(m1["left"]["profiles"]["fa"], m1["right"]["profiles"]["fa"], atol=1e-6)
+    # with a brainstem mask only: the end nearer the mask comes first
+    x, y, zz = _grid_mm()
+    bs = (np.abs(x) < 10) & (np.abs(y + 28) < 10) & (zz < -20) & (zz > -50)
+    o = orient_streamlines([left[::-1]], brainstem_mask=bs, affine=AFF)[0]
+    assert o[0][2] < o[-1][2]
+
+
+def test_empty_sides_and_laterality_none():
+    m = compute_metrics([], [], _maps(), AFF, {})
+    assert m["left"]["streamline_count"] == 0 and m["left"]["fa_mean"] is None
+    assert m["laterality"]["streamline_count"] is None  # both zero
+    assert m["laterality"]["fa_mean"] is None
+    assert laterality_index(1.0, float("nan")) is None
+    assert laterality_index(3.0, 1.0) == pytest.approx(0.5)
+    json.dumps(m)
+    assert len(metrics_to_rows(m)) == 3 and profiles_to_rows(m) == []
+
+
+def test_visited_voxel_mask_counts_every_voxel_crossed():
+    s = np.array([[0.0, 0.0, -20.0], [0.0, 0.0, 20.0]])  # 40 mm straight, 2 points only
+    mask = visited_voxel_mask([s], SHAPE, AFF)
+    assert mask.sum() == 21
