@@ -117,8 +117,11 @@ def _check_sidecar(nifti: Path) -> None:
 
 def _cause(exc: BaseException, path: Path) -> str:
     """One-line text of an exception, without repeating the file name the message starts with."""
-    text = _one_line(exc).replace(str(path), "").replace(path.name, "").strip(" :")
-    text = re.sub(r"^File\s+is", "file is", text)
+    text = _one_line(exc)
+    if "Cannot work out file type" in text:
+        return "unrecognised file type or header"
+    text = text.replace(f'"{path}"', "the file").replace(str(path), "the file").strip(" :")
+    text = re.sub(r"^File the file is", "the file is", text)
     return text or type(exc).__name__
 
 
@@ -134,6 +137,17 @@ def _load_header(nifti: Path):
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(nifti, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
     return img
+
+
+def _raw_zooms(nifti: Path, img) -> np.ndarray:
+    """Voxel sizes (mm) as stored in the file's pixdim, before nibabel "fixes" zeros to 1."""
+    try:
+        opener = gzip.open if nifti.name.endswith(".gz") else open
+        with opener(nifti, "rb") as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+        return np.abs(np.asarray(raw["pixdim"][1:4], dtype=float))
+    except Exception:  # header already parsed once by nibabel; fall back to its view
+        return np.asarray(img.header.get_zooms()[:3], dtype=float)
 
 
 def _scan_voxels(nifti: Path, img) -> None:
@@ -153,7 +167,8 @@ def _scan_voxels(nifti: Path, img) -> None:
     for name, val in (("scl_slope", slope), ("scl_inter", inter)):
         if val is not None and not np.isfinite(val):
             raise InputError(nifti, f"header {name} is {val} (not finite)")
-    offset = int(hdr.get_data_offset())
+    # nibabel's proxy knows the real offset (a header may say 0 for single-file NIfTI)
+    offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     is_gz = nifti.name.endswith(".gz")
     check_float = dtype.kind == "f"
@@ -200,7 +215,9 @@ def _scan_voxels(nifti: Path, img) -> None:
     except (zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise InputError(nifti, f"corrupt file: {_cause(exc, nifti)}") from None
     if n_bad:
-        raise InputError(nifti, f"{n_bad} voxel values are NaN or Inf")
+        raise InputError(
+            nifti, f"{n_bad} voxel value{'s are' if n_bad != 1 else ' is'} NaN or Inf"
+        )
 
 
 def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
@@ -244,7 +261,7 @@ def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
         raise InputError(nifti, f"not a 4-D image (shape {tuple(shape)}); a DWI needs volumes along axis 4")
     if min(shape) < 1:
         raise InputError(nifti, f"image has an empty dimension (shape {tuple(shape)})")
-    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    zooms = _raw_zooms(nifti, img)
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0) or np.any(zooms > MAX_VOXEL_MM):
         shown = "x".join(f"{z:g}" for z in zooms)
         raise InputError(
@@ -253,6 +270,10 @@ def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(nifti, "header has no usable voxel-to-world affine (singular or not finite)")
+    aff_zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(aff_zooms > MAX_VOXEL_MM) or np.any(aff_zooms < 1e-3):
+        shown = "x".join(f"{z:g}" for z in aff_zooms)
+        raise InputError(nifti, f"absurd voxel size {shown} mm in the affine (sform/qform)")
 
     bvals, bvecs_bids = read_bvals_bvecs(bval, bvec, shape[3])
     _check_sidecar(nifti)

@@ -45,6 +45,5 @@ def mask_median_otsu(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.n
         mean_b0,
         median_radius=int(options.get("mask_median_radius", 2)),
         numpass=int(options.get("mask_numpass", 2)),
-        autocrop=False,
     )
     return np.asarray(mask, dtype=bool)

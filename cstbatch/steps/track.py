@@ -147,16 +147,17 @@ def select_shell(gtab):
 
 
 def sh_order_for(n_directions: int) -> int:
-    """SH order for CSD: 8 with ≥ 45 directions (45 coefficients), else 6 (≥ 28), else 4.
+    """SH order for CSD: the highest of 8/6/4/2 with at least as many directions as SH
+    coefficients (45/28/15/6).
 
     CSD's non-negativity constraint allows some super-resolution, but a lower order on
     ~30-direction clinical data keeps the fit stable; 6 still separates 60-90° crossings.
+    Below 15 directions crossings cannot be resolved at all (order 2 is tensor-like).
     """
-    if n_directions >= 45:
-        return 8
-    if n_directions >= 28:
-        return 6
-    return 4
+    for order, n_coef in ((8, 45), (6, 28), (4, 15)):
+        if n_directions >= n_coef:
+            return order
+    return 2
 
 
 def _response(gtab, data, fa, mask):
@@ -214,9 +215,10 @@ def fit_csd_sh(data, gtab, mask, fa, stop_fa):
     if mask is not None:
         fit_mask &= np.asarray(mask, bool)
     response = _response(sub, data, fa, mask)
-    model = ConstrainedSphericalDeconvModel(sub, response, sh_order_max=order)
     with warnings.catch_warnings():
+        # dipy's legacy-basis notices; the basis is fixed by CSD and matched by the tracker
         warnings.simplefilter("ignore")
+        model = ConstrainedSphericalDeconvModel(sub, response, sh_order_max=order)
         fit = model.fit(data, mask=fit_mask)
         shm = np.asarray(fit.shm_coeff, dtype=float)
     return shm, order
@@ -256,11 +258,13 @@ def track_deterministic(data, gtab, mask, maps, affine, options) -> list[np.ndar
     data = np.asarray(data)
     sc, fa = _stopping(maps, mask, _opt(options, "track_stop_fa"))
     shm, _ = fit_csd_sh(data, gtab, mask, fa, float(_opt(options, "track_stop_fa")))
-    dg = DeterministicMaximumDirectionGetter.from_shcoeff(
-        shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
-        pmf_threshold=0.1,
-    )
-    return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # legacy SH basis notice
+        dg = DeterministicMaximumDirectionGetter.from_shcoeff(
+            shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
+            pmf_threshold=0.1,
+        )
+        return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options)
 
 
 def _seed_mask(fa, mask, seed_fa):
