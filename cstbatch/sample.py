@@ -420,10 +420,10 @@ def generate_sample_study(out_dir: Path, *, seed: int = DEFAULT_SEED, voxel_mm: 
                 "format": spec.fmt, "orientation": spec.orientation, "lesion": spec.lesion,
                 "shape": list(sess.data.shape), **extra,
             })
-            fam = truth["fa_noisefree_mean"]
+            fam = {k: ("-" if v is None else f"{v:.3f}") for k, v in truth["fa_noisefree_mean"].items()}
             say(f"{spec.key}: {spec.fmt} {spec.orientation} shape {tuple(sess.data.shape)}, "
-                f"{size / 1e6:.1f} MB, FA(CST L/R) {fam['cst_left']:.3f}/{fam['cst_right']:.3f}, "
-                f"b0 SNR {truth['b0_snr_measured']:.1f}, {time.perf_counter() - t0:.1f} s")
+                f"{size / 1e6:.1f} MB, noise-free FA in CST L/R {fam['cst_left']}/{fam['cst_right']}"
+                f", b0 SNR {truth['b0_snr_measured']:.1f}, {time.perf_counter() - t0:.1f} s")
             del sess
         _write_study_files(stage, seed, voxel_mm, snr, sessions_info)
         for name in _TOP_LEVEL:

@@ -11,8 +11,9 @@ Tissue model (per voxel, fractions summing to the brain fraction)
     * WM    anisotropic everywhere: a cylindrical tensor (λ∥ 1.4e-3, λ⊥ 0.6e-3) along a smooth
       orientation field that is fixed in MNI space (:func:`wm_orientation_mni`), S0 = 1000.
     * Bundles replace WM and GM (never CSF) inside their tubes: cylindrical tensors along the
-      tube's tangent (CST λ∥ 1.65e-3, λ⊥ 0.38e-3); where tubes overlap (the corpus callosum
-      crossing the CSTs in the corona radiata) the voxel is a mixture of both.
+      tube's tangent (CST λ∥ 1.65e-3, λ⊥ 0.38e-3); where tubes overlap the voxel is a
+      mixture. The corpus callosum yields half its fraction where it crosses the CSTs in the
+      corona radiata (CST:CC = 2:1 at the crossing's core), so the CST stays dominant there.
 
     The signal is the closed form S = Σ_k f_k S0_k exp(−b gᵀ D_k g) with g the gradient
     direction in world space, then Rician noise with σ = S0_WM / snr.
@@ -63,7 +64,9 @@ BUNDLE_EIG = {
     "distractor_right": (1.6e-3, 0.35e-3),
     "cc": (1.7e-3, 0.3e-3),
 }
-LESION_EIG = (1.25e-3, 0.85e-3)  # damaged CST compartment: FA ≈ 0.2, slightly higher MD
+#: bundle -> how much of its tube fraction it gives up where it overlaps the other bundles
+CROSSING_YIELD = {"cc": 0.5}
+LESION_EIG = (1.35e-3, 0.72e-3)  # damaged CST compartment: FA ≈ 0.37 (healthy 0.73), MD +15 %
 TAPER_MM = 1.0  # half width of the soft tube edge (tube fraction 1 → 0 over r ± TAPER_MM)
 
 #: Bundle centre lines in MNI mm: (x, y, z, tube radius). Left side; the right is mirrored.
@@ -592,10 +595,16 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
         z[hit] = cl.points[idx[hit], 2]
         bundle_f[name], bundle_dir[name], bundle_z[name] = f, t, z
 
-    fsum = np.sum([bundle_f[n] for n in BUNDLES], axis=0)
+    # where a yielding bundle (the corpus callosum) crosses the others it keeps only part of
+    # its share, so the CST stays the dominant population (2:1 at the crossing's core), as in
+    # the corona radiata, and a tensor model can still follow it through the crossing
+    dominant = np.minimum(1.0, np.sum([bundle_f[n] for n in BUNDLES if n not in CROSSING_YIELD],
+                                      axis=0))
+    weight = {n: bundle_f[n] * (1.0 - CROSSING_YIELD.get(n, 0.0) * dominant) for n in BUNDLES}
+    fsum = np.sum([weight[n] for n in BUNDLES], axis=0)
     share = np.minimum(fsum, 1.0)
     norm = np.maximum(fsum, 1.0)
-    frac = {name: (bundle_f[name] / norm * tissue).astype(np.float32) for name in BUNDLES}
+    frac = {name: (weight[name] / norm * tissue).astype(np.float32) for name in BUNDLES}
     frac["gm"] = (gm * (1.0 - share)).astype(np.float32)
     frac["wm"] = (wm * (1.0 - share)).astype(np.float32)
     frac["csf"] = csf.astype(np.float32)
