@@ -15,14 +15,13 @@ key, dates and times are fixed), so the bytes only depend on the inputs.
 """
 from __future__ import annotations
 
-import os
+import struct
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 #: raw pixel value × RESCALE_SLOPE = signal
@@ -38,7 +37,10 @@ def dicom_filenames(n_slices: int, n_volumes: int) -> list[str]:
 
 def quantize(data: np.ndarray) -> np.ndarray:
     """Signal → stored uint16 pixel values (``round(signal / RESCALE_SLOPE)``, clipped)."""
-    return np.clip(np.rint(np.asarray(data, np.float64) / RESCALE_SLOPE), 0, 65535).astype(np.uint16)
+    out = np.asarray(data, np.float32) / np.float32(RESCALE_SLOPE)
+    np.rint(out, out=out)
+    np.clip(out, 0, 65535, out=out)
+    return out.astype(np.uint16)
 
 
 def _ds(v: float, nd: int) -> str:
@@ -143,6 +145,14 @@ def write_dicom_series(out_dir: Path, data: np.ndarray, affine: np.ndarray, bval
 
     names = dicom_filenames(nz, nv)
     static = _encode_elements(base)
+    # per slice: position and location (the same in every volume)
+    per_slice = []
+    for k in range(nz):
+        pos = _LPS @ (aff[:3, :3] @ np.array([0.0, 0.0, float(k)]) + aff[:3, 3])
+        per_slice.append({
+            0x00200032: _element(0x00200032, "DS", "\\".join(_ds(c, 5) for c in pos)),
+            0x00201041: _element(0x00201041, "DS", _ds(float(pos @ normal), 5)),
+        })
     written: list[Path] = []
     for v in range(nv):
         bval = float(bvals[v])
@@ -159,29 +169,46 @@ def write_dicom_series(out_dir: Path, data: np.ndarray, affine: np.ndarray, bval
             per_vol.DiffusionGradientOrientation = [float(c) for c in g_lps[v]]
         else:
             per_vol.DiffusionDirectionality = "NONE"
-        vol_elems = _encode_elements(per_vol)
+        common = dict(static)
+        common.update(_encode_elements(per_vol))
         for k in range(nz):
             inst = v * nz + k + 1
             sop_uid = generate_uid(entropy_srcs=["cstbatch-sample", key, "instance", str(inst)])
-            per_file = Dataset()
-            per_file.SOPInstanceUID = sop_uid
-            per_file.InstanceNumber = inst
-            pos = _LPS @ (aff[:3, :3] @ np.array([0.0, 0.0, float(k)]) + aff[:3, 3])
-            per_file.ImagePositionPatient = [_ds(c, 5) for c in pos]
-            per_file.SliceLocation = _ds(float(pos @ normal), 5)
-            sl = np.ascontiguousarray(raw[:, :, k, v].T).astype("<u2")
-            per_file.add(DataElement(0x7FE00010, "OW", sl.tobytes()))
-            elems = dict(static)
-            elems.update(vol_elems)
-            elems.update(_encode_elements(per_file))
+            elems = dict(common)
+            elems.update(per_slice[k])
+            elems[0x00080018] = _element(0x00080018, "UI", sop_uid)
+            elems[0x00200013] = _element(0x00200013, "IS", str(inst))
+            pixels = np.ascontiguousarray(raw[:, :, k, v].T).astype("<u2").tobytes()
+            elems[0x7FE00010] = _element(0x7FE00010, "OW", pixels)
             body = b"".join(elems[t] for t in sorted(elems))
             path = out_dir / names[inst - 1]
-            _write_bytes(path, _PREAMBLE + _file_meta_bytes(sop_uid) + body)
+            path.write_bytes(_PREAMBLE + _file_meta_bytes(sop_uid) + body)
             written.append(path)
     return written
 
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"}
+
+
+def _element(tag: int, vr: str, value) -> bytes:
+    """One data element in explicit VR little endian (strings padded to even length).
+
+    Used for the few elements that change per file; the rest is encoded by pydicom once.
+    ``tests/test_sample.py`` checks that pydicom re-encodes a written file to the same bytes.
+    """
+    if isinstance(value, str):
+        raw = value.encode("ascii")
+        if len(raw) % 2:
+            raw += b"\x00" if vr == "UI" else b" "
+    else:
+        raw = bytes(value)
+        if len(raw) % 2:
+            raw += b"\x00"
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_VRS:
+        return head + struct.pack("<HI", 0, len(raw)) + raw
+    return head + struct.pack("<H", len(raw)) + raw
 
 
 def _encode_elements(ds: Dataset) -> dict[int, bytes]:
@@ -202,21 +229,13 @@ def _encode_elements(ds: Dataset) -> dict[int, bytes]:
 
 
 def _file_meta_bytes(sop_uid: str) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "CSTBATCH_SAMPLE"
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = False
-    write_file_meta_info(fp, meta, enforce_standard=True)
-    return fp.getvalue()
-
-
-def _write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-    os.replace(tmp, path)
+    """File meta group (0002) for one instance, with its group length."""
+    elems = b"".join([
+        _element(0x00020001, "OB", b"\x00\x01"),
+        _element(0x00020002, "UI", MRImageStorage),
+        _element(0x00020003, "UI", sop_uid),
+        _element(0x00020010, "UI", ExplicitVRLittleEndian),
+        _element(0x00020012, "UI", _IMPLEMENTATION_UID),
+        _element(0x00020013, "SH", "CSTBATCH_SAMPLE"),
+    ])
+    return _element(0x00020000, "UL", struct.pack("<I", len(elems))) + elems

@@ -648,9 +648,14 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     sigma = 0.0 if (snr is None or snr <= 0 or not np.isfinite(snr)) else S0["wm"] / float(snr)
     if sigma > 0:
         rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
-        n1 = rng.standard_normal(signal.shape, dtype=np.float32)
-        n2 = rng.standard_normal(signal.shape, dtype=np.float32)
-        data = np.sqrt((signal + sigma * n1) ** 2 + (sigma * n2) ** 2)
+        data = np.empty_like(signal)
+        for v in range(signal.shape[3]):  # volume by volume: keeps the peak memory low
+            re = rng.standard_normal(shape, dtype=np.float32)
+            re *= sigma
+            re += signal[..., v]
+            im = rng.standard_normal(shape, dtype=np.float32)
+            im *= sigma
+            np.hypot(re, im, out=data[..., v])
     else:
         data = signal.copy()
 
