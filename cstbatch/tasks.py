@@ -118,13 +118,20 @@ def session_tasks(spec, study: Study, registry, stop_on_first_crash: bool = Fals
     yield {"basename": spec.key, "name": None, "doc": f"every step of {spec.key} ({spec.origin})"}
 
 
+def generate_sample(out_dir: str) -> None:
+    """doit action: write the sample study (see ``cstbatch.sample``)."""
+    from .sample import generate_sample_study
+
+    generate_sample_study(Path(out_dir))
+
+
 def sample_task(study: Study) -> dict:
     from . import sample
 
     return {
         "basename": SAMPLE_TASK,
         "doc": "generate the synthetic sample study (when missing or outdated)",
-        "actions": [(sample.generate_sample_study, [study.sample_dir])],
+        "actions": [(generate_sample, [str(study.sample_dir)])],
         "targets": sample.sample_outputs(study.sample_dir),
         "uptodate": [config_changed({"sample_version": sample.SAMPLE_VERSION})],
         "clean": True,
@@ -158,7 +165,9 @@ def generate_tasks(study: Study, stop_on_first_crash: bool = False) -> Iterator[
     yield aggregate_task(study)
 
 
-def doit_config(study: Study, jobs: int = 1) -> dict[str, Any]:
+def doit_config(study: Study, jobs: int = 1, lock_name: str | None = None) -> dict[str, Any]:
+    """doit settings; ``lock_name`` replaces the output folder's run lock by a named one (one
+    cluster job per session: ``.cstbatch/locks/<lock_name>/lock``)."""
     from .progress import ProgressReporter
 
     out_dir = study.config.output_dir
@@ -167,15 +176,16 @@ def doit_config(study: Study, jobs: int = 1) -> dict[str, Any]:
         "dep_file": str(out_dir / STATE_DIR / "state"),
         "backend": "cstbatch",
         "verbosity": 1,
-        "reporter": ProgressReporter(out_dir, layouts, sys.stdout),
+        "reporter": ProgressReporter(out_dir, layouts, sys.stdout, lock_name=lock_name),
     }
     if jobs > 1:
         config.update(num_process=jobs, par_type="process")
     return config
 
 
-def doit_namespace(study: Study, jobs: int = 1, stop_on_first_crash: bool = False) -> dict[str, Any]:
+def doit_namespace(study: Study, jobs: int = 1, stop_on_first_crash: bool = False,
+                   lock_name: str | None = None) -> dict[str, Any]:
     """A module-like namespace for doit's ``ModuleTaskLoader`` (also what ``dodo.py`` exports)."""
     def task_cstbatch():
         yield from generate_tasks(study, stop_on_first_crash)
-    return {"task_cstbatch": task_cstbatch, "DOIT_CONFIG": doit_config(study, jobs)}
+    return {"task_cstbatch": task_cstbatch, "DOIT_CONFIG": doit_config(study, jobs, lock_name)}
