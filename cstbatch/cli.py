@@ -5,6 +5,8 @@
     cstbatch sample-data OUT          write the synthetic sample study
     cstbatch plugins                  list every registered implementation
     cstbatch options                  print the options table
+    cstbatch submit --slurm [BIDS_DIR] OUT_DIR …   run the unfinished sessions on a SLURM cluster
+    cstbatch status OUT_DIR           sessions' states from the saved state (also during a run)
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from pathlib import Path
 
 from .errors import CstBatchError
 from .options import options_table_markdown, parse_cli_value
+from .slurm import cmd_submit
+from .status import cmd_status
 
-COMMANDS = ("sample-data", "plugins", "options")
+COMMANDS = ("sample-data", "plugins", "options", "submit", "status")
 
 
 def _bids_app_parser() -> argparse.ArgumentParser:
@@ -112,7 +116,8 @@ def cmd_options(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    handlers = {"sample-data": cmd_sample_data, "plugins": cmd_plugins, "options": cmd_options}
+    handlers = {"sample-data": cmd_sample_data, "plugins": cmd_plugins, "options": cmd_options,
+                "submit": cmd_submit, "status": cmd_status}
     try:
         if argv and argv[0] in handlers:
             return handlers[argv[0]](argv[1:])

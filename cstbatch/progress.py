@@ -4,7 +4,8 @@ On a terminal it keeps one live line (sessions done/failed/total, tasks running,
 log file or pipe it prints one line per executed task instead. Up-to-date tasks are counted,
 not listed, so a no-op rerun of a large study says so in one line. Failures print one line
 naming the session, step, cause and log file; tracebacks stay in the logs.
-It also takes the output folder's run lock for the run's duration, and turns SIGTERM into an
+It also takes the output folder's run lock for the run's duration (or, with ``lock_name``, a lock
+of its own under ``.cstbatch/locks/``: a cluster job running one session), and turns SIGTERM into an
 orderly stop (doit then saves nothing half-done: the state is committed per task anyway).
 """
 from __future__ import annotations
@@ -33,12 +34,14 @@ def _on_sigterm(signum, frame):
 class ProgressReporter(ConsoleReporter):
     desc = "cstbatch progress"
 
-    def __init__(self, out_dir: Path, layouts: dict[str, SessionLayout], outstream=None, tty: bool | None = None):
+    def __init__(self, out_dir: Path, layouts: dict[str, SessionLayout], outstream=None, tty: bool | None = None,
+                 lock_name: str | None = None):
         super().__init__(outstream or sys.stdout, {})
         self.out_dir = Path(out_dir)
         self.layouts = layouts
         self.tty = self.outstream.isatty() if tty is None else tty
-        self.lock = RunLock(self.out_dir / ".cstbatch")
+        state_dir = self.out_dir / ".cstbatch"
+        self.lock = RunLock(state_dir / "locks" / lock_name if lock_name else state_dir)
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.running: set[str] = set()

@@ -83,9 +83,13 @@ class Plan(DoitCmdBase):
         return 0
 
 
-def run_doit(study: Study, argv: list[str], jobs: int = 1, stop_on_first_crash: bool = False) -> int:
-    """Run a doit command line (``["run"]``, ``["list"]``, ``["plan"]``…) over the study's tasks."""
-    namespace = doit_namespace(study, jobs, stop_on_first_crash)
+def run_doit(study: Study, argv: list[str], jobs: int = 1, stop_on_first_crash: bool = False,
+             lock_name: str | None = None) -> int:
+    """Run a doit command line (``["run"]``, ``["list"]``, ``["plan"]``…) over the study's tasks.
+
+    ``lock_name``: take ``.cstbatch/locks/<lock_name>/lock`` instead of the output folder's lock.
+    """
+    namespace = doit_namespace(study, jobs, stop_on_first_crash, lock_name)
     namespace["DOIT_CONFIG"]["outfile"] = sys.stdout  # doit binds sys.stdout at import time
     return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
 

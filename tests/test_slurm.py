@@ -1,0 +1,263 @@
+"""Cluster runs: ``cstbatch submit --slurm`` on a real single-node SLURM cluster, and ``cstbatch status``.
+
+The cluster is the one named by ``SLURM_CONF`` (``.ci/run`` starts it with ``.ci/start_slurm.sh``),
+or one this module starts itself when the SLURM daemons are installed; where neither works the
+cluster test skips. The dry-run and status tests need no cluster.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cstbatch.cli import main as cstbatch
+from conftest import write_tiny_dwi
+
+ROOT = Path(__file__).resolve().parents[1]
+START_SLURM = ROOT / ".ci" / "start_slurm.sh"
+KEYS = ["sub-01_ses-01", "sub-02_ses-01", "sub-03_ses-01"]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def make_study(root: Path, broken: bool = True, subjects=(1, 2, 3)) -> Path:
+    """Sessions of tiny real DWI (sub-0N, ses-01); sub-03's .bval has one value too few when ``broken``."""
+    entries = []
+    for i in (n - 1 for n in subjects):
+        write_tiny_dwi(root / "data" / f"s{i + 1}_dwi", seed=i)
+        entries.append({"id": f"sub-0{i + 1}", "session": "ses-01", "nifti": f"data/s{i + 1}_dwi.nii.gz"})
+    if broken:
+        break_bval(root)
+    manifest = root / "study.json"
+    manifest.write_text(json.dumps({"name": "tiny cluster", "options": {"denoise_method": "none"},
+                                    "subjects": entries}))
+    return manifest
+
+
+def break_bval(root: Path) -> None:
+    bval = root / "data" / "s3_dwi.bval"
+    values = np.loadtxt(bval)
+    np.savetxt(bval, values[:-1][None], fmt="%g")
+
+
+def fix_bval(root: Path) -> None:
+    write_tiny_dwi(root / "data" / "s3_dwi", seed=2)
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = cstbatch([str(a) for a in argv])
+    return code, buf.getvalue()
+
+
+def status_of(out: Path) -> dict[str, dict]:
+    code, text = cli("status", out, "--json")
+    assert code == 0, text
+    return {row["key"]: row for row in json.loads(text)}
+
+
+def record(out: Path, key: str, step: str) -> dict:
+    sub = key.split("_")[0]
+    return json.loads((out / sub / "ses-01" / "steps" / f"{key}_step-{step}.json").read_text())
+
+
+def record_times(out: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in out.glob("sub-*/ses-*/steps/*.json")}
+
+
+# -- the cluster --------------------------------------------------------------------------------
+
+def _sinfo_ok(env: dict) -> bool:
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return False
+    try:
+        proc = subprocess.run([sinfo, "-h", "-o", "%t"], capture_output=True, text=True, env=env, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and any(s.startswith(("idle", "mix", "alloc")) for s in proc.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """SLURM_CONF of a working cluster (the environment's, or one started here and stopped after)."""
+    if os.environ.get("SLURM_CONF") and _sinfo_ok(dict(os.environ)):
+        yield os.environ["SLURM_CONF"]
+        return
+    if not (shutil.which("slurmctld") or Path("/usr/sbin/slurmctld").exists()):
+        pytest.skip("SLURM is not installed (.ci/start_slurm.sh installs it)")
+    try:
+        proc = subprocess.run(["bash", str(START_SLURM), "--no-install"], capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.skip("SLURM did not start within 180 s")
+    if proc.returncode != 0:
+        pytest.skip(f"SLURM cannot start here: {proc.stderr.strip()[-500:]}")
+    conf = proc.stdout.strip().splitlines()[-1]
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield conf
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        subprocess.run(["bash", str(START_SLURM), "--stop", conf], timeout=60)
+
+
+def wait_for_jobs(job_ids: list[str], out: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return
+        time.sleep(1)
+    logs = "\n".join(f"== {p.name}\n{p.read_text()}" for p in sorted((out / "logs").glob("slurm-*.out")))
+    pytest.fail(f"jobs {job_ids} still queued/running after {timeout} s:\n{proc.stdout}\n{logs}")
+
+
+def job_states(job_id: str) -> dict[str, str]:
+    """Array task id (or 'job') → JobState, from ``scontrol -o show job`` (kept MinJobAge seconds)."""
+    text = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    states = {}
+    for line in text.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        states[fields.get("ArrayTaskId", "job")] = fields.get("JobState")
+    return states
+
+
+def submitted_ids(text: str) -> tuple[str | None, str]:
+    array = re.search(r"as array job (\d+)", text)
+    aggregate = re.search(r"submitted aggregation job (\d+)", text)
+    assert aggregate, text
+    return (array.group(1) if array else None), aggregate.group(1)
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+def test_dry_run_prints_both_scripts_and_submits_nothing(tmp_path):
+    manifest = make_study(tmp_path)
+    out = tmp_path / "out"
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run", "--partition", "short",
+                     "--time", "01:30:00", "--mem-per-job", "2G", "--cpus", "2", "--throttle", "5")
+    assert code == 0, text
+    assert f"3 of 3 sessions need work: {', '.join(KEYS)}" in text
+    array, aggregate = text.split("# --- aggregate.sh")
+    for line in ("#SBATCH --array=0-2%5", f"#SBATCH --output={out}/logs/slurm-%A_%a.out", "#SBATCH --partition=short",
+                 "#SBATCH --time=01:30:00", "#SBATCH --mem=2G", "#SBATCH --cpus-per-task=2", f"#SBATCH --chdir={out}"):
+        assert line in array.splitlines(), line
+    assert re.search(r"^export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2", array, re.M)
+    assert re.search(r"-m cstbatch\.slurm run-session \S+/\.cstbatch/slurm/0001 \"\$SLURM_ARRAY_TASK_ID\"$", array, re.M)
+    assert "#SBATCH --dependency=afterany:<ARRAY_JOB_ID>" in aggregate.splitlines()
+    assert re.search(r"-m cstbatch\.slurm aggregate \S+/\.cstbatch/slurm/0001$", aggregate, re.M)
+    assert not (out / ".cstbatch" / "slurm").exists() and not (out / "logs").exists()
+
+
+def test_status_and_resubmission_plan_after_a_local_run(tmp_path):
+    from cstbatch.runner import run_doit
+    from cstbatch.study import load_study
+
+    manifest = make_study(tmp_path, subjects=(1, 3))  # one good session, one broken (keeps the run short)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert "no sessions found" in cli("status", out)[1]
+    study = load_study(manifest=manifest, output_dir=out)
+    with redirect_stdout(io.StringIO()):
+        run_doit(study, ["run"], jobs=2)
+    rows = status_of(out)
+    assert list(rows) == [KEYS[0], KEYS[2]]
+    assert [rows[k]["state"] for k in rows] == ["success", "failed"]
+    assert rows[KEYS[0]]["last_step"] == "report"
+    assert rows[KEYS[2]]["failed_step"] == "ingest" and "13 b-values" in rows[KEYS[2]]["error"]
+    code, table = cli("status", out)
+    assert re.search(r"^sub-03_ses-01\s+failed\s+-\s+.*ingest: input: .*s3_dwi.bval", table, re.M), table
+    assert table.rstrip().endswith("2 sessions: 1 success, 1 failed, 0 running, 0 pending")
+
+    # a live session lock (as an array element holds it) means running
+    lock = out / ".cstbatch" / "locks" / KEYS[2] / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+    assert status_of(out)[KEYS[2]]["state"] == "running"
+    lock.unlink()
+
+    # only the failed session would be submitted again
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run")
+    assert code == 0 and "1 of 2 sessions need work: sub-03_ses-01" in text
+    assert "#SBATCH --array=0-0" in text.splitlines()
+    # a changed option makes the finished session's chain out of date again
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run",
+                     "--participant-label", "01", "--option", "track_step_size=1.0")
+    assert "1 of 1 sessions need work: sub-01_ses-01" in text
+
+
+def test_slurm_array_failure_aggregation_and_resubmission(tmp_path, slurm):
+    manifest = make_study(tmp_path, broken=True)
+    out = tmp_path / "out"
+
+    # 1. first submission: three elements, one broken; the aggregation after all of them
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--throttle", "2", "--time", "00:10:00",
+                     "--mem-per-job", "2G")
+    assert code == 0, text
+    array_id, aggregate_id = submitted_ids(text)
+    assert array_id and "3 of 3 sessions need work" in text
+    sub = out / ".cstbatch" / "slurm" / "0001"
+    assert json.loads((sub / "keys.json").read_text()) == KEYS
+    saved = json.loads((sub / "study.json").read_text())
+    assert [s["options"]["denoise_method"] for s in saved["sessions"]] == ["none"] * 3
+    assert all(Path(s["input_path"]).is_absolute() for s in saved["sessions"])
+    assert f"#SBATCH --dependency=afterany:{array_id}" in (sub / "aggregate.sh").read_text()
+    # right after submitting, nothing has finished: every session is queued or running
+    assert {r["state"] for r in status_of(out).values()} <= {"pending", "running"}
+
+    wait_for_jobs([array_id, aggregate_id], out)
+    elements = job_states(array_id)
+    assert elements == {"0": "COMPLETED", "1": "COMPLETED", "2": "FAILED"}, elements
+    assert record(out, KEYS[2], "ingest")["status"] == "failed"
+    assert "b-values" in record(out, KEYS[2], "ingest")["error"]["message"]
+    for key in KEYS[:2]:
+        assert record(out, key, "report")["status"] == "success"
+    assert f"cstbatch: {KEYS[2]}: failed at ingest" in (out / "logs" / f"slurm-{array_id}_2.out").read_text()
+    summary_path = out / "batch_summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["totals"]["success"] == 2 and summary["totals"]["failed"] == 1
+    assert summary_path.stat().st_mtime >= max(record_times(out).values())  # aggregated after every element
+    rows = status_of(out)
+    assert [rows[k]["state"] for k in KEYS] == ["success", "success", "failed"]
+    assert not any((out / ".cstbatch" / "locks").glob("*/lock"))  # every element released its lock
+
+    # 2. fix the input, resubmit: only the broken session runs, then the aggregation again
+    fix_bval(tmp_path)
+    before = record_times(out)
+    summary_time = summary_path.stat().st_mtime
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--throttle", "2")
+    assert code == 0, text
+    assert "1 of 3 sessions need work: sub-03_ses-01" in text
+    array_id, aggregate_id = submitted_ids(text)
+    sub = out / ".cstbatch" / "slurm" / "0002"
+    assert json.loads((sub / "keys.json").read_text()) == [KEYS[2]]
+    assert "#SBATCH --array=0-0%2" in (sub / "array.sh").read_text().splitlines()
+    wait_for_jobs([array_id, aggregate_id], out)
+    assert job_states(array_id) == {"0": "COMPLETED"}
+    assert job_states(aggregate_id) == {"job": "COMPLETED"}
+    after = record_times(out)
+    changed = {Path(p).name.split("_step-")[0] for p in after if after[p] != before.get(p)}
+    assert changed == {KEYS[2]}
+    summary = json.loads(summary_path.read_text())
+    assert summary_path.stat().st_mtime > summary_time
+    assert summary["totals"]["success"] == 3 and summary["totals"]["failed"] == 0
+    assert {r["state"] for r in status_of(out).values()} == {"success"}
+
+    # 3. nothing left to do: nothing is submitted
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest)
+    assert code == 0 and "0 of 3 sessions need work" in text and "nothing to submit" in text
