@@ -27,12 +27,30 @@ class Study:
     sample_dir: Path | None = None         # where the sample study is generated (kind "sample")
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """Create the output folder and prove it writable now, not after an hour of processing."""
+    import os
+    import tempfile
+
+    from .errors import InputError
+
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(out_dir, f"output folder cannot be written ({exc.strerror or exc})") from None
+
+
 def check_study(study: "Study") -> "Study":
-    """Planning-time checks that must stop the run before doit starts (unknown plugins)."""
+    """Planning-time checks that must stop the run before doit starts (unknown plugins,
+    an output folder that cannot be written)."""
     from .errors import OptionError
     from .plugins import get_registry
     from .tasks import check_implementations
 
+    check_output_dir(study.config.output_dir)
     registry = get_registry(study.plugins_dir)
     problems = check_implementations(study, registry)
     if problems:

@@ -187,7 +187,7 @@ def test_study_level_bad_input_refuses_with_json_path(tmp_path, content, fragmen
     assert fragment in str(info.value) and "m.json" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+def test_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     from cstbatch.cli import main
     good = tmp_path / "d" / "g_dwi"
     write_tiny_dwi(good)
@@ -195,6 +195,7 @@ def test_output_folder_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "blocked").write_text("a file where the output folder should be")
     code = main(["--manifest", str(tmp_path / "m.json"), str(tmp_path / "blocked"), "participant"])
     assert code == 2
+    assert "blocked: output folder cannot be written" in capsys.readouterr().err
 
 
 def test_disk_full_during_a_step_is_a_system_failure(tmp_path, monkeypatch):
