@@ -1,0 +1,266 @@
+"""Session report (HTML/PDF) and group report on tiny synthetic sessions built on disk."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+pytest.importorskip("matplotlib")
+
+from cstbatch.figures import canonical, make_view, world_centroid  # noqa: E402
+from cstbatch.steps.metrics import compute_metrics  # noqa: E402
+from cstbatch.steps.report import (SessionReportInput, _views_for_tracts, cst_voxel_masks,  # noqa: E402
+                                   load_streamlines, report_html)
+from cstbatch.steps.track import save_trk  # noqa: E402
+
+SHAPE = (20, 24, 20)
+
+
+def affine_for(orientation: str) -> np.ndarray:
+    """2 mm voxels centred on the world origin; LAS flips voxel x."""
+    if orientation == "LAS":
+        a = np.diag([-2.0, 2.0, 2.0, 1.0])
+        a[:3, 3] = [19.0, -23.0, -19.0]
+    else:
+        a = np.diag([2.0, 2.0, 2.0, 1.0])
+        a[:3, 3] = [-19.0, -23.0, -19.0]
+    return a
+
+
+def world_grid(affine) -> np.ndarray:
+    ijk = np.indices(SHAPE).reshape(3, -1).T
+    return (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(SHAPE + (3,))
+
+
+def tract(side: str) -> list[np.ndarray]:
+    """Bundle from brainstem (z = −16) to cortex (z = +16); left at x ≈ −8 mm, right at +8 mm."""
+    x0 = -8.0 if side == "left" else 8.0
+    z = np.linspace(-16, 16, 33)
+    out = []
+    for dx in (-1.5, 0.0, 1.5):
+        for dy in (-1.5, 0.0, 1.5):
+            out.append(np.c_[np.full_like(z, x0 + dx), dy + 0.05 * z, z])
+    return out
+
+
+def make_session(root: Path, orientation: str = "LAS", key: str = "sub-01_ses-01") -> SessionReportInput:
+    """A complete fake session: maps defined in world space (same anatomy whatever the affine)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    assert matplotlib
+    affine = affine_for(orientation)
+    w = world_grid(affine)
+    x, y, z = w[..., 0], w[..., 1], w[..., 2]
+    brain = (x / 18) ** 2 + (y / 22) ** 2 + (z / 18) ** 2 <= 1
+    fa = np.where(brain, 0.2, 0.0).astype(np.float32)
+    md = np.where(brain, 0.8e-3, 0.0).astype(np.float32)
+    for sx in (-8, 8):
+        col = (np.abs(x - sx) < 3.5) & (np.abs(y) < 3.5) & brain
+        fa[col], md[col] = 0.6, 0.6e-3
+    dip = (np.abs(x + 8) < 3.5) & (np.abs(y) < 3.5) & (z > 0) & (z < 7)  # lesion-like dip, left only
+    fa[dip], md[dip] = 0.3, 1.0e-3
+    d = root / "dwi"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, arr in (("fa", fa), ("md", md), ("rd", md * 0.8), ("ad", md * 1.4)):
+        paths[name] = d / f"{key}_param-{name}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, affine), str(paths[name]))
+    mask_path = d / f"{key}_mask.nii.gz"
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), str(mask_path))
+    dwi = np.stack([brain * 100.0, brain * (60 - 30 * fa), brain * (55 - 25 * fa)], axis=-1).astype(np.float32)
+    dwi_path = d / f"{key}_dwi.nii.gz"
+    nib.save(nib.Nifti1Image(dwi, affine), str(dwi_path))
+    ref = nib.Nifti1Image(fa, affine)
+    left, right = tract("left"), tract("right")
+    t = root / "tractography"
+    save_trk(left, ref, t / f"{key}_cstL.trk")
+    save_trk(right, ref, t / f"{key}_cstR.trk")
+    metrics = compute_metrics(left, right, {"fa": fa, "md": md, "rd": md * 0.8, "ad": md * 1.4}, affine,
+                              {"profile_nodes": 20})
+    fig = Figure(figsize=(3, 1.5), dpi=60)
+    FigureCanvasAgg(fig)
+    fig.add_subplot(1, 1, 1).imshow(fa[:, :, 10].T, cmap="gray", origin="lower")
+    qc = root / "figures" / f"{key}_registration_qc.png"
+    qc.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(qc, format="png", metadata={"Software": None})
+    impl = {"name": "builtin", "version": "1", "source": "built-in"}
+    records = {
+        "ingest": {"status": "success", "implementation": impl, "duration_s": 0.5, "info": {}},
+        "track": {"status": "success", "implementation": {**impl, "name": "csd_deterministic"},
+                  "duration_s": 12.25, "peak_rss_mb": 310.0, "info": {"streamlines": 1234}},
+        "register": {"status": "success", "implementation": {**impl, "name": "icbm2009a"}, "duration_s": 4.0,
+                     "info": {"quality": 0.81, "quality_metric": "pearson_r_fa_vs_warped_template",
+                              "atlas": "icbm2009a", "atlas_version": "1"}},
+        "extract": {"status": "success", "implementation": {**impl, "name": "endpoint"}, "duration_s": 1.0,
+                    "info": {"whole_brain": 1234, "cst_streamlines": {"left": 9, "right": 9}}},
+        "metrics": {"status": "success", "implementation": impl, "duration_s": 0.3, "info": {}},
+    }
+    options = {"profile_nodes": 20, "reporter": "html", "generate_pdf": False}
+    provenance = {"cstbatch_version": "0.1.0", "libraries": {"python": "3.x", "nibabel": nib.__version__},
+                  "options": options, "steps": {s: {"implementation": r["implementation"]} for s, r in records.items()},
+                  "input_sha256": {"dwi": "0" * 64}, "origin": "synthetic"}
+    return SessionReportInput(
+        key=key, subject=key.split("_")[0], session=key.split("_")[1] if "_" in key else None, options=options,
+        fa=paths["fa"], maps=paths, mask=mask_path, dwi=dwi_path, cst_left=t / f"{key}_cstL.trk",
+        cst_right=t / f"{key}_cstR.trk", rois={}, registration_qc=qc, metrics_json=root / "metrics.json",
+        metrics=metrics, provenance=provenance, records=records)
+
+
+@pytest.fixture(scope="module")
+def las_session(tmp_path_factory) -> SessionReportInput:
+    return make_session(tmp_path_factory.mktemp("las"), "LAS")
+
+
+@pytest.fixture(scope="module")
+def reports(las_session, tmp_path_factory):
+    """HTML only, then HTML + PDF twice (for the determinism checks)."""
+    root = tmp_path_factory.mktemp("reports")
+    return {name: (root / name, report_html(las_session, root / name, {"generate_pdf": pdf}))
+            for name, pdf in (("html", False), ("pdf1", True), ("pdf2", True))}
+
+
+def test_html_report_content_and_determinism(las_session, reports):
+    out, written = reports["html"]
+    html_path = out / "sub-01_ses-01_report.html"
+    assert written == [html_path] and not (out / "sub-01_ses-01_report.pdf").exists()
+    text = html_path.read_text(encoding="utf-8")
+    assert text.count("data:image/png;base64,") >= 5  # overlay, profiles, laterality, mask QC, registration QC
+    lf, rf = las_session.metrics["left"]["fa_mean"], las_session.metrics["right"]["fa_mean"]
+    pct = abs(lf - rf) / rf * 100
+    assert lf < rf
+    assert f"Left CST FA is {pct:.0f}% lower than right CST FA" in text
+    assert "laterality index" in text
+    assert "1234" in text and "0.810" in text  # whole-brain streamlines, registration quality
+    assert "csd_deterministic" in text and "cstbatch 0.1.0" in text
+    assert "sub-01" in text and "ses-01" in text
+    assert "Only 9 left CST streamlines" in text  # QC flag (< 10)
+    assert not re.search(r"20\d\d-\d\d-\d\d", text)  # no dates
+    assert len(text.encode()) < 1_500_000
+    for name in ("pdf1", "pdf2"):  # the same HTML whether or not a PDF is written, run after run
+        assert (reports[name][0] / html_path.name).read_bytes() == html_path.read_bytes()
+
+
+def test_pdf_report_is_valid_and_deterministic(reports):
+    out, written = reports["pdf1"]
+    pdf = out / "sub-01_ses-01_report.pdf"
+    assert [p.name for p in written] == ["sub-01_ses-01_report.html", "sub-01_ses-01_report.pdf"]
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    pages = int(re.search(rb"/Type\s*/Pages\b.*?/Count\s+(\d+)", data, re.S).group(1))
+    assert pages >= 2
+    assert b"CreationDate" not in data
+    assert (reports["pdf2"][0] / pdf.name).read_bytes() == data
+
+
+@pytest.mark.parametrize("orientation", ["LAS", "RAS"])
+def test_left_cst_overlay_is_on_the_subjects_left(tmp_path, orientation):
+    s = make_session(tmp_path, orientation)
+    streamlines = {"left": load_streamlines(s.cst_left), "right": load_streamlines(s.cst_right)}
+    for img in (nib.load(str(s.fa)), canonical(nib.load(str(s.fa)))):
+        masks = cst_voxel_masks(streamlines, img)
+        assert masks["left"].any() and masks["right"].any()
+        assert world_centroid(masks["left"], img.affine)[0] < 0
+        assert world_centroid(masks["right"], img.affine)[0] > 0
+    # as displayed: radiological puts the subject's left on the image's right, and says so
+    img = canonical(nib.load(str(s.fa)))
+    masks = cst_voxel_masks(streamlines, img)
+    fa = np.asarray(img.dataobj)
+    for convention, left_edge in (("radiological", "right"), ("neurological", "left")):
+        views = _views_for_tracts(fa, masks, img.affine, convention)
+        for view in views[:2]:  # axial, coronal
+            labels = view.edge_labels(img.affine)
+            assert labels[left_edge] == "L" and {labels["left"], labels["right"]} == {"L", "R"}
+            cols = np.nonzero(view.take(masks["left"], slab=2).any(axis=0))[0]
+            half = view.take(fa).shape[1] / 2
+            assert (cols.mean() > half) == (left_edge == "right")
+        assert views[0].edge_labels(img.affine)["top"] == "A"
+        assert views[1].edge_labels(img.affine)["top"] == "S"
+    # the labels come from the affine, also for a grid that was not reoriented
+    raw = nib.load(str(s.fa))
+    view = make_view("axial", 2, 10, raw.affine, "radiological")
+    raw_left = cst_voxel_masks(streamlines, raw)["left"]
+    cols = np.nonzero(view.take(raw_left, slab=3).any(axis=0))[0]
+    assert view.edge_labels(raw.affine)["right"] == "L" and cols.mean() > SHAPE[0] / 2
+
+
+def test_report_labels_every_slice(las_session, tmp_path):
+    from cstbatch.figures import style
+    from cstbatch.steps.report import tract_overlay_figure
+
+    img = canonical(nib.load(str(las_session.fa)))
+    masks = cst_voxel_masks({"left": load_streamlines(las_session.cst_left),
+                             "right": load_streamlines(las_session.cst_right)}, img)
+    with style():
+        fig = tract_overlay_figure(img, masks)
+        for ax in fig.axes:
+            letters = {t.get_text() for t in ax.texts}
+            assert len(letters & {"L", "R", "A", "P", "S", "I"}) >= 4
+            if "sagittal" not in ax.get_title():
+                assert {"L", "R"} <= letters
+
+
+# --------------------------------------------------------------------------- group report
+def _rows(n: int = 8):
+    rows = []
+    for i in range(n):
+        fa_l = 0.50 + 0.005 * ((i * 7) % 5)
+        rows.append({"participant_id": f"sub-{i:02d}", "session_id": "ses-01", "key": f"sub-{i:02d}_ses-01",
+                     "status": "success", "left_fa_mean": fa_l, "right_fa_mean": 0.51 + 0.004 * (i % 3),
+                     "left_streamline_count": 100 + i, "right_streamline_count": 98 + i,
+                     "left_volume_mm3": 4000 + 10 * i, "right_volume_mm3": 4020 + 8 * i,
+                     "laterality_fa_mean": (fa_l - 0.51) / (fa_l + 0.51), "laterality_volume_mm3": 0.001 * i})
+    rows[3]["left_fa_mean"] = "0.31"  # strings, as read back from batch_metrics.csv
+    rows[3]["laterality_fa_mean"] = -0.25
+    return rows
+
+
+def _summary(rows):
+    sessions = [{"key": r["key"], "subject": r["participant_id"], "session": r["session_id"], "status": "success",
+                 "last_step": "report", "failed_step": None, "error_category": None, "error": None,
+                 "log": f"logs/{r['key']}.log"} for r in rows]
+    sessions.append({"key": "sub-99_ses-01", "subject": "sub-99", "session": "ses-01", "status": "failed",
+                     "last_step": "track", "failed_step": "track", "error_category": "processing",
+                     "error": "ValueError: no <seeds> in mask", "log": "logs/sub-99_ses-01.log"})
+    return {"study": "demo", "totals": {"sessions": len(sessions), "success": len(rows), "failed": 1, "skipped": 0,
+                                        "pending": 0}, "sessions": sessions}
+
+
+def test_group_report(tmp_path):
+    from cstbatch.group_report import find_outliers, robust_z, write_group_report
+
+    rows = _rows()
+    rows.append({"participant_id": "sub-99", "session_id": "ses-01", "key": "sub-99_ses-01", "status": "failed"})
+    path = write_group_report(tmp_path, _summary(rows[:-1]), rows)
+    assert path == tmp_path / "group_report.html"
+    text = path.read_text(encoding="utf-8")
+    assert 'href="sub-00/ses-01/metrics/sub-00_ses-01_report.html"' in text
+    assert text.count("data:image/png;base64,") >= 2
+    failed = text.split('id="failed"')[1]
+    assert "sub-99_ses-01" in failed and "track" in failed and "processing" in failed
+    assert "no &lt;seeds&gt; in mask" in failed and 'href="logs/sub-99_ses-01.log"' in failed
+    outliers = find_outliers(rows)
+    hit = [o for o in outliers if o["key"] == "sub-03_ses-01" and o["metric"] == "left_fa_mean"]
+    assert hit and hit[0]["z"] < -3
+    assert not [o for o in outliers if o["key"] != "sub-03_ses-01" and o["metric"] == "left_fa_mean"]
+    outlier_section = text.split('id="outliers"')[1]
+    assert "sub-03_ses-01" in outlier_section and "left_fa_mean" in outlier_section
+    z = robust_z([1.0, 1.1, 0.9, 1.0, 1.05, 5.0, float("nan")])
+    assert z[5] > 3 and np.isnan(z[6]) and abs(z[0]) < 1
+    assert write_group_report(tmp_path, _summary(rows[:-1]), rows).read_bytes() == path.read_bytes()
+
+
+def test_group_report_without_metrics(tmp_path):
+    from cstbatch.group_report import write_group_report
+
+    summary = {"study": "empty", "totals": {"sessions": 1, "success": 0, "failed": 1, "skipped": 0, "pending": 0},
+               "sessions": [{"key": "sub-01", "subject": "sub-01", "session": None, "status": "failed",
+                             "last_step": "ingest", "failed_step": "ingest", "error_category": "input",
+                             "error": "bad bvec", "log": None}]}
+    text = write_group_report(tmp_path, summary, [{"participant_id": "sub-01", "key": "sub-01",
+                                                   "status": "failed"}]).read_text()
+    assert "bad bvec" in text and "sub-01" in text
