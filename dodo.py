@@ -7,11 +7,15 @@
 
 Everything else lives in the package; this file only picks the study.
 """
-from doit import get_var
+from cstbatch.threads import limit_threads
 
-from cstbatch.errors import CstBatchError
-from cstbatch.study import load_study
-from cstbatch.tasks import doit_namespace
+limit_threads()  # before numpy loads: one BLAS thread per task, sessions run side by side
+
+from doit import get_var  # noqa: E402
+
+from cstbatch.errors import CstBatchError  # noqa: E402
+from cstbatch.study import load_study  # noqa: E402
+from cstbatch.tasks import doit_namespace  # noqa: E402
 
 
 def _var(name):

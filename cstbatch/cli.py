@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .errors import CstBatchError
+from .threads import limit_threads
 from .options import options_table_markdown, parse_cli_value
 from .slurm import cmd_submit
 from .status import cmd_status
@@ -36,6 +37,8 @@ def _bids_app_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
                    help="override an option for every session (see `cstbatch options`)")
     p.add_argument("-n", "--jobs", type=int, default=1, help="sessions processed side by side")
+    p.add_argument("--mem-gb", type=float, help="memory budget: caps how many sessions run at once, "
+                   "from each session's image size")
     p.add_argument("--dry-run", action="store_true", help="print which tasks would run and why; run nothing")
     p.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failure (debugging)")
     p.add_argument("--plugins-dir", type=Path, help="folder of local plugin files (default ./plugins)")
@@ -80,7 +83,12 @@ def bids_app(argv: list[str]) -> int:
     run_args = ["run", "--verbosity", "2" if args.verbose else "1"]
     if level == "group":
         run_args.append("aggregate")
-    return run_doit(study, run_args, jobs=args.jobs, stop_on_first_crash=args.stop_on_first_crash)
+    from .memory import jobs_within_budget
+
+    jobs = jobs_within_budget(study.subjects, args.mem_gb, args.jobs)
+    if jobs < args.jobs:
+        print(f"cstbatch: --mem-gb {args.mem_gb:g} allows {jobs} sessions at once (asked for {args.jobs})")
+    return run_doit(study, run_args, jobs=jobs, stop_on_first_crash=args.stop_on_first_crash)
 
 
 def cmd_plugins(argv: list[str]) -> int:
@@ -114,6 +122,7 @@ def cmd_options(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_threads()
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     handlers = {"sample-data": cmd_sample_data, "plugins": cmd_plugins, "options": cmd_options,

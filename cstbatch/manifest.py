@@ -12,8 +12,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import jsonschema
-import yaml
 
 from .errors import CstBatchError, ManifestError
 from .options import check_options, merge_options
@@ -35,6 +33,8 @@ def _json_path(parts) -> str:
 
 def validate_manifest_schema(data: Any) -> list[str]:
     """Every structural problem of a manifest, one line each, prefixed with its JSON path."""
+    import jsonschema  # imported here: it is slow to load and only manifests need it
+
     validator = jsonschema.Draft202012Validator(manifest_schema())
     problems = [f"{_json_path(e.absolute_path)}: {e.message}"
                 for e in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))]
@@ -74,6 +74,15 @@ def _bare(value, prefix):
     return value
 
 
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml  # imported on demand: only YAML manifests need it
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(path, [f"invalid YAML: {str(exc).splitlines()[0]}"]) from None
+
+
 def read_manifest_file(path: Path) -> Any:
     """Parse JSON or YAML (safe loader); a syntax error is one line with the position."""
     path = Path(path)
@@ -83,14 +92,12 @@ def read_manifest_file(path: Path) -> Any:
         raise ManifestError(path, ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(path, [f"cannot read: {exc}"]) from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return _parse_yaml(path, text)
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            return yaml.safe_load(text)
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(path, [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(path, [f"invalid YAML: {str(exc).splitlines()[0]}"]) from None
 
 
 def _resolve(base: Path, text: str) -> Path:
