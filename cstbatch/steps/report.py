@@ -68,6 +68,8 @@ QC_MIN_REGISTRATION_R = 0.5
 PROFILE_DIFF_NOTE = 0.10
 #: Half-thickness (mm) of the slab of tract voxels projected onto each FA slice.
 OVERLAY_SLAB_MM = 4.0
+#: At most this many bytes of DWI volumes are averaged for the brain-mask figure.
+DWI_MEAN_BYTES = 256 * 1024 * 1024
 SIDES = ("left", "right")
 METRIC_LABELS = {
     "streamline_count": "Streamline count", "volume_mm3": "Volume (mm³)", "mean_length_mm": "Mean length (mm)",
@@ -200,11 +202,13 @@ def summary_sentences(metrics: dict) -> list[str]:
 
 def qc_flags(session: SessionReportInput) -> list[str]:
     """Automatic QC warnings (empty when nothing looks wrong)."""
+    from ..figures import fmt
+
     flags = []
     reg = (session.records.get("register") or {}).get("info") or {}
     q = _num(reg.get("quality"))
     if q == q and q < QC_MIN_REGISTRATION_R:
-        flags.append(f"Registration quality is low (r = {q:.2f} < {QC_MIN_REGISTRATION_R}): check the registration "
+        flags.append(f"Registration quality is low (r = {fmt(q, 2)} < {QC_MIN_REGISTRATION_R}): check the registration "
                      "figure; the CST selection may be wrong.")
     for side in SIDES:
         count = _num(_side(session.metrics, side).get("streamline_count"))
@@ -239,7 +243,7 @@ def _views_for_tracts(fa, masks, affine, convention):
     z = max(band, key=lambda k: (both(k), -abs(k - target)))
     per_y = ref.sum(axis=(0, 2))
     y = int(np.argmax(per_y))
-    views = [make_view(f"axial, mid-CST (internal capsule level)", 2, z, affine, convention),
+    views = [make_view("axial, mid-CST (internal capsule level)", 2, z, affine, convention),
              make_view("coronal through the CSTs", 1, y, affine, convention)]
     inv = np.linalg.inv(affine)
     for side in SIDES:
@@ -259,7 +263,7 @@ def tract_overlay_figure(fa_img, masks: dict, convention: str = "radiological"):
     import numpy as np
     from matplotlib.patches import Patch
 
-    from ..figures import SIDE_COLORS, draw_slice, new_figure
+    from ..figures import SIDE_COLORS, draw_slice, fmt, new_figure
 
     fa = np.nan_to_num(np.asarray(fa_img.dataobj, np.float32))
     affine = fa_img.affine
@@ -270,7 +274,7 @@ def tract_overlay_figure(fa_img, masks: dict, convention: str = "radiological"):
     axes = fig.subplots(1, len(views), squeeze=False)[0]
     for ax, view in zip(axes, views):
         axis, pos = view.world_position(affine, fa.shape)
-        view = type(view)(f"{view.title}\n{axis} = {pos:.0f} mm", view.axis, view.index, view.hflip, view.vflip)
+        view = type(view)(f"{view.title}\n{axis} = {fmt(pos, 0)} mm", view.axis, view.index, view.hflip, view.vflip)
         draw_slice(ax, view, fa, affine, zooms, vmin=0, vmax=0.8, slab=slab,
                    overlays=[(masks["right"], SIDE_COLORS["right"]), (masks["left"], SIDE_COLORS["left"])])
     fig.legend(handles=[Patch(color=SIDE_COLORS["left"], label="left CST"),
@@ -420,6 +424,8 @@ def _regions_table(metrics: dict) -> list[list]:
         rv = ((_side(metrics, "right").get("regions") or {}).get(r) or {}).get("fa")
         from .metrics import laterality_index
 
+        if lv is None and rv is None:
+            continue
         rows.append([names[r], fmt(lv), fmt(rv), fmt(laterality_index(lv, rv), 3, signed=True)])
     return rows
 
@@ -442,17 +448,23 @@ def _load_canonical(session: SessionReportInput):
         mask = np.asarray(mask_img.dataobj) > 0
         if mask.shape != fa_img.shape[:3]:
             mask = np.nan_to_num(np.asarray(fa_img.dataobj)) > 0
-    except (OSError, ValueError, FileNotFoundError):
+    except (OSError, ValueError, FileNotFoundError, nib.filebasedimages.ImageFileError):
         mask = np.nan_to_num(np.asarray(fa_img.dataobj)) > 0
     bg, bg_name = fa_img, "FA map"
     try:
         dwi = nib.load(str(session.dwi))
-        data = np.asanyarray(dwi.dataobj)
-        mean = np.asarray(data, np.float32).mean(axis=3) if data.ndim == 4 else np.asarray(data, np.float32)
-        mean_img = canonical(nib.Nifti1Image(mean, dwi.affine))
+        if len(dwi.shape) == 4:
+            # mean of the first volumes only when the series is large (a gzip is read from its start)
+            per_volume = int(np.prod(dwi.shape[:3])) * 4
+            k = int(min(dwi.shape[3], max(1, DWI_MEAN_BYTES // max(per_volume, 1))))
+            mean = np.asarray(dwi.dataobj[..., :k], np.float32).mean(axis=3)
+            name = "mean DWI" if k == dwi.shape[3] else f"mean of the first {k} DWI volumes"
+        else:
+            mean, name = np.asarray(dwi.dataobj, np.float32), "DWI"
+        mean_img = canonical(nib.Nifti1Image(np.nan_to_num(mean), dwi.affine))
         if mean_img.shape[:3] == fa_img.shape[:3]:
-            bg, bg_name = mean_img, "mean DWI"
-    except (OSError, ValueError, FileNotFoundError):
+            bg, bg_name = mean_img, name
+    except (OSError, ValueError, FileNotFoundError, nib.filebasedimages.ImageFileError):
         pass
     return fa_img, mask, bg, bg_name
 
@@ -490,11 +502,13 @@ def build_session_document(session: SessionReportInput, options: dict):
                        caption="FA by tract region"))
 
     b.append(H2("Corticospinal tracts on the FA map"))
+    empty = [side for side in SIDES if not masks[side].any()]
+    note = (f"No {' or '.join(empty)} CST streamlines to show. " if empty else "")
     b.append(Fig(tract_overlay_figure(fa_img, masks, convention),
-                 f"Voxels crossed by the left CST (red) and right CST (blue) streamlines, within ±{OVERLAY_SLAB_MM:g} mm "
-                 f"of each slice, on the FA map. {convention.capitalize()} convention: the subject's left is on the "
-                 f"image's {side_word} in axial and coronal slices. The letters on each edge (L/R, A/P, S/I) give "
-                 "the world direction from the image's orientation."))
+                 note + "Voxels crossed by the left CST (red) and right CST (blue) streamlines, within "
+                 f"±{OVERLAY_SLAB_MM:g} mm of each slice, on the FA map. {convention.capitalize()} convention: the "
+                 f"subject's left is on the image's {side_word} in axial and coronal slices. The letters on each "
+                 "edge (L/R, A/P, S/I) give the world direction from the image's orientation."))
     b.append(H2("Tract profiles"))
     b.append(Fig(profile_figure(metrics),
                  "FA and MD sampled along each tract from the brainstem (0%) to the cortex (100%); lines: mean over "
