@@ -220,7 +220,11 @@ def test_report_without_streamlines_or_dwi(tmp_path):
     s.registration_qc.unlink()
     s.metrics = compute_metrics([], [], {"fa": np.asarray(ref.dataobj)}, ref.affine, {"profile_nodes": 20})
     s.records["register"]["info"]["quality"] = -0.2
-    [html_path] = report_html(s, tmp_path / "out", {})  # no generate_pdf: no PDF
+    stale = tmp_path / "out" / "sub-02_report.pdf"
+    stale.parent.mkdir()
+    stale.write_bytes(b"%PDF-1.4 old")
+    [html_path] = report_html(s, tmp_path / "out", {})  # no generate_pdf: no PDF, a stale one removed
+    assert not stale.exists()
     text = html_path.read_text(encoding="utf-8")
     assert html_path.name == "sub-02_report.html"
     assert "No left CST streamlines were found" in text and "No right CST streamlines were found" in text
@@ -259,6 +263,9 @@ def test_group_report(tmp_path):
 
     rows = _rows()
     rows.append({"participant_id": "sub-99", "session_id": "ses-01", "key": "sub-99_ses-01", "status": "failed"})
+    rec = tmp_path / "sub-05" / "ses-01" / "steps" / "sub-05_ses-01_step-register.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text('{"status": "success", "info": {"quality": 0.3}}')
     path = write_group_report(tmp_path, _summary(rows[:-1]), rows)
     assert path == tmp_path / "group_report.html"
     text = path.read_text(encoding="utf-8")
@@ -273,6 +280,7 @@ def test_group_report(tmp_path):
     assert not [o for o in outliers if o["key"] != "sub-03_ses-01" and o["metric"] == "left_fa_mean"]
     outlier_section = text.split('id="outliers"')[1]
     assert "sub-03_ses-01" in outlier_section and "left_fa_mean" in outlier_section
+    assert "sub-05_ses-01: registration r = 0.30" in text.split('id="qc"')[1]
     z = robust_z([1.0, 1.1, 0.9, 1.0, 1.05, 5.0, float("nan")])
     assert z[5] > 3 and np.isnan(z[6]) and abs(z[0]) < 1
     assert write_group_report(tmp_path, _summary(rows[:-1]), rows).read_bytes() == path.read_bytes()

@@ -575,7 +575,8 @@ def build_session_document(session: SessionReportInput, options: dict):
 def report_html(session: SessionReportInput, out_dir: Path, options: dict) -> list[Path]:
     """Write ``<key>_report.html`` (self-contained) and, with ``generate_pdf``, ``<key>_report.pdf``.
 
-    Deterministic: no dates; PNGs without software tags; the PDF without creation date.
+    Deterministic: no dates; PNGs without software tags; the PDF without creation date. Without
+    ``generate_pdf`` a PDF left by an earlier run is removed (it would not match the HTML).
     Option ``report_convention`` (``radiological``, default, or ``neurological``) sets how
     slices are displayed; letters on every slice name the world directions either way.
     """
@@ -591,9 +592,12 @@ def report_html(session: SessionReportInput, out_dir: Path, options: dict) -> li
         html_path = out_dir / f"{session.key}_report.html"
         write_text(html_path, render_html(doc))
         written.append(html_path)
-        if options.get("generate_pdf"):
+        pdf_path = out_dir / f"{session.key}_report.pdf"
+        if not options.get("generate_pdf"):
+            if pdf_path.exists():  # from an earlier run with generate_pdf: no longer matches the HTML
+                pdf_path.unlink()
+        else:
             version = (session.provenance or {}).get("cstbatch_version") or __version__
-            pdf_path = out_dir / f"{session.key}_report.pdf"
             render_pdf(doc, pdf_path, {"Title": doc.title, "Subject": f"CST report {session.key}",
                                        "Creator": f"cstbatch {version}", "Producer": f"cstbatch {version}"})
             written.append(pdf_path)
