@@ -6,7 +6,6 @@ by a cluster's dependent job) to refresh the summary from the saved state.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from .layout import SessionLayout, group_paths
 from .options import merge_options
 from .results import collect_results
 from .spec import BatchConfig, SubjectResult
+from .group_report import write_group_report
 from .tables import write_csv
 from .step_runner import job_to_spec, spec_to_job
 
@@ -70,8 +70,9 @@ def _session_metrics(result: SubjectResult, out_dir: Path, spec) -> dict[str, An
 
 
 def generate_batch_summary(results: list[SubjectResult], output_dir: Path, config: BatchConfig,
-                           subjects=None, started: str | None = None) -> dict[str, Any]:
-    """Write ``batch_summary.json`` and ``batch_metrics.csv``; return the summary."""
+                           subjects=None, started: str | None = None, rows: list[dict] | None = None) -> dict[str, Any]:
+    """Write ``batch_summary.json`` and ``batch_metrics.csv`` (``rows``, else built from
+    ``results``); return the summary."""
     output_dir = Path(output_dir)
     totals = {s: sum(r.status == s for r in results) for s in ("success", "failed", "skipped", "pending")}
     summary = {
@@ -90,15 +91,20 @@ def generate_batch_summary(results: list[SubjectResult], output_dir: Path, confi
     }
     paths = group_paths(output_dir)
     write_json(paths["batch_summary"], summary)
+    write_csv(paths["batch_metrics"], rows if rows is not None else batch_metric_rows(results, output_dir, subjects))
+    return summary
+
+
+def batch_metric_rows(results: list[SubjectResult], output_dir: Path, subjects=None) -> list[dict[str, Any]]:
+    """One row per session: identity, status, and (successful sessions) the flattened metrics."""
     rows = []
     for i, r in enumerate(results):
         row = {"participant_id": r.subject_id, "session_id": r.session_id or "n/a", "key": r.key,
                "status": r.status, "failed_step": r.failed_step or "", "error_category": r.error_category or ""}
         if subjects is not None and r.status == "success":
-            row.update(_session_metrics(r, output_dir, subjects[i]))
+            row.update(_session_metrics(r, Path(output_dir), subjects[i]))
         rows.append(row)
-    write_csv(paths["batch_metrics"], rows)
-    return summary
+    return rows
 
 
 def write_participants(output_dir: Path, results: list[SubjectResult], source_tsv: Path | None) -> None:
@@ -111,13 +117,10 @@ def write_participants(output_dir: Path, results: list[SubjectResult], source_ts
             columns += [c for c in reader.fieldnames or [] if c != "participant_id"]
             for row in reader:
                 source_rows[row.get("participant_id", "")] = row
-    buf = io.StringIO()
-    buf.write("\t".join(columns) + "\n")
-    for subject in sorted({r.subject_id for r in results}):
-        row = source_rows.get(subject, {})
-        buf.write("\t".join([subject] + [row.get(c) or "n/a" for c in columns[1:]]) + "\n")
+    rows = [{"participant_id": subject, **{c: source_rows.get(subject, {}).get(c) or "n/a" for c in columns[1:]}}
+            for subject in sorted({r.subject_id for r in results})]
     paths = group_paths(output_dir)
-    write_text(paths["participants_tsv"], buf.getvalue())
+    write_csv(paths["participants_tsv"], rows, delimiter="\t", columns=columns)
     sidecar = {"participant_id": {"Description": "Participant label, as in the source dataset"}}
     if source_tsv:
         source_json = Path(source_tsv).with_suffix(".json")
@@ -127,26 +130,6 @@ def write_participants(output_dir: Path, results: list[SubjectResult], source_ts
             except ValueError:
                 pass
     write_json(paths["participants_json"], sidecar)
-
-
-def write_group_report(output_dir: Path, summary: dict[str, Any]) -> None:
-    rows = "\n".join(
-        f"<tr class='{s['status']}'><td>{s['key']}</td><td>{s['status']}</td><td>{s['last_step'] or ''}</td>"
-        f"<td>{s['error_category'] or ''}</td><td>{_escape(s['error'] or '')}</td></tr>"
-        for s in summary["sessions"])
-    t = summary["totals"]
-    html = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>cstbatch group report</title>
-<style>body{{font-family:sans-serif}} .failed{{background:#fdd}} td,th{{padding:2px 8px}}</style></head>
-<body><h1>cstbatch group report — {_escape(summary['study'])}</h1>
-<p>{t['sessions']} sessions: {t['success']} succeeded, {t['failed']} failed, {t['pending']} pending.</p>
-<table><tr><th>session</th><th>status</th><th>last step</th><th>error category</th><th>error</th></tr>
-{rows}</table></body></html>
-"""
-    write_text(group_paths(output_dir)["group_report"], html)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def study_to_job(study) -> dict[str, Any]:
@@ -168,8 +151,9 @@ def aggregate(job: dict[str, Any]) -> dict[str, Any]:
     create_bids_derivative_metadata(out_dir, config.source_dataset, config.name)
     write_participants(out_dir, results, Path(job["participants_tsv"]) if job["participants_tsv"] else None)
     write_text(group_paths(out_dir)["bidsignore"], BIDSIGNORE)
-    summary = generate_batch_summary(results, out_dir, config, subjects)
-    write_group_report(out_dir, summary)
+    rows = batch_metric_rows(results, out_dir, subjects)
+    summary = generate_batch_summary(results, out_dir, config, subjects, rows=rows)
+    write_group_report(out_dir, summary, rows)
     return summary
 
 

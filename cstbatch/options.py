@@ -78,6 +78,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("profile_nodes", 100, int, "metrics", "Nodes per tract profile (brainstem → cortex)."),
     _opt("reporter", "html", str, "report", "Report format (see `cstbatch plugins`).", kind="report"),
     _opt("generate_pdf", False, bool, "report", "Also write report.pdf."),
+    _opt("report_convention", "radiological", str, "report",
+         "Image display in reports: radiological (patient left on screen right) or neurological."),
     _opt("session_timeout", None, (int, float, type(None)), "",
          "Seconds one step of a session may run before it is stopped (None: no limit)."),
 ]}
