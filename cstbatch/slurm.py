@@ -45,6 +45,7 @@ from typing import Any
 
 from .errors import CstBatchError
 from .layout import STATE_DIR
+from .threads import THREAD_VARIABLES
 
 SLURM_DIR = "slurm"            # <out>/.cstbatch/slurm/<NNNN>/
 LOCKS_DIR = "locks"            # <out>/.cstbatch/locks/<key>/lock (per-session locks of array elements)
@@ -54,7 +55,6 @@ SUBMISSION_FILE = "submission.json"
 ARRAY_SCRIPT = "array.sh"
 AGGREGATE_SCRIPT = "aggregate.sh"
 SAVED_FORMAT = 1
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 ARRAY_ID_PLACEHOLDER = "<ARRAY_JOB_ID>"
 
 
