@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: bump when the bytes written for the same arguments change
-SAMPLE_VERSION = "1"
+SAMPLE_VERSION = "2"
 DEFAULT_SEED = 20261125
 
 log_ = logging.getLogger(__name__)

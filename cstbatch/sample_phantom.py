@@ -71,10 +71,10 @@ TAPER_MM = 1.0  # half width of the soft tube edge (tube fraction 1 → 0 over r
 
 #: Bundle centre lines in MNI mm: (x, y, z, tube radius). Left side; the right is mirrored.
 _CST_LEFT = [
-    (-4.0, -38.0, -50.0, 2.5),   # medullary pyramid
-    (-6.0, -31.0, -37.0, 3.0),   # lower pons
-    (-8.0, -25.0, -25.0, 3.0),   # basis pontis
-    (-12.0, -19.0, -12.0, 3.0),  # cerebral peduncle
+    (-4.0, -38.0, -50.0, 3.0),   # medullary pyramid
+    (-6.0, -31.0, -37.0, 3.5),   # lower pons
+    (-8.0, -25.0, -25.0, 3.5),   # basis pontis
+    (-12.0, -19.0, -12.0, 3.5),  # cerebral peduncle
     (-18.0, -16.0, -2.0, 3.5),
     (-22.0, -15.0, 6.0, 3.5),    # posterior limb of the internal capsule
     (-26.0, -17.0, 20.0, 4.0),   # corona radiata
@@ -84,9 +84,9 @@ _CST_LEFT = [
     (-37.0, -22.0, 69.0, 3.5),   # precentral cortex
 ]
 _DISTRACTOR_LEFT = [  # frontopontine fibres: share the pons, end in prefrontal cortex
-    (-9.0, -29.0, -38.0, 2.5),
-    (-11.0, -24.0, -27.0, 2.5),
-    (-10.0, -15.0, -12.0, 2.5),  # medial cerebral peduncle
+    (-9.0, -29.0, -38.0, 3.0),
+    (-11.0, -24.0, -27.0, 3.0),
+    (-10.0, -15.0, -12.0, 3.0),  # medial cerebral peduncle
     (-14.0, -3.0, -1.0, 3.0),
     (-16.0, 8.0, 6.0, 3.0),      # anterior limb of the internal capsule
     (-20.0, 22.0, 16.0, 3.5),
