@@ -111,7 +111,7 @@ def cmd_sample_data(argv: list[str]) -> int:
     from . import sample
 
     kwargs = {} if args.seed is None else {"seed": args.seed}
-    sample.generate_sample_study(args.out, **kwargs)
+    sample.generate_sample_study(args.out, log=print, **kwargs)
     print(f"sample study written to {args.out}")
     return 0
 
