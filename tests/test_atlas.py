@@ -166,3 +166,20 @@ def test_registration_rejects_bad_method(atlas):
     img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
     with pytest.raises(OptionError, match="registration_method"):
         register_template(img, atlas, {"registration_method": "magic"})
+
+
+def test_syn_registration_maps_points_and_survives_save_load(atlas, tmp_path):
+    from cstbatch.steps.register import load_registration, register_template, save_registration, streamlines_to_mni
+
+    fa_img, truth = _moved_subject(atlas, vox=4.0)
+    reg = register_template(fa_img, atlas, {"registration_method": "syn",
+                                            "_registration_level_iters": [60, 20, 0]})
+    assert reg.method == "syn" and reg.mapping is not None
+    fa = np.asarray(fa_img.dataobj)
+    pts = np.argwhere(fa > 0.1) @ fa_img.affine[:3, :3].T + fa_img.affine[:3, 3]
+    est = streamlines_to_mni([pts], reg)[0]
+    err = np.linalg.norm(est - (pts @ truth[:3, :3].T + truth[:3, 3]), axis=1)
+    assert err.mean() < 1.5
+    back = load_registration(save_registration(reg, tmp_path / "syn.npz"))
+    np.testing.assert_allclose(streamlines_to_mni([pts], back)[0], est, atol=1e-4)
+    assert all(m.any() for m in back.warp_rois(atlas, fa_img).values())

@@ -289,6 +289,8 @@ def save_registration(reg: Registration, path) -> Path:
             "syn_codomain_shape": np.asarray(m.codomain_shape),
             "syn_codomain_grid2world": np.asarray(m.codomain_grid2world),
             "syn_prealign": np.asarray(m.prealign),
+            # dipy's SyN returns the map with is_inverse=True: keep it, or points go backwards
+            "syn_is_inverse": np.asarray(bool(m.is_inverse)),
         })
 
     def write(tmp):
@@ -328,7 +330,7 @@ def load_registration(path) -> Registration:
         )
         m.forward = d["syn_forward"].astype(np.float32)
         m.backward = d["syn_backward"].astype(np.float32)
-        m.is_inverse = False
+        m.is_inverse = bool(d["syn_is_inverse"]) if "syn_is_inverse" in d else False
         reg.mapping = m
     return reg
 
