@@ -17,6 +17,7 @@ from cstbatch.steps.denoise import (
     denoise_none,
     denoise_patch2self,
     estimate_noise_sigma,
+    signal_mask,
 )
 from cstbatch.steps.ingest import check_nifti_dwi, load_dwi_data
 from cstbatch.steps.mask import mask_median_otsu
@@ -313,8 +314,12 @@ def test_mask_median_otsu(noisy_object):
 
 def test_noise_estimate(noisy_object):
     noisy, _, gtab, _ = noisy_object
-    sigma = estimate_noise_sigma(noisy, gtab)
-    assert 0.6 * 100 / 12 < sigma < 1.5 * 100 / 12, sigma
+    sigma = estimate_noise_sigma(noisy, gtab)  # 3 b0s: from b0 residuals
+    assert 0.85 * 100 / 12 < sigma < 1.15 * 100 / 12, sigma
+    one_b0 = np.r_[0, np.arange(3, noisy.shape[-1])]
+    g1 = gradient_table(gtab.bvals[one_b0], bvecs=gtab.bvecs[one_b0])
+    sigma1 = estimate_noise_sigma(noisy[..., one_b0], g1)  # spatial residual fallback
+    assert 0.6 * 100 / 12 < sigma1 < 1.5 * 100 / 12, sigma1
 
 
 @pytest.mark.parametrize("denoiser,options", [
@@ -331,6 +336,13 @@ def test_denoisers_lower_error(noisy_object, denoiser, options):
     err_before = np.sqrt(np.mean((noisy[obj] - clean[obj]) ** 2))
     err_after = np.sqrt(np.mean((out[obj] - clean[obj]) ** 2))
     assert err_after < 0.9 * err_before, (err_after, err_before)
+
+
+def test_signal_mask_covers_object_not_background(noisy_object):
+    noisy, _, gtab, obj = noisy_object
+    m = signal_mask(noisy, gtab)
+    assert m[obj].all()
+    assert m.sum() < 0.8 * m.size  # the corners of the field of view are skipped
 
 
 def test_denoise_none_is_identity(noisy_object):
