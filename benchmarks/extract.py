@@ -42,7 +42,8 @@ def dice(a, b) -> float:
 
 def prepare(args):
     """Phantom session, tensor maps and whole-brain tractogram (cached on disk)."""
-    cache = Path(args.cache) / f"s{args.seed}_v{args.voxel}_{args.orientation}_{args.track}.pkl" if args.cache else None
+    cache = (Path(args.cache) / f"s{args.seed}_v{args.voxel}_{args.orientation}_{args.track}_d{args.seed_density}.pkl"
+             if args.cache else None)
     if cache and cache.exists():
         with open(cache, "rb") as fh:
             return pickle.load(fh)
@@ -63,6 +64,7 @@ def prepare(args):
     maps = fit_tensor_maps(sess.data, gtab, mask)
     t_model = time.perf_counter() - t
     opts = defaults()
+    opts["track_seed_density"] = args.seed_density
     t = time.perf_counter()
     tracker = {"csd": track_mod.track_deterministic, "dti": track_mod.track_tensor_eudx}[args.track]
     streamlines = tracker(sess.data, gtab, mask, maps, sess.affine, opts)
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--snr", type=float, default=30.0)
     ap.add_argument("--orientation", default="LAS", choices=["LAS", "RAS"])
     ap.add_argument("--track", default="csd", choices=["csd", "dti"])
+    ap.add_argument("--seed-density", type=int, default=2, help="track_seed_density (seeds per voxel axis)")
     ap.add_argument("--method", default="passthrough", choices=["passthrough", "endpoint"])
     ap.add_argument("--registration", default="affine", choices=["affine", "syn"])
     ap.add_argument("--atlas", default="icbm2009a")

@@ -87,6 +87,28 @@ def test_endpoint_needs_both_ends_in_rois(bundle, atlas):
     assert [list(v) for v in flipped.values()] == [list(v) for v in out.values()]
 
 
+def test_core_filter_drops_strays_keeps_the_bundle(atlas):
+    rng = np.random.default_rng(0)
+    core, strays = [], []
+    top = _nearest_roi_point(atlas, "motor_left", [-38, -18, 62])
+    for _ in range(60):  # a dense CST: the same path jittered by ~1 mm
+        j = rng.normal(0, 1.0, size=(6, 3))
+        core.append(_polyline(*(np.array(p) + d for p, d in zip(
+            [[-5, -30, -45], [-8, -24, -25], [-13, -18, -8], [-22, -14, 10], [-28, -16, 35], top], j))))
+    for k in range(6):  # sparse strays fanning out to the front of the motor strip
+        end = _nearest_roi_point(atlas, "motor_left", [-45 + 4 * k, -2, 52])
+        strays.append(_polyline([-5, -30, -45], [-8, -24, -25], [-13, -18, -8], [-24, -6, 12],
+                                [-36 + 3 * k, 0, 35], end))
+    sl = core + strays
+    out = extract_passthrough(sl, atlas, {})
+    kept = set(out["left"].tolist())
+    assert not kept & set(range(60, 66)), "strays removed"
+    assert len(kept) >= 45, "the bundle itself stays"
+    # the filter can be switched off
+    off = extract_passthrough(sl, atlas, {"extract_core_filter": False})
+    assert len(off["left"]) == 66
+
+
 def test_length_limits_and_empty_input(bundle, atlas):
     sl = [bundle["left"], bundle["right"]]
     info = classify_streamlines(sl, atlas, {})

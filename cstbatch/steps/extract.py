@@ -18,6 +18,16 @@ with x < -tol, tol = ``MIDLINE_TOLERANCE_MM``: the CST decussates in the medulla
 pons, so any crossing higher up is a commissural or false streamline); and streamlines
 shorter than ``extract_min_length`` or longer than ``extract_max_length`` (mm).
 
+Then, per side, the bundle core is kept (``extract_core_filter``, default on): every
+streamline is oriented brainstem → cortex and resampled to ``CORE_NODES`` points; at each node
+the density of the side's streamlines around it is counted (points binned in 2 mm cells,
+summed over the 3×3×3 neighbourhood, i.e. within ≈ 3 mm) and divided by the highest density
+at that node; a streamline's core score is its lowest value along the nodes, and streamlines
+scoring below ``extract_core_threshold`` (default 0.3) are dropped. This removes the sparse
+strays that ROI logic alone keeps (paths that wander through neighbouring white matter into
+the motor strip, partial-volume tracks) while keeping the dense, coherent tract; with fewer
+than ``CORE_MIN_STREAMLINES`` streamlines a side is left as it is.
+
 Point-in-ROI tests are vectorised over the concatenated points of all streamlines: points go
 to template voxel indices (nearest voxel), look up a bit-coded ROI volume, and are OR-reduced
 per streamline with ``np.bitwise_or.reduceat``.
@@ -33,6 +43,12 @@ MIDLINE_TOLERANCE_MM = 3.0
 ENDPOINT_TOLERANCE_MM = 3.0
 DEFAULT_MIN_LENGTH = 40.0
 DEFAULT_MAX_LENGTH = 250.0
+CORE_NODES = 20
+CORE_CELL_MM = 2.0
+CORE_THRESHOLD = 0.3
+CORE_MIN_STREAMLINES = 20
+#: streamlines are classified in chunks of about this many points (bounds the temporaries)
+CHUNK_POINTS = 1_000_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,15 +164,42 @@ def _length_limits(options: Mapping[str, Any]) -> tuple[float, float]:
     return lo, hi
 
 
+def _chunks(n_points: np.ndarray, budget: int = CHUNK_POINTS):
+    """Consecutive (start, stop) streamline ranges of about ``budget`` points each."""
+    start, acc = 0, 0
+    for i, k in enumerate(n_points):
+        acc += int(k)
+        if acc >= budget:
+            yield start, i + 1
+            start, acc = i + 1, 0
+    if start < len(n_points):
+        yield start, len(n_points)
+
+
 def classify_streamlines(streamlines_mni, atlas, options: Mapping[str, Any] | None = None,
                          method: str = "passthrough") -> dict[str, np.ndarray]:
     """Per-streamline flags behind both extraction methods (for diagnostics and tests).
 
     Returns arrays over streamlines: ``touch`` (bit-OR of ROI codes of all points),
     ``start``/``end`` (codes of the first / last point with the endpoint tolerance),
-    ``length_mm``, ``crosses_midline``, ``side`` (+1 left, -1 right, 0 not CST).
+    ``length_mm``, ``crosses_midline``, ``side`` (+1 left, -1 right, 0 not CST) before the
+    core filter.
     """
+    if method not in ("passthrough", "endpoint"):
+        raise ValueError(f"unknown extraction method {method!r}")
     options = dict(options or {})
+    n_points = np.array([len(s) for s in streamlines_mni], np.int64)
+    parts = [_classify_chunk([streamlines_mni[i] for i in range(a, b)], atlas, options, method)
+             for a, b in _chunks(n_points)]
+    keys = ("touch", "start", "end", "length_mm", "crosses_midline", "side")
+    if not parts:
+        empty = {"touch": np.uint8, "start": np.uint8, "end": np.uint8, "length_mm": float,
+                 "crosses_midline": bool, "side": np.int8}
+        return {k: np.zeros(0, t) for k, t in empty.items()}
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
+def _classify_chunk(streamlines_mni, atlas, options, method) -> dict[str, np.ndarray]:
     tol = float(options.get("extract_midline_tolerance", MIDLINE_TOLERANCE_MM))
     end_tol = float(options.get("extract_endpoint_tolerance", ENDPOINT_TOLERANCE_MM))
     points, offsets, lengths = concat_streamlines(streamlines_mni)
@@ -179,18 +222,18 @@ def classify_streamlines(streamlines_mni, atlas, options: Mapping[str, Any] | No
         last = offsets[nz] + lengths[nz] - 1
         start[nz] = point_codes(points[first], dcode, aff)
         end[nz] = point_codes(points[last], dcode, aff)
-        bs_motor = lambda a, b, m: (a & BRAINSTEM > 0) & (b & m > 0)  # noqa: E731
+
+        def bs_motor(a, b, m):
+            return (a & BRAINSTEM > 0) & (b & m > 0)
+
         left = bs_motor(start, end, MOTOR_LEFT) | bs_motor(end, start, MOTOR_LEFT)
         right = bs_motor(start, end, MOTOR_RIGHT) | bs_motor(end, start, MOTOR_RIGHT)
         # an end in both (dilated) motor ROIs cannot be sided
-        left &= ~right
-        right &= ~left
-    elif method == "passthrough":
+        left, right = left & ~right, right & ~left
+    else:
         in_bs = touch & BRAINSTEM > 0
         left = in_bs & (touch & MOTOR_LEFT > 0)
         right = in_bs & (touch & MOTOR_RIGHT > 0)
-    else:
-        raise ValueError(f"unknown extraction method {method!r}")
     side = np.zeros(n, np.int8)
     side[ok & left] = 1
     side[ok & right] = -1
@@ -198,19 +241,57 @@ def classify_streamlines(streamlines_mni, atlas, options: Mapping[str, Any] | No
             "crosses_midline": crosses, "side": side}
 
 
+def core_scores(streamlines_mni: Sequence[np.ndarray], nodes: int = CORE_NODES,
+                cell_mm: float = CORE_CELL_MM) -> np.ndarray:
+    """Bundle-core score in [0, 1] of every streamline of one bundle (see module doc)."""
+    from scipy import ndimage
+
+    from .metrics import _resample, orient_streamlines
+
+    if len(streamlines_mni) == 0:
+        return np.zeros(0)
+    res = _resample(orient_streamlines(streamlines_mni, np.eye(4)), nodes)  # (S, N, 3), MNI z
+    score = np.ones(len(res))
+    for k in range(nodes):
+        p = res[:, k]
+        cell = np.floor((p - p.min(axis=0)) / cell_mm).astype(np.int64) + 1
+        grid = np.zeros(tuple(cell.max(axis=0) + 2), np.float64)
+        np.add.at(grid, tuple(cell.T), 1.0)
+        near = ndimage.uniform_filter(grid, size=3, mode="constant") * 27.0
+        dens = near[tuple(cell.T)]
+        score = np.minimum(score, dens / dens.max())
+    return score
+
+
+def core_filter(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray,
+                options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The subset of ``idx`` (one side's streamlines) forming the bundle core."""
+    options = dict(options or {})
+    if not options.get("extract_core_filter", True) or len(idx) < CORE_MIN_STREAMLINES:
+        return idx
+    thr = float(options.get("extract_core_threshold", CORE_THRESHOLD))
+    score = core_scores([np.asarray(streamlines_mni[i], np.float64) for i in idx])
+    return idx[score >= thr]
+
+
 def _result(side: np.ndarray) -> dict[str, np.ndarray]:
     return {"left": np.flatnonzero(side == 1).astype(np.int64),
             "right": np.flatnonzero(side == -1).astype(np.int64)}
 
 
+def _extract(streamlines_mni, atlas, options, method):
+    sel = _result(classify_streamlines(streamlines_mni, atlas, options, method)["side"])
+    return {side: core_filter(streamlines_mni, idx, options) for side, idx in sel.items()}
+
+
 def extract_passthrough(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapping[str, Any] | None = None):
     """CST streamlines passing through the brainstem and one motor ROI (see module doc)."""
-    return _result(classify_streamlines(streamlines_mni, atlas, options, "passthrough")["side"])
+    return _extract(streamlines_mni, atlas, options, "passthrough")
 
 
 def extract_endpoint(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapping[str, Any] | None = None):
     """CST streamlines with one end in the brainstem and the other in a motor ROI."""
-    return _result(classify_streamlines(streamlines_mni, atlas, options, "endpoint")["side"])
+    return _extract(streamlines_mni, atlas, options, "endpoint")
 
 
 #: name -> extractor, for the built-in registration.

@@ -15,15 +15,19 @@ mean_length_mm
 fa / md / rd / ad (``*_mean``, ``*_std``)
     Each streamline is resampled to ``profile_nodes`` equally spaced points (arc length,
     ``dipy.tracking.streamline.set_number_of_points``), the map is sampled there by
-    trilinear interpolation, the streamline's value is the mean over its points; the side's
-    value is the mean (and std) over streamlines, so long and short streamlines weigh alike.
+    trilinear interpolation, the streamline's value is the mean over its points except the
+    first and last ``TRIM_FRACTION`` (10 %) of nodes; the side's value is the mean (and std)
+    over streamlines, so long and short streamlines weigh alike. The ends are left out as
+    AFQ clips profiles to the stretch between its waypoint ROIs: tracking runs on into the
+    medulla and into cortical grey matter, where partial volume drags FA down (by ~0.03–0.05
+    on the phantom) without saying anything about the tract.
 profiles
     Per node (0 = brainstem end, N-1 = cortical end) mean and std over streamlines. Every
     streamline is first oriented brainstem → cortex: the end with the lower MNI z comes first
     when the subject → MNI transform is given; else the end nearer the subject-space
     brainstem mask; else the end with the lower subject z.
 regions
-    Means over all profile points of a side falling in an MNI z band: ``pontine``
+    Means over all (end-trimmed) profile points of a side falling in an MNI z band: ``pontine``
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
     cerebral peduncle), ``precentral`` z ≥ 40 (precentral white matter and cortex end).
     Without an MNI transform, node thirds are used instead (first / middle / last third).
@@ -43,6 +47,8 @@ import numpy as np
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
 DEFAULT_PROFILE_NODES = 100
+#: fraction of nodes left out at each end of a streamline for its scalar means and regions
+TRIM_FRACTION = 0.1
 #: name -> (z_min, z_max) in MNI mm, inclusive.
 REGIONS_MNI_Z = {
     "pontine": (-40.0, -15.0),
@@ -174,23 +180,26 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask) -> dict
                 out["regions"][r][name] = None
             continue
         vals = sample_map(np.asarray(data), res.reshape(-1, 3), affine).reshape(res.shape[:2])
+        trim = int(np.floor(TRIM_FRACTION * nodes)) if nodes >= 10 else 0
+        inner = np.zeros(nodes, bool)
+        inner[trim:nodes - trim] = True
         with np.errstate(all="ignore"):
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                per_sl = np.nanmean(vals, axis=1)
+                per_sl = np.nanmean(vals[:, inner], axis=1)
                 out[f"{name}_mean"] = _f(np.nanmean(per_sl))
                 out[f"{name}_std"] = _f(np.nanstd(per_sl))
                 out["profiles"][name] = [_f(v) for v in np.nanmean(vals, axis=0)]
                 out["profiles_std"][name] = [_f(v) for v in np.nanstd(vals, axis=0)]
                 for r, (zlo, zhi) in REGIONS_MNI_Z.items():
                     if z_mni is not None:
-                        sel = (z_mni >= zlo) & (z_mni <= zhi)
+                        sel = (z_mni >= zlo) & (z_mni <= zhi) & inner[None, :]
                     else:
                         third = REGION_THIRDS[r]
                         node = np.arange(nodes)
-                        sel = np.broadcast_to((node * 3 // nodes) == third, vals.shape)
+                        sel = np.broadcast_to(((node * 3 // nodes) == third) & inner, vals.shape)
                     v = vals[sel]
                     out["regions"][r][name] = _f(np.nanmean(v)) if v.size else None
     return out

@@ -230,18 +230,35 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
 
 # ---------------------------------------------------------------------------------------
 def streamlines_to_mni(streamlines_ras, reg: Registration) -> list[np.ndarray]:
-    """Map subject RAS+ mm streamlines to MNI mm (same order, same point counts)."""
-    streamlines = [np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in streamlines_ras]
-    if not streamlines:
-        return []
-    lengths = np.array([len(s) for s in streamlines])
-    pts = np.concatenate(streamlines, axis=0)
+    """Map subject RAS+ mm streamlines to MNI mm (same order, same point counts; float32).
+
+    Works through the tractogram in chunks of about a million points, so a whole-brain
+    tractogram costs one float32 copy, not several float64 ones.
+    """
+    out: list[np.ndarray] = []
+    chunk: list[np.ndarray] = []
+    n_chunk = 0
+    for s in streamlines_ras:
+        s = np.asarray(s).reshape(-1, 3)
+        chunk.append(s)
+        n_chunk += len(s)
+        if n_chunk >= 1_000_000:
+            out.extend(_chunk_to_mni(chunk, reg))
+            chunk, n_chunk = [], 0
+    if chunk:
+        out.extend(_chunk_to_mni(chunk, reg))
+    return out
+
+
+def _chunk_to_mni(chunk: list[np.ndarray], reg: Registration) -> list[np.ndarray]:
+    lengths = np.array([len(s) for s in chunk])
+    pts = np.concatenate(chunk, axis=0).astype(np.float64)
     if reg.mapping is not None:
-        out = np.asarray(reg.mapping.transform_points(pts))
+        res = np.asarray(reg.mapping.transform_points(pts))
     else:
         a = np.asarray(reg.subject_to_mni, float)
-        out = pts @ a[:3, :3].T + a[:3, 3]
-    return [o.astype(np.float32) for o in np.split(out, np.cumsum(lengths)[:-1])]
+        res = pts @ a[:3, :3].T + a[:3, 3]
+    return np.split(res.astype(np.float32), np.cumsum(lengths)[:-1])
 
 
 def points_to_mni(points: np.ndarray, reg: Registration) -> np.ndarray:
