@@ -396,10 +396,10 @@ def cmd_submit(argv: list[str]) -> int:
         run_doit(study, ["run", "--verbosity", "0", SAMPLE_TASK])
 
     keys, aggregate_stale = sessions_needing_work(study)
-    busy = keys_in_flight(out_dir) if not args.dry_run else set()
+    busy = keys_in_flight(out_dir)
     if busy:
-        print(f"{len(busy & set(keys)) or len(busy)} session(s) still queued or running from an earlier "
-              f"submission, left out: {', '.join(sorted(busy)[:10])}{' …' if len(busy) > 10 else ''}")
+        print(f"{len(busy)} session(s) still queued or running from an earlier submission, left out: "
+              f"{', '.join(sorted(busy)[:10])}{' …' if len(busy) > 10 else ''}")
     keys = [k for k in keys if k not in busy]
     total = len(study.subjects)
     print(f"{len(keys)} of {total} sessions need work" + (f": {', '.join(keys[:10])}" if keys else "")

@@ -12,7 +12,8 @@ only reads what runs leave behind, each of which is written atomically:
 * the lock files: a session lock (``.cstbatch/locks/<key>/lock``, a cluster job) or the output
   folder's lock (a local run) held by a live process means *running*;
 * the latest submission: a session it submitted whose records all predate it, and that no job
-  holds, is *pending* (queued, not started).
+  holds, is *pending* (queued, not started) — or *failed* when its job's log
+  (``logs/slurm-<array>_<i>.out``) shows that the job ran and ended without writing a record.
 
 States: ``success`` · ``failed`` · ``running`` · ``pending`` (not started, or unfinished and not
 running).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from .slurm import STUDY_FILE, session_lock_dir, submissions
 from .state import STUDY_SHARD, RunLock
 
 STATES = ("success", "failed", "running", "pending")
+STALE_JOB_LOG_S = 60
 
 
 @dataclass
@@ -151,9 +154,16 @@ def session_states(out_dir: Path) -> list[SessionStatus]:
             row.state = "running"
             row.detail = f"job on {holder.get('host')} (pid {holder.get('pid')}, since {holder.get('started')})"
         elif key in latest_keys and not started_after_submit and latest.array_job_id:
-            row.state = "pending"
-            row.detail = (f"queued: array job {latest.array_job_id}_{latest_keys[key]} "
-                          f"(submission {latest.folder.name})")
+            element = f"{latest.array_job_id}_{latest_keys[key]}"
+            job_log = out_dir / "logs" / f"slurm-{element}.out"
+            log_time = job_log.stat().st_mtime if job_log.exists() else None
+            # (a job that just started has a fresh log and takes its lock within seconds)
+            if log_time is not None and latest_time <= log_time < time.time() - STALE_JOB_LOG_S:
+                row.state = "failed"  # its job started and ended without writing a record
+                row.detail = f"array job {element} ended without updating its records (see logs/{job_log.name})"
+            else:
+                row.state = "pending"
+                row.detail = f"queued: array job {element} (submission {latest.folder.name})"
         elif folder_holder and result.status not in ("success", "failed") and result.last_step:
             row.state = "running"
             row.detail = f"local run (pid {folder_holder.get('pid')} on {folder_holder.get('host')})"

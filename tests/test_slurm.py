@@ -191,6 +191,25 @@ def test_status_and_resubmission_plan_after_a_local_run(tmp_path):
     assert status_of(out)[KEYS[2]]["state"] == "running"
     lock.unlink()
 
+    # submitted and not started: pending; its job's log, old, and no new record: failed
+    sub = out / ".cstbatch" / "slurm" / "0001"
+    sub.mkdir(parents=True)
+    (sub / "submission.json").write_text(json.dumps({"keys": [KEYS[2]], "array_job_id": "999",
+                                                     "submitted_epoch": time.time()}))
+    row = status_of(out)[KEYS[2]]
+    assert row["state"] == "pending" and "array job 999_0" in row["detail"]
+    job_log = out / "logs" / "slurm-999_0.out"
+    job_log.write_text("python: not found\n")
+    assert status_of(out)[KEYS[2]]["state"] == "pending"  # a fresh log: the job may be starting
+    for path in (out / "sub-03").rglob("*_step-*.json"):  # records older than the submission …
+        os.utime(path, (time.time() - 1000, time.time() - 1000))
+    (sub / "submission.json").write_text(json.dumps({"keys": [KEYS[2]], "array_job_id": "999",
+                                                     "submitted_epoch": time.time() - 300}))
+    os.utime(job_log, (time.time() - 200, time.time() - 200))  # … and a job that ran after it
+    row = status_of(out)[KEYS[2]]
+    assert row["state"] == "failed" and "ended without updating its records" in row["detail"]
+    shutil.rmtree(sub.parent)
+
     # only the failed session would be submitted again
     code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run")
     assert code == 0 and "1 of 2 sessions need work: sub-03_ses-01" in text
