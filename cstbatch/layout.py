@@ -133,6 +133,7 @@ def group_paths(out_dir: Path) -> dict[str, Path]:
         "batch_metrics": out_dir / "batch_metrics.csv",
         "group_report": out_dir / "group_report.html",
         "bidsignore": out_dir / ".bidsignore",
+        "readme": out_dir / "README",
     }
 
 

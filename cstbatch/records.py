@@ -27,6 +27,28 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def strip_volatile(value: Any) -> Any:
+    """``value`` without the documented run-dependent fields, at any depth."""
+    if isinstance(value, dict):
+        return {k: strip_volatile(v) for k, v in value.items() if k not in VOLATILE_FIELDS}
+    if isinstance(value, list):
+        return [strip_volatile(v) for v in value]
+    return value
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file's content; for JSON, of its content without volatile fields — so
+    records (and everything depending on them) stay identical between identical runs."""
+    path = Path(path)
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return sha256(path)
+        return hashlib.sha256(json.dumps(strip_volatile(data), sort_keys=True).encode()).hexdigest()
+    return sha256(path)
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """The record at ``path``, or None when missing or unreadable (a crash mid-write)."""
     try:

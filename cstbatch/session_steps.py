@@ -196,7 +196,9 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
     from .provenance import session_provenance
     from .atomic import write_json
 
-    write_json(ctx.layout.metrics_json, {"session": ctx.spec.key, "subject": ctx.spec.subject_id,
+    # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
+    # them as entity values conflicting with the file name
+    write_json(ctx.layout.metrics_json, {"key": ctx.spec.key, "participant_id": ctx.spec.subject_id,
                                          "session_id": ctx.spec.session_id, "metrics": result,
                                          "provenance": session_provenance(ctx)})
     write_csv(ctx.layout.metrics_csv, metrics_to_rows(result))

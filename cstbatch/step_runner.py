@@ -20,7 +20,7 @@ from typing import Any
 from .chain import BUILTIN_STEP_VERSION, STEP_INPUTS, STEP_SELECTOR, step_outputs
 from .errors import CstBatchError, PluginError
 from .layout import SessionLayout
-from .records import read_record, sha256, write_record
+from .records import content_digest, read_record, write_record
 from .spec import SubjectSpec
 
 
@@ -135,7 +135,7 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
         if missing:
             raise PluginError(f"{step} did not write {missing[0].name}")
         record.update(status="success", info=info,
-                      outputs={str(p.relative_to(layout.out_dir)): sha256(p) for p in written})
+                      outputs={str(p.relative_to(layout.out_dir)): content_digest(p) for p in written})
         log.info("%s: done", step)
     except Exception as exc:  # every failure becomes a record; the other sessions go on
         record.update(status="failed", error=_describe(exc, step, record.get("implementation")))

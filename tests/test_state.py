@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cstbatch.records import VOLATILE_FIELDS
+from cstbatch.records import content_digest
 from cstbatch.state import LockError, RunLock, ShardedJsonDB
 from conftest import write_tiny_dwi
 
@@ -101,21 +101,9 @@ def _study(tmp_path: Path) -> Path:
 
 
 def _outputs(out: Path) -> dict[str, str]:
-    """Every output file's content digest; step records compared without their volatile fields."""
-    import hashlib
-    digests = {}
-    for p in sorted(out.rglob("*")):
-        rel = str(p.relative_to(out))
-        if not p.is_file() or rel.startswith((".cstbatch", "logs")):
-            continue
-        data = p.read_bytes()
-        if "/steps/" in f"/{rel}":
-            record = json.loads(data)
-            for k in VOLATILE_FIELDS:
-                record.pop(k, None)
-            data = json.dumps(record, sort_keys=True).encode()
-        digests[rel] = hashlib.sha256(data).hexdigest()
-    return digests
+    """Every output file's content digest (JSON without the documented volatile fields)."""
+    return {str(p.relative_to(out)): content_digest(p) for p in sorted(out.rglob("*"))
+            if p.is_file() and not str(p.relative_to(out)).startswith((".cstbatch", "logs"))}
 
 
 def test_kill_9_mid_run_repeats_only_the_in_flight_task(tmp_path):

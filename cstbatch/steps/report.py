@@ -379,7 +379,6 @@ def mask_qc_figure(background_img, mask, convention: str = "radiological", title
 
 # --------------------------------------------------------------------------- document
 def _records_table(records: dict) -> list[list]:
-    from ..figures import fmt
     from ..options import STEPS
 
     rows = []
@@ -389,8 +388,7 @@ def _records_table(records: dict) -> list[list]:
             continue
         impl = rec.get("implementation") or {}
         name = f"{impl.get('name', '')} (v{impl.get('version')})" if impl.get("name") else ""
-        rows.append([step, rec.get("status", "n/a"), name, fmt(rec.get("duration_s"), 1),
-                     fmt(rec.get("peak_rss_mb"), 0)])
+        rows.append([step, rec.get("status", "n/a"), name])
     return rows
 
 
@@ -547,8 +545,10 @@ def build_session_document(session: SessionReportInput, options: dict):
     b.append(Table(["Quantity", "Value"], counts, caption="Streamlines and registration"))
     steps = _records_table(rec)
     if steps:
-        b.append(Table(["Step", "Status", "Implementation", "Duration (s)", "Peak memory (MB)"], steps,
-                       caption="Processing steps"))
+        # durations and memory stay in the step records / metrics.json: the report is
+        # byte-identical between two runs of the same inputs and options
+        b.append(Table(["Step", "Status", "Implementation"], steps,
+                       caption="Processing steps (timings: metrics.json provenance)"))
 
     b.append(H2("Provenance"))
     libs = prov.get("libraries") or {}
