@@ -18,6 +18,7 @@ MNI mm, so "left" is always x < 0 whatever the voxel order of a file.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -414,13 +415,14 @@ def custom_atlas(options: Mapping[str, Any]) -> Atlas:
         if not p:
             raise OptionError(f"{name}: the custom atlas needs a path")
     ids = {roi: _ids(options, f"atlas_{roi}_ids") for roi in ROI_NAMES}
-    key = (str(tpath), str(lpath), tuple((k, tuple(v)) for k, v in ids.items()))
+    stamps = tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else None for p in (tpath, lpath))
+    key = (str(tpath), str(lpath), tuple((k, tuple(v)) for k, v in ids.items()), stamps)
     return _load_custom(key)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_custom(key) -> Atlas:
-    tpath, lpath, id_items = key
+    tpath, lpath, id_items, _ = key
     ids = dict(id_items)
     imgs = {}
     for what, p in (("template", tpath), ("labels", lpath)):

@@ -23,7 +23,7 @@ streamline is oriented brainstem → cortex and resampled to ``CORE_NODES`` poin
 the density of the side's streamlines around it is counted (points binned in 2 mm cells,
 summed over the 3×3×3 neighbourhood, i.e. within ≈ 3 mm) and divided by the highest density
 at that node; a streamline's core score is its lowest value along the nodes, and streamlines
-scoring below ``extract_core_threshold`` (default 0.3) are dropped. This removes the sparse
+scoring below ``extract_core_threshold`` (default 0.35) are dropped. This removes the sparse
 strays that ROI logic alone keeps (paths that wander through neighbouring white matter into
 the motor strip, partial-volume tracks) while keeping the dense, coherent tract; with fewer
 than ``CORE_MIN_STREAMLINES`` streamlines a side is left as it is.
@@ -45,7 +45,7 @@ DEFAULT_MIN_LENGTH = 40.0
 DEFAULT_MAX_LENGTH = 250.0
 CORE_NODES = 20
 CORE_CELL_MM = 2.0
-CORE_THRESHOLD = 0.3
+CORE_THRESHOLD = 0.35
 CORE_MIN_STREAMLINES = 20
 #: streamlines are classified in chunks of about this many points (bounds the temporaries)
 CHUNK_POINTS = 1_000_000
@@ -127,16 +127,21 @@ def brainstem_top_z(atlas) -> float:
 
 
 def point_codes(points: np.ndarray, code: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """ROI code of each MNI mm point (0 outside the grid)."""
+    """ROI code of each MNI mm point (nearest voxel; 0 outside the grid)."""
     if len(points) == 0:
         return np.zeros(0, np.uint8)
     inv = np.linalg.inv(affine)
-    ijk = np.rint(points @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
-    shape = np.array(code.shape)
-    ok = np.all((ijk >= 0) & (ijk < shape), axis=1)
-    out = np.zeros(len(points), np.uint8)
-    i = ijk[ok]
-    out[ok] = code[i[:, 0], i[:, 1], i[:, 2]]
+    v = np.asarray(points, np.float64) @ inv[:3, :3].T
+    v += inv[:3, 3]
+    np.rint(v, out=v)
+    ijk = v.astype(np.int64)
+    nx, ny, nz = code.shape
+    ok = ((ijk[:, 0] >= 0) & (ijk[:, 0] < nx) & (ijk[:, 1] >= 0) & (ijk[:, 1] < ny)
+          & (ijk[:, 2] >= 0) & (ijk[:, 2] < nz))
+    flat = (ijk[:, 0] * ny + ijk[:, 1]) * nz + ijk[:, 2]
+    flat[~ok] = 0
+    out = np.take(np.ascontiguousarray(code).reshape(-1), flat)
+    out[~ok] = 0
     return out
 
 

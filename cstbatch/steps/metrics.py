@@ -16,7 +16,7 @@ fa / md / rd / ad (``*_mean``, ``*_std``)
     Each streamline is resampled to ``profile_nodes`` equally spaced points (arc length,
     ``dipy.tracking.streamline.set_number_of_points``), the map is sampled there by
     trilinear interpolation, the streamline's value is the mean over its points except the
-    first and last ``TRIM_FRACTION`` (10 %) of nodes; the side's value is the mean (and std)
+    first and last ``TRIM_FRACTION`` (5 %) of nodes; the side's value is the mean (and std)
     over streamlines, so long and short streamlines weigh alike. The ends are left out as
     AFQ clips profiles to the stretch between its waypoint ROIs: tracking runs on into the
     medulla and into cortical grey matter, where partial volume drags FA down (by ~0.03–0.05
@@ -48,7 +48,7 @@ SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
 DEFAULT_PROFILE_NODES = 100
 #: fraction of nodes left out at each end of a streamline for its scalar means and regions
-TRIM_FRACTION = 0.1
+TRIM_FRACTION = 0.05
 #: name -> (z_min, z_max) in MNI mm, inclusive.
 REGIONS_MNI_Z = {
     "pontine": (-40.0, -15.0),
