@@ -74,8 +74,10 @@ class _Listing:
 
 def find_inherited(image: Path, extension: str, levels: list[Path], listing: _Listing) -> Path | None:
     """The sidecar ``extension`` that applies to ``image`` by BIDS inheritance, or None."""
-    entities, _, _ = parse_bids_name(image.name)
-    same_stem = image.parent / (image.name[: -len(parse_bids_name(image.name)[2])] + extension)
+    entities, _, image_ext = parse_bids_name(image.name)
+    same_stem = image.parent / (image.name[: -len(image_ext)] + extension)
+    if any(e.name == same_stem.name for e in listing(image.parent)):
+        return same_stem  # the common case, without parsing every name up the tree
     for folder in levels:
         best, best_n = None, -1
         for entry in listing(folder):
@@ -89,7 +91,7 @@ def find_inherited(image: Path, extension: str, levels: list[Path], listing: _Li
                     best, best_n = Path(entry.path), len(cand_entities)
         if best is not None:
             return best
-    return same_stem if same_stem.exists() else None
+    return None
 
 
 def _label_set(labels: Iterable[str] | None) -> set[str] | None:

@@ -61,7 +61,10 @@ class ShardedJsonDB:
         """Nothing left to write: every change was committed when it was made."""
 
     def set(self, task_id, dependency, value):
-        self._db.setdefault(task_id, {})[dependency] = value
+        entry = self._db.setdefault(task_id, {})
+        if dependency in entry and entry[dependency] == value:
+            return  # a no-op rerun stores the same values again: nothing to commit
+        entry[dependency] = value
         shard = shard_of(task_id)
         self._shards.setdefault(shard, set()).add(task_id)
         self._commit(shard)
