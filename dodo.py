@@ -7,6 +7,8 @@
 
 Everything else lives in the package; this file only picks the study.
 """
+import os
+
 from cstbatch.threads import limit_threads
 
 limit_threads()  # before numpy loads: one BLAS thread per task, sessions run side by side
@@ -35,4 +37,5 @@ try:
 except CstBatchError as exc:  # one line, no traceback
     raise SystemExit(f"cstbatch: error: {exc}") from None
 
-globals().update(doit_namespace(_study))
+# sessions side by side on every core by default (`doit run -n 1` overrides)
+globals().update(doit_namespace(_study, jobs=min(os.cpu_count() or 1, max(1, len(_study.subjects)))))

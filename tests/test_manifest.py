@@ -26,14 +26,14 @@ def test_plan_example_loads_with_effective_options(tmp_path):
             {"id": "sub-002", "session": "ses-01", "dicom": "/abs/dicom/"},
             {"id": "sub-003", "session": None, "nifti": "x.nii", "options": {"denoise_method": "nlmeans"}},
         ]})
-    specs, config = load_manifest(m, cli_options={"track_step_size": 1.0})
+    specs, config = load_manifest(m, cli_options={"track_step_size": 0.75})
     assert [s.key for s in specs] == ["sub-001_ses-01", "sub-002_ses-01", "sub-003"]
     assert specs[0].input_path == tmp_path / "data/sub-001_ses-01_dwi.nii.gz"   # relative to manifest
     assert specs[0].bval == tmp_path / "data/sub-001_ses-01_dwi.bval"
     assert specs[1].input_type == "dicom" and specs[1].input_path == Path("/abs/dicom")
     assert specs[0].options["denoise_method"] == "patch2self"
     assert specs[2].options["denoise_method"] == "nlmeans"                      # entry overrides root
-    assert all(s.options["track_step_size"] == 1.0 for s in specs)              # command line on top
+    assert all(s.options["track_step_size"] == 0.75 for s in specs)              # command line on top
     assert specs[0].options["generate_pdf"] is True and config.generate_pdf is True
     missing = validate_subject_inputs(specs)
     assert any("subjects[0]" in line and "file not found" in line for line in missing)
@@ -103,6 +103,6 @@ def test_schema_validation_function_direct():
 def test_options_layering_and_type_errors():
     merged = merge_options({"denoise_method": "nlmeans"}, {"track_max_angle": 45})
     assert merged["denoise_method"] == "nlmeans" and merged["track_max_angle"] == 45
-    assert merged["track_step_size"] == 0.5
+    assert merged["track_step_size"] == 1.0
     with pytest.raises(OptionError, match="generate_pdf: expected bool"):
         merge_options({"generate_pdf": "yes"})

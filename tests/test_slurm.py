@@ -216,7 +216,7 @@ def test_status_and_resubmission_plan_after_a_local_run(tmp_path):
     assert "#SBATCH --array=0-0" in text.splitlines()
     # a changed option makes the finished session's chain out of date again
     code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run",
-                     "--participant-label", "01", "--option", "track_step_size=1.0")
+                     "--participant-label", "01", "--option", "track_step_size=0.75")
     assert "1 of 1 sessions need work: sub-01_ses-01" in text
 
 

@@ -101,7 +101,7 @@ def test_plan_says_what_would_run_and_why(tmp_path):
     assert "28 of 19" not in text and "19 of 19 tasks would run" in text
     doit(manifest, out, "run", *UP_TO_TRACK)
     data = json.loads(manifest.read_text())
-    data["options"]["track_step_size"] = 1.0
+    data["options"]["track_step_size"] = 0.75
     manifest.write_text(json.dumps(data))
     code, text = doit(manifest, out, "plan")
     assert re.search(r"run  sub-02:track\s+options or implementation changed", text)
