@@ -338,6 +338,15 @@ def test_denoisers_lower_error(noisy_object, denoiser, options):
     assert err_after < 0.9 * err_before, (err_after, err_before)
 
 
+def test_patch2self_single_b0_not_first(noisy_object):
+    noisy, _, gtab, _ = noisy_object
+    keep = np.r_[3:10, 0, 10:noisy.shape[-1]]  # one b0, at index 7
+    g = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep])
+    data = np.ascontiguousarray(noisy[..., keep])
+    out = denoise_patch2self(data, g, {"patch2self_model": "ols"})
+    np.testing.assert_array_equal(out[..., 7], data[..., 7])
+
+
 def test_signal_mask_covers_object_not_background(noisy_object):
     noisy, _, gtab, obj = noisy_object
     m = signal_mask(noisy, gtab)
