@@ -261,10 +261,13 @@ def test_fixed_seed_identical_streamlines(crossing, csd_streamlines):
     again = track_deterministic(data, gtab, mask, maps, affine, OPTIONS)
     assert len(again) == len(csd_streamlines)
     assert all(np.array_equal(x, y) for x, y in zip(again, csd_streamlines))
+    no_evecs = {k: v for k, v in maps.items() if k != "evecs"}  # as re-read from saved maps
+    refit = track_tensor_eudx(data, gtab, mask, no_evecs, affine, OPTIONS)
     other = track_tensor_eudx(data, gtab, mask, maps, affine, dict(OPTIONS, track_random_seed=7))
     same = track_tensor_eudx(data, gtab, mask, maps, affine, OPTIONS)
     same2 = track_tensor_eudx(data, gtab, mask, maps, affine, OPTIONS)
     assert all(np.array_equal(x, y) for x, y in zip(same, same2)) and len(same) == len(same2)
+    assert all(np.array_equal(x, y) for x, y in zip(same, refit)) and len(same) == len(refit)
     assert len(other) != len(same) or any(not np.array_equal(x, y) for x, y in zip(other, same))
 
 

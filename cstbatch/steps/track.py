@@ -299,12 +299,17 @@ def track_tensor_eudx(data, gtab, mask, maps, affine, options) -> list[np.ndarra
     Same arguments, seeds, stopping rule and output as :func:`track_deterministic`; the only
     difference is the orientation model: one direction per voxel, ``maps["evecs"][..., :, 0]``
     (voxel axes), so crossings are not resolved. Kept to show, and test, what CSD buys.
-    ``data`` and ``gtab`` are unused (the tensor was already fitted by the model step).
+    If ``maps`` has no ``evecs`` (e.g. maps re-read from the saved FA/MD/RD/AD files), the
+    tensor is refitted here from ``data``/``gtab`` inside ``mask`` (a few seconds).
     """
     from dipy.data import default_sphere
     from dipy.direction.peaks import PeaksAndMetrics
     from dipy.tracking.tracker import eudx_tracking
 
+    if "evecs" not in maps:
+        from cstbatch.steps.model import fit_tensor_maps
+
+        maps = {**maps, "evecs": fit_tensor_maps(data, gtab, mask)["evecs"]}
     sc, fa = _stopping(maps, mask, _opt(options, "track_stop_fa"))
     e1 = np.asarray(maps["evecs"], dtype=float)[..., :, 0]
     sphere = default_sphere
