@@ -87,7 +87,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("report_convention", "radiological", str, "report",
          "Image display in reports: radiological (patient left on screen right) or neurological."),
     _opt("session_timeout", None, (int, float, type(None)), "",
-         "Seconds one step of a session may run before it is stopped (None: no limit)."),
+         "Seconds a session's whole chain may run; the step running when it is spent fails "
+         "with category timeout (None: no limit)."),
 ]}
 
 

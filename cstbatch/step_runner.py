@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 from .chain import BUILTIN_STEP_VERSION, STEP_INPUTS, STEP_SELECTOR, step_outputs
 from .errors import CstBatchError, PluginError
 from .layout import SessionLayout
+from .options import STEPS
 from .records import content_digest, read_record, write_record
 from .spec import SubjectSpec
 
@@ -129,7 +132,8 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
                                                   "source": "built-in"})
         ctx = StepContext(spec, layout, spec.options, log, impl, job["plugins_dir"])
         log.info("%s: start (%s)", step, record["implementation"]["name"])
-        info = STEP_FUNCTIONS[step](ctx) or {}
+        with session_deadline(layout, step, spec.options.get("session_timeout")):
+            info = STEP_FUNCTIONS[step](ctx) or {}
         written = [p for p in step_outputs(step, layout, spec.options) if p.exists()]
         missing = [p for p in step_outputs(step, layout, spec.options) if not p.exists()]
         if missing:
@@ -144,6 +148,43 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
         _remove_stale(step, layout, spec.options)
         return _finish(layout, step, record, start, stop_on_first_crash)
     return _finish(layout, step, record, start, stop_on_first_crash)
+
+
+class StepTimeout(CstBatchError):
+    category = "timeout"
+
+
+@contextmanager
+def session_deadline(layout: SessionLayout, step: str, timeout: float | None):
+    """Stop the step when the session's time budget (``session_timeout`` s) is spent.
+
+    The budget covers the whole chain: the earlier steps' recorded durations are subtracted.
+    SIGALRM works here because doit runs each task in the main thread of its (worker)
+    process; where it cannot be installed, the step simply runs without a limit.
+    """
+    if not timeout:
+        yield
+        return
+    spent = sum(float((read_record(layout.record(s)) or {}).get("duration_s") or 0.0)
+                for s in STEPS[:STEPS.index(step)])
+    left = float(timeout) - spent
+
+    def expire(signum, frame):
+        raise StepTimeout(f"session {layout.key} exceeded session_timeout={timeout:g} s during {step}")
+
+    if left <= 0:
+        expire(None, None)
+    try:
+        previous = signal.signal(signal.SIGALRM, expire)
+    except ValueError:  # not the main thread
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, left)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _describe(exc: BaseException, step: str, impl: dict | None) -> dict[str, Any]:

@@ -132,3 +132,40 @@ def test_kill_9_mid_run_repeats_only_the_in_flight_task(tmp_path):
     subprocess.run([sys.executable, "-c", RUN, str(manifest), str(clean), str(tmp_path / "plugins"), *targets],
                    cwd=tmp_path, env=env, check=True, capture_output=True)
     assert _outputs(out) == _outputs(clean)
+
+
+SLOW_PLUGIN = """
+import time
+from cstbatch.hookspecs import hookimpl
+
+@hookimpl
+def register_denoisers(register):
+    def slow(data, gtab, options):
+        time.sleep(30)
+        return data
+    register("slow", slow, version="1")
+"""
+
+
+def test_session_timeout_fails_the_session_with_category_timeout(tmp_path):
+    from cstbatch.runner import run_doit
+    from cstbatch.study import load_study
+
+    for i in range(2):
+        write_tiny_dwi(tmp_path / "data" / f"s{i}_dwi", seed=i)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "slow.py").write_text(SLOW_PLUGIN)
+    manifest = tmp_path / "study.json"
+    manifest.write_text(json.dumps({"options": {"denoise_method": "none"}, "subjects": [
+        {"id": "sub-01", "session": None, "nifti": "data/s0_dwi.nii.gz"},
+        {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz",
+         "options": {"denoise_method": "slow", "session_timeout": 2}}]}))
+    study = load_study(manifest=manifest, output_dir=tmp_path / "out", plugins_dir=tmp_path / "plugins")
+    start = time.monotonic()
+    assert run_doit(study, ["run", "sub-01:denoise", "sub-02:denoise"]) == 0
+    assert time.monotonic() - start < 25
+    record = json.loads((tmp_path / "out/sub-02/steps/sub-02_step-denoise.json").read_text())
+    assert record["status"] == "failed" and record["error"]["category"] == "timeout"
+    assert "session_timeout=2" in record["error"]["message"]
+    ok = json.loads((tmp_path / "out/sub-01/steps/sub-01_step-denoise.json").read_text())
+    assert ok["status"] == "success"
