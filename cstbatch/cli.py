@@ -24,11 +24,8 @@ from .status import cmd_status
 COMMANDS = ("sample-data", "plugins", "options", "submit", "status")
 
 
-def _bids_app_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cstbatch", description="Batch CST assessment of a diffusion-MRI study "
-                                "(BIDS-App style). Other commands: " + ", ".join(COMMANDS))
-    p.add_argument("paths", nargs="+", metavar="BIDS_DIR OUT_DIR {participant,group}",
-                   help="BIDS folder (omit with --manifest), output folder, analysis level")
+def add_study_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments that define a study, shared by every command that processes one."""
     p.add_argument("--manifest", type=Path, help="study manifest (JSON or YAML) instead of a BIDS folder")
     p.add_argument("--participant-label", nargs="+", help="only these subjects (with or without sub-)")
     p.add_argument("--exclude-participant-label", nargs="+", help="skip these subjects")
@@ -36,12 +33,37 @@ def _bids_app_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-pattern", default="ses-*", help="glob for session folders (default ses-*)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
                    help="override an option for every session (see `cstbatch options`)")
+    p.add_argument("--plugins-dir", type=Path, help="folder of local plugin files (default ./plugins)")
+
+
+def study_from_args(args, inputs: list[str], out_dir: str):
+    """Load the study the arguments describe; print skipped folders; refuse an empty study."""
+    from .study import load_study
+
+    study = load_study(bids_dir=Path(inputs[0]) if inputs else None, manifest=args.manifest,
+                       output_dir=Path(out_dir).resolve(), options=_parse_options(args.option),
+                       participant_label=args.participant_label,
+                       exclude_participant_label=args.exclude_participant_label,
+                       subject_pattern=args.subject_pattern, session_pattern=args.session_pattern,
+                       plugins_dir=args.plugins_dir.resolve() if args.plugins_dir else None)
+    for where, why in study.skipped:
+        print(f"skipped {where}: {why}")
+    if not study.subjects:
+        raise CstBatchError("no DWI series found to process")
+    return study
+
+
+def _bids_app_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cstbatch", description="Batch CST assessment of a diffusion-MRI study "
+                                "(BIDS-App style). Other commands: " + ", ".join(COMMANDS))
+    p.add_argument("paths", nargs="+", metavar="BIDS_DIR OUT_DIR {participant,group}",
+                   help="BIDS folder (omit with --manifest), output folder, analysis level")
+    add_study_arguments(p)
     p.add_argument("-n", "--jobs", type=int, default=1, help="sessions processed side by side")
     p.add_argument("--mem-gb", type=float, help="memory budget: caps how many sessions run at once, "
                    "from each session's image size")
     p.add_argument("--dry-run", action="store_true", help="print which tasks would run and why; run nothing")
     p.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failure (debugging)")
-    p.add_argument("--plugins-dir", type=Path, help="folder of local plugin files (default ./plugins)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every task's output")
     return p
 
@@ -58,7 +80,6 @@ def _parse_options(pairs: list[str]) -> dict:
 
 def bids_app(argv: list[str]) -> int:
     from .runner import run_doit
-    from .study import load_study
 
     args = _bids_app_parser().parse_args(argv)
     expected = 2 if args.manifest else 3
@@ -68,16 +89,7 @@ def bids_app(argv: list[str]) -> int:
     *inputs, out_dir, level = args.paths
     if level not in ("participant", "group"):
         raise CstBatchError(f"analysis level must be participant or group, not {level!r}")
-    study = load_study(bids_dir=Path(inputs[0]) if inputs else None, manifest=args.manifest,
-                       output_dir=Path(out_dir).resolve(), options=_parse_options(args.option),
-                       participant_label=args.participant_label,
-                       exclude_participant_label=args.exclude_participant_label,
-                       subject_pattern=args.subject_pattern, session_pattern=args.session_pattern,
-                       plugins_dir=args.plugins_dir)
-    for where, why in study.skipped:
-        print(f"skipped {where}: {why}")
-    if not study.subjects:
-        raise CstBatchError("no DWI series found to process")
+    study = study_from_args(args, inputs, out_dir)
     if args.dry_run:
         return run_doit(study, ["plan"])
     run_args = ["run", "--verbosity", "2" if args.verbose else "1"]

@@ -331,14 +331,9 @@ def _submit_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="[BIDS_DIR] OUT_DIR [participant]",
                    help="BIDS folder (omit with --manifest) and output folder, as for `cstbatch`")
     p.add_argument("--slurm", action="store_true", help="submit to SLURM (the only scheduler supported; default)")
-    p.add_argument("--manifest", type=Path, help="study manifest (JSON or YAML) instead of a BIDS folder")
-    p.add_argument("--participant-label", nargs="+", help="only these subjects (with or without sub-)")
-    p.add_argument("--exclude-participant-label", nargs="+", help="skip these subjects")
-    p.add_argument("--subject-pattern", default="sub-*", help="glob for subject folders (default sub-*)")
-    p.add_argument("--session-pattern", default="ses-*", help="glob for session folders (default ses-*)")
-    p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
-                   help="override an option for every session (see `cstbatch options`)")
-    p.add_argument("--plugins-dir", type=Path, help="folder of local plugin files (default ./plugins)")
+    from .cli import add_study_arguments
+
+    add_study_arguments(p)
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--time", help="time limit of each job (HH:MM:SS or D-HH:MM:SS)")
     p.add_argument("--mem-per-job", default="4G", help="memory of each job (default 4G)")
@@ -350,8 +345,7 @@ def _submit_parser() -> argparse.ArgumentParser:
 
 
 def _load_for_submit(args):
-    from .cli import _parse_options
-    from .study import load_study
+    from .cli import study_from_args
 
     paths = list(args.paths)
     if paths and paths[-1] in ("participant", "group"):
@@ -360,16 +354,7 @@ def _load_for_submit(args):
     if len(paths) != expected:
         raise CstBatchError("expected BIDS_DIR OUT_DIR" if not args.manifest else "with --manifest, expected OUT_DIR")
     *inputs, out_dir = paths
-    study = load_study(bids_dir=Path(inputs[0]) if inputs else None, manifest=args.manifest,
-                       output_dir=Path(out_dir).resolve(), options=_parse_options(args.option),
-                       participant_label=args.participant_label,
-                       exclude_participant_label=args.exclude_participant_label,
-                       subject_pattern=args.subject_pattern, session_pattern=args.session_pattern,
-                       plugins_dir=args.plugins_dir.resolve() if args.plugins_dir else None)
-    for where, why in study.skipped:
-        print(f"skipped {where}: {why}")
-    if not study.subjects:
-        raise CstBatchError("no DWI series found to process")
+    study = study_from_args(args, inputs, out_dir)
     return study
 
 
