@@ -146,5 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     except CstBatchError as exc:
         print(f"cstbatch: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the progress reporter
+        print("cstbatch: interrupted; finished tasks are saved, run again to continue", file=sys.stderr)
+        return 130
 
 
