@@ -57,7 +57,9 @@ def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Pat
         return [layout.cst("left"), layout.cst("right")]
     if step == "metrics":
         return [layout.metrics_json, layout.metrics_csv, layout.profiles_csv]
-    if step == "report":
+    if step == "report":  # other reporters' files are listed in the step record
+        if options.get("reporter") != "html":
+            return []
         return [layout.report_html] + ([layout.report_pdf] if options.get("generate_pdf") else [])
     raise KeyError(step)
 

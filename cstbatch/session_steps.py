@@ -212,7 +212,12 @@ def report(ctx: StepContext) -> dict[str, Any]:
 
     session = SessionReportInput.from_layout(ctx.spec, ctx.layout, ctx.options)
     written = ctx.implementation.func(session, ctx.layout.report_html.parent, ctx.options)
-    return {"files": sorted(str(Path(p).name) for p in written or [])}
+    files = [Path(p) for p in written or []]
+    missing = [p for p in files if not p.exists()]
+    if missing:
+        raise PluginError(f"reporter {ctx.implementation.name} said it wrote {missing[0]}, which does not exist")
+    from .records import content_digest
+    return {"files": {str(p.relative_to(ctx.layout.out_dir)): content_digest(p) for p in sorted(files)}}
 
 
 STEP_FUNCTIONS = {
