@@ -81,3 +81,32 @@ def test_exception_inside_a_plugin_is_that_plugins_failure_for_that_session(tmp_
     assert "kernel exploded" in record["error"]["message"]
     assert "plugin gaussian" in (out / "logs/sub-02_error.log").read_text()
     assert json.loads((out / "sub-01/steps/sub-01_step-denoise.json").read_text())["status"] == "success"
+
+
+def test_lab_atlas_plugin_wires_user_files(tmp_path, monkeypatch):
+    import nibabel as nib
+    import numpy as np
+
+    from cstbatch.atlas import icbm_atlas
+    from cstbatch.plugins import build_registry
+
+    icbm = icbm_atlas({})
+    labels = np.zeros(icbm.shape, np.int16)
+    labels[icbm.roi("brainstem")] = 7
+    labels[icbm.roi("motor_left")] = 3
+    labels[icbm.roi("motor_right")] = 4
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    nib.save(icbm.template, str(folder / "template.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, icbm.affine), str(folder / "labels.nii.gz"))
+    (folder / "labels.json").write_text(json.dumps({"brainstem": [7], "motor_left": [3], "motor_right": [4]}))
+    monkeypatch.setenv("CSTBATCH_LAB_ATLAS", str(folder))
+    impl = build_registry(PLUGINS).get("atlas", "lab")
+    atlas = impl.func({})
+    for roi in ("brainstem", "motor_left", "motor_right"):
+        assert np.array_equal(atlas.roi(roi), icbm.roi(roi)), roi
+    monkeypatch.delenv("CSTBATCH_LAB_ATLAS")
+    import pytest
+    from cstbatch.errors import OptionError
+    with pytest.raises(OptionError, match="set CSTBATCH_LAB_ATLAS"):
+        impl.func({})
