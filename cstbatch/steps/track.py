@@ -274,14 +274,20 @@ def _seed_mask(fa, mask, seed_fa):
     return sm
 
 
-def _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options):
+def _seeding(fa, mask, affine, options):
+    """(tracking affine, mm per tracking unit, seeds in voxel indices, step in mm): the
+    seeding shared by every tracker, so methods differ only in their direction model."""
     track_affine, unit = _tracking_frame(affine)
     seeds_vox = make_seeds(_seed_mask(fa, mask, _opt(options, "track_seed_fa")),
                            int(_opt(options, "track_seed_density")),
                            int(_opt(options, "track_random_seed")))
+    return track_affine, unit, seeds_vox, float(_opt(options, "track_step_size"))
+
+
+def _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options):
+    track_affine, unit, seeds_vox, step = _seeding(fa, mask, affine, options)
     if not len(seeds_vox):
         return []
-    step = float(_opt(options, "track_step_size"))
     tracker = LocalTracking(
         dg, sc, _apply(track_affine, seeds_vox), track_affine,
         step_size=step * unit,
@@ -335,13 +341,9 @@ def track_tensor_eudx(data, gtab, mask, maps, affine, options) -> list[np.ndarra
     pam.B = None
     pam.odf_vertices = verts
 
-    track_affine, unit = _tracking_frame(affine)
-    seeds_vox = make_seeds(_seed_mask(fa, mask, _opt(options, "track_seed_fa")),
-                           int(_opt(options, "track_seed_density")),
-                           int(_opt(options, "track_random_seed")))
+    track_affine, unit, seeds_vox, step = _seeding(fa, mask, affine, options)
     if not len(seeds_vox):
         return []
-    step = float(_opt(options, "track_step_size"))
     streamlines = eudx_tracking(
         _apply(track_affine, seeds_vox), sc, track_affine,
         pam=pam,
