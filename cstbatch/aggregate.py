@@ -17,7 +17,6 @@ from .layout import SessionLayout, group_paths
 from .options import merge_options
 from .results import collect_results
 from .spec import BatchConfig, SubjectResult
-from .group_report import write_group_report
 from .tables import write_csv
 from .step_runner import job_to_spec, spec_to_job
 
@@ -160,6 +159,8 @@ def aggregate(job: dict[str, Any]) -> dict[str, Any]:
     rows = batch_metric_rows(results, out_dir, subjects)
     summary = generate_batch_summary(results, out_dir, config, subjects, rows=rows)
     write_readme(out_dir, summary)
+    from .group_report import write_group_report  # numpy/matplotlib: keep them off start-up
+
     write_group_report(out_dir, summary, rows)
     return summary
 
