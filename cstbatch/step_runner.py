@@ -9,7 +9,6 @@ screen gets one line.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 import traceback
@@ -119,7 +118,6 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
                 if (read_record(layout.record(s)) or {}).get("status") != "success"]
     start = time.perf_counter()
     _reset_peak_rss()
-    written: list[Path] = []
     try:
         if upstream:
             record.update(status="skipped", reason=f"earlier step {upstream[0]} did not succeed")
@@ -134,12 +132,12 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
         log.info("%s: start (%s)", step, record["implementation"]["name"])
         with session_deadline(layout, step, spec.options.get("session_timeout")):
             info = STEP_FUNCTIONS[step](ctx) or {}
-        written = [p for p in step_outputs(step, layout, spec.options) if p.exists()]
-        missing = [p for p in step_outputs(step, layout, spec.options) if not p.exists()]
+        outputs = step_outputs(step, layout, spec.options)
+        missing = [p for p in outputs if not p.exists()]
         if missing:
             raise PluginError(f"{step} did not write {missing[0].name}")
         record.update(status="success", info=info,
-                      outputs={str(p.relative_to(layout.out_dir)): content_digest(p) for p in written})
+                      outputs={str(p.relative_to(layout.out_dir)): content_digest(p) for p in outputs})
         log.info("%s: done", step)
     except Exception as exc:  # every failure becomes a record; the other sessions go on
         record.update(status="failed", error=_describe(exc, step, record.get("implementation")))

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 from dipy.core.gradients import GradientTable, gradient_table
 
+from cstbatch.atomic import save_nifti, write_text
 from cstbatch.errors import DependencyError, InputError
 from cstbatch.gradients import (
     B0_THRESHOLD,
@@ -299,27 +300,6 @@ def load_dwi_data(checked: CheckedDwi) -> np.ndarray:
 # Writing the accepted DWI
 # --------------------------------------------------------------------------------------------
 
-def _tmp_name(path: Path) -> Path:
-    name = path.name
-    ext = ""
-    for e in (".nii.gz", ".nii", ".trk"):
-        if name.endswith(e):
-            ext = e
-            name = name[: -len(e)]
-            break
-    return path.with_name(f".{name}.tmp{os.getpid()}{ext}")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _fmt(v: float) -> str:
     return str(int(round(v))) if float(v).is_integer() else f"{v:.8g}"
 
@@ -376,20 +356,13 @@ def write_preproc(checked: CheckedDwi, out_nifti, out_bval, out_bvec, data=None,
         new.set_sform(sform, code=int(scode))
     else:
         new.set_sform(None, code=0)
-    out_nifti.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(out_nifti)
-    try:
-        nib.save(new, str(tmp))
-        os.replace(tmp, out_nifti)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_nifti(new, out_nifti)
 
     # the affine is unchanged, so the input's BIDS vectors are still correct for the output;
     # writing them verbatim (not re-deriving them from bvecs_voxel) keeps b0 vectors as given
     bvecs = checked.bvecs_bids
-    _write_text_atomic(out_bval, " ".join(_fmt(b) for b in checked.bvals) + "\n")
-    _write_text_atomic(
+    write_text(out_bval, " ".join(_fmt(b) for b in checked.bvals) + "\n")
+    write_text(
         out_bvec, "".join(" ".join(_fmt(v) for v in bvecs[:, ax]) + "\n" for ax in range(3))
     )
 

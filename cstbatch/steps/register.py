@@ -21,8 +21,6 @@ subject to MNI mm through the same transform.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +28,7 @@ from typing import Any, Mapping
 import nibabel as nib
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputError, OptionError
 
 REGISTRATION_METHODS = ("affine", "syn")
@@ -268,22 +267,6 @@ def points_to_mni(points: np.ndarray, reg: Registration) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_registration(reg: Registration, path) -> Path:
     """Write ``reg`` to ``path`` (.npz; the SyN fields included), atomically."""
     path = Path(path)
@@ -311,11 +294,8 @@ def save_registration(reg: Registration, path) -> Path:
             "syn_is_inverse": np.asarray(bool(m.is_inverse)),
         })
 
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
-    _atomic_write(path, write)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 
@@ -398,11 +378,9 @@ def qc_figure(fa_img, warped_template, path, rois: Mapping[str, np.ndarray] | No
     fig.tight_layout()
     path = Path(path)
 
-    def write(tmp):
-        fig.savefig(tmp, format="png", dpi=90)
-
     try:
-        _atomic_write(path, write)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
     finally:
         plt.close(fig)
     return path

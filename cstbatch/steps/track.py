@@ -23,13 +23,12 @@ each axis), ``track_seed_fa``, ``track_stop_fa``, ``track_step_size`` (mm),
 """
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from ..atomic import atomic_path
 #: b-values at or below this count as b0.
 _B0_THRESHOLD = 50.0
 #: the longest streamline followed (mm); the CST is ~150-200 mm in adults.
@@ -368,19 +367,11 @@ def save_trk(streamlines, ref_img, path) -> None:
 
     The reference image fixes the voxel grid/affine stored in the header, so viewers and
     ``load_tractogram(path, ref_img)`` place the streamlines where they were computed. Written to
-    a hidden temporary ``.trk`` in the same folder, then ``os.replace``'d into place.
+    a hidden temporary ``.trk`` in the same folder, then renamed (``cstbatch.atomic``).
     """
     from dipy.io.stateful_tractogram import Space, StatefulTractogram
     from dipy.io.streamline import save_tractogram
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name[:-4] if path.name.endswith(".trk") else path.name
-    tmp = path.with_name(f".{name}.tmp{os.getpid()}.trk")
     sft = StatefulTractogram(list(streamlines), ref_img, Space.RASMM)
-    try:
+    with atomic_path(path) as tmp:  # the temporary name keeps .trk: dipy picks the format by it
         save_tractogram(sft, str(tmp), bbox_valid_check=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
