@@ -108,6 +108,19 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
+    def live_holder(self) -> dict[str, Any] | None:
+        """The holder if it may still be running: a live pid on this host, or any other host
+        (whose processes we cannot see). None when unlocked or stale."""
+        holder = self.holder()
+        if not holder:
+            return None
+        if holder.get("host") != socket.gethostname():
+            return holder
+        try:
+            return holder if self._alive(int(holder.get("pid", -1))) else None
+        except (TypeError, ValueError):
+            return None
+
     @staticmethod
     def _alive(pid: int) -> bool:
         try:
@@ -132,7 +145,7 @@ class RunLock:
                     if self.holder() is None and self.path.exists():
                         self.path.unlink(missing_ok=True)
                     continue
-                if holder.get("host") == me["host"] and not self._alive(int(holder.get("pid", -1))):
+                if self.live_holder() is None:
                     self.path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 raise LockError(f"{self.path.parent.parent}: another cstbatch run is using this output folder "

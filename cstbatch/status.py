@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -97,19 +96,6 @@ def known_sessions(out_dir: Path) -> dict[str, Any]:
     return sessions
 
 
-def _live_holder(lock_dir: Path) -> dict[str, Any] | None:
-    """The lock's holder if it may still be running (a live pid here, or any other host)."""
-    holder = RunLock(lock_dir).holder()
-    if not holder:
-        return None
-    if holder.get("host") != socket.gethostname():
-        return holder
-    try:
-        return holder if RunLock._alive(int(holder.get("pid", -1))) else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _newest_record(layout: SessionLayout) -> float | None:
     times = []
     for step in STEPS:
@@ -132,7 +118,7 @@ def _submission_time(sub) -> float | None:
 def session_states(out_dir: Path) -> list[SessionStatus]:
     out_dir = Path(out_dir)
     sessions = known_sessions(out_dir)
-    folder_holder = _live_holder(out_dir / STATE_DIR)
+    folder_holder = RunLock(out_dir / STATE_DIR).live_holder()
     subs = submissions(out_dir)
     latest = subs[-1] if subs else None
     latest_keys = {k: i for i, k in enumerate(latest.keys)} if latest else {}
@@ -148,7 +134,7 @@ def session_states(out_dir: Path) -> list[SessionStatus]:
             row.detail = f"{result.failed_step}: {result.error_category}: {result.error}"
         elif result.status != "success" and result.last_step:
             row.detail = f"stopped after {result.last_step}"
-        holder = _live_holder(session_lock_dir(out_dir, key))
+        holder = RunLock(session_lock_dir(out_dir, key)).live_holder()
         started_after_submit = row.updated is not None and latest_time is not None and row.updated >= latest_time
         if holder:
             row.state = "running"
@@ -180,7 +166,7 @@ def format_table(rows: list[SessionStatus], out_dir: Path) -> str:
         lines.append(f"{r.key:<{width}}  {r.state:<8} {r.last_step or '-':<9}  {updated:<19}  {detail}".rstrip())
     counts = {s: sum(r.state == s for r in rows) for s in STATES}
     lines.append(f"{len(rows)} sessions: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
-    holder = _live_holder(Path(out_dir) / STATE_DIR)
+    holder = RunLock(Path(out_dir) / STATE_DIR).live_holder()
     if holder:
         lines.append(f"a run holds {out_dir} (pid {holder.get('pid')} on {holder.get('host')}, "
                      f"since {holder.get('started')})")
