@@ -62,7 +62,7 @@ def _flatten(prefix: str, value: Any, row: dict[str, Any]) -> None:
         row[prefix] = value
 
 
-def _session_metrics(result: SubjectResult, out_dir: Path, spec) -> dict[str, Any]:
+def _session_metrics(out_dir: Path, spec) -> dict[str, Any]:
     layout = SessionLayout.of(out_dir, spec)
     try:
         data = json.loads(layout.metrics_json.read_text())
@@ -106,7 +106,7 @@ def batch_metric_rows(results: list[SubjectResult], output_dir: Path, subjects=N
         row = {"participant_id": r.subject_id, "session_id": r.session_id or "n/a", "key": r.key,
                "status": r.status, "failed_step": r.failed_step or "", "error_category": r.error_category or ""}
         if subjects is not None and r.status == "success":
-            row.update(_session_metrics(r, Path(output_dir), subjects[i]))
+            row.update(_session_metrics(Path(output_dir), subjects[i]))
         rows.append(row)
     return rows
 
