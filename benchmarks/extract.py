@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--snr", type=float, default=30.0)
     ap.add_argument("--orientation", default="LAS", choices=["LAS", "RAS"])
     ap.add_argument("--track", default="csd", choices=["csd", "dti"])
-    ap.add_argument("--seed-density", type=int, default=2, help="track_seed_density (seeds per voxel axis)")
+    ap.add_argument("--seed-density", type=int, default=1, help="track_seed_density (seeds per voxel)")
     ap.add_argument("--method", default="passthrough", choices=["passthrough", "endpoint"])
     ap.add_argument("--registration", default="affine", choices=["affine", "syn"])
     ap.add_argument("--atlas", default="icbm2009a")

@@ -44,6 +44,15 @@ def write_json(target: Path | str, data: Any) -> Path:
     return write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def copy_file(source: Path | str, target: Path | str) -> Path:
+    """Copy ``source``'s bytes to ``target`` atomically."""
+    import shutil
+
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
+
+
 def save_nifti(img, target: Path | str) -> Path:
     """Save a nibabel image atomically (deterministic bytes: gzip mtime is zero in nibabel ≥ 5)."""
     import nibabel as nib

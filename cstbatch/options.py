@@ -53,7 +53,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "Whole-brain tractography method; CSD-based so tracking gets through fibre crossings.",
          kind="track"),
     _opt("track_seed_density", 1, int, "track",
-         "Seeds per voxel along each axis in the seed mask (1: ~60k streamlines on a 2 mm brain, ~100 s)."),
+         "Seeds per voxel of the seed mask, at reproducible random positions (1: ~60k streamlines on a "
+         "2 mm brain; keep seeds per mm³ alike across resolutions, e.g. 2 for 2.5 mm voxels)."),
     _opt("track_seed_fa", 0.2, _NUM, "track", "FA above which voxels are seeded."),
     _opt("track_stop_fa", 0.15, _NUM, "track", "Tracking stops where FA drops below this."),
     _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel)."),

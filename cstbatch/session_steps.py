@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import save_nifti
+from .atomic import copy_file, save_nifti
 from .errors import InputError, PluginError
 from .layout import TENSOR_PARAMS
 from .step_runner import StepContext
@@ -80,7 +80,11 @@ def denoise(ctx: StepContext) -> dict[str, Any]:
     if not isinstance(result, np.ndarray) or result.shape != data.shape:
         raise PluginError(f"denoiser {ctx.implementation.name} returned "
                           f"{getattr(result, 'shape', type(result).__name__)}, expected shape {data.shape}")
-    save_nifti(_like(img, result), ctx.layout.denoised)
+    if result is data and img.get_data_dtype() == np.float32:
+        # nothing changed (denoiser "none"): copy the file rather than re-encode 100 MB of gzip
+        copy_file(ctx.layout.dwi, ctx.layout.denoised)
+    else:
+        save_nifti(_like(img, result), ctx.layout.denoised)
     return {}
 
 

@@ -17,8 +17,7 @@ given in world mm. That is correct for RAS, LAS and oblique images and for aniso
 voxels; affines with shear are rejected by dipy and handled by resampling-free fallback (track
 in voxel space with the mean voxel size, then apply the affine).
 
-Options (defaults in :mod:`cstbatch.options`): ``track_seed_density`` (seeds per voxel along
-each axis), ``track_seed_fa``, ``track_stop_fa``, ``track_step_size`` (mm),
+Options (defaults in :mod:`cstbatch.options`): ``track_seed_density`` (seeds per voxel), ``track_seed_fa``, ``track_stop_fa``, ``track_step_size`` (mm),
 ``track_max_angle`` (degrees per step), ``track_min_length`` (mm), ``track_random_seed``.
 """
 from __future__ import annotations
@@ -34,20 +33,12 @@ _B0_THRESHOLD = 50.0
 #: the longest streamline followed (mm); the CST is ~150-200 mm in adults.
 MAX_LENGTH_MM = 300.0
 
-_DEFAULTS = {
-    "track_seed_density": 2,
-    "track_seed_fa": 0.2,
-    "track_stop_fa": 0.15,
-    "track_step_size": 0.5,
-    "track_max_angle": 30.0,
-    "track_min_length": 20.0,
-    "track_random_seed": 42,
-}
-
-
 def _opt(options: Mapping[str, Any], name: str):
+    """The option's value, or its default from the one options table when unset."""
+    from ..options import OPTIONS
+
     val = options.get(name, None)
-    return _DEFAULTS[name] if val is None else val
+    return OPTIONS[name].default if val is None else val
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,29 +62,27 @@ def _tracking_frame(affine: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def make_seeds(seed_mask: np.ndarray, density: int, random_seed: int) -> np.ndarray:
-    """Seed points in voxel coordinates: a regular ``density``³ grid per voxel, jittered.
+    """Seed points in voxel coordinates: ``density`` uniformly random points in every voxel.
 
     Parameters
     ----------
     seed_mask : bool (X, Y, Z)
-    density : int, seeds per voxel along each axis
-    random_seed : int, seed of the jitter
+    density : int, seeds per voxel
+    random_seed : int, seed of the random positions
 
-    Returns float64 (n, 3) voxel coordinates (voxel centres are integers).
+    Returns float64 (n, 3) voxel coordinates (voxel centres are integers), voxel by voxel in
+    ``np.argwhere`` order.
 
-    Why jitter: a pure grid produces streamlines on a lattice (visible stripes in tract
-    density maps). Each seed moves by at most half its sub-voxel spacing, so seeds stay in
-    their own sub-cell, and a fixed ``random_seed`` gives identical seeds, hence identical
-    streamlines, on every run.
+    Why random positions: seeds at voxel centres produce streamlines on a lattice (visible
+    stripes in tract density maps). Why a count per voxel rather than a grid per axis: the
+    count can follow the voxel volume (2 seeds in a 2.5 mm voxel ≈ 1 in a 2 mm voxel, the same
+    seeds per mm³), where a per-axis grid only offers 1, 8, 27… A fixed ``random_seed`` gives
+    identical seeds, hence identical streamlines, on every run.
     """
-    from dipy.tracking.utils import seeds_from_mask
-
     density = max(1, int(density))
-    seeds = seeds_from_mask(np.asarray(seed_mask, bool), np.eye(4), density=[density] * 3)
-    seeds = np.asarray(seeds, dtype=float)
+    centres = np.repeat(np.argwhere(np.asarray(seed_mask, bool)).astype(float), density, axis=0)
     rng = np.random.default_rng(int(random_seed))
-    seeds += rng.uniform(-0.5, 0.5, size=seeds.shape) / density
-    return seeds
+    return centres + rng.uniform(-0.5, 0.5, size=centres.shape)
 
 
 def _apply(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -272,7 +261,7 @@ def track_deterministic(data, gtab, mask, maps, affine, options) -> list[np.ndar
     list of float32 (n_points, 3) arrays in RAS+ mm, each at least ``track_min_length`` mm.
 
     Seeds: voxels in the mask with FA > ``track_seed_fa`` (white matter),
-    ``track_seed_density``³ per voxel, jittered reproducibly (:func:`make_seeds`). Tracking
+    ``track_seed_density`` per voxel at reproducible random positions (:func:`make_seeds`). Tracking
     stops where FA < ``track_stop_fa`` or outside the mask, or when no direction within
     ``track_max_angle`` degrees of the current one exists. Every peak at a seed is tracked in
     both directions (dipy ``LocalTracking`` defaults), so a seed in a crossing yields a
