@@ -147,20 +147,27 @@ def _hemisphere_directions(n: int) -> np.ndarray:
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
 
-def gradient_scheme() -> tuple[np.ndarray, np.ndarray]:
-    """(bvals (N,), gradient directions in world RAS+ (N, 3)); b0s interleaved every 8 volumes.
+def gradient_scheme(n_b0: int = N_B0, n_directions: int = N_DIRS) -> tuple[np.ndarray, np.ndarray]:
+    """(bvals (N,), gradient directions in world RAS+ (N, 3)); b0 rows are zero vectors.
 
-    5 b0 volumes + 32 directions at b = 1000 s/mm² (37 volumes), b0 rows are zero vectors.
+    The default is the sample study's scheme: 5 b0 volumes + 32 directions at b = 1000 s/mm²
+    (37 volumes), a b0 first, last and after every 8 directions. Other counts (larger
+    synthetic sessions, ``benchmarks/memory.py``) keep that layout: a b0 first, the directions
+    split as evenly as possible between the following b0s, the last b0 at the end (with a
+    single b0, all directions follow it).
     """
-    dirs = _hemisphere_directions(N_DIRS)
+    if n_b0 < 1 or n_directions < 0:
+        raise ValueError(f"need n_b0 >= 1 and n_directions >= 0, not {n_b0}, {n_directions}")
+    dirs = _hemisphere_directions(n_directions)
+    gaps = max(n_b0 - 1, 1)
+    per_gap = [n_directions // gaps + (1 if i < n_directions % gaps else 0) for i in range(gaps)]
     bvals, vecs = [], []
-    per_block = N_DIRS // (N_B0 - 1)
     di = 0
-    for blk in range(N_B0):
+    for blk in range(n_b0):
         bvals.append(0.0)
         vecs.append(np.zeros(3))
-        if blk < N_B0 - 1:
-            for _ in range(per_block):
+        if blk < gaps:
+            for _ in range(per_gap[blk]):
                 bvals.append(B_VALUE)
                 vecs.append(dirs[di])
                 di += 1
@@ -528,7 +535,8 @@ def fit_fa(signal: np.ndarray, bvals: np.ndarray, bvecs_voxel: np.ndarray,
 
 def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
                          orientation: str = "LAS", lesion: str | None = None,
-                         noise_seed=None, compute_fa: bool = True) -> PhantomSession:
+                         noise_seed=None, compute_fa: bool = True, n_b0: int = N_B0,
+                         n_directions: int = N_DIRS) -> PhantomSession:
     """Simulate one DWI session of the MNI-shaped phantom.
 
     Parameters
@@ -550,6 +558,8 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
         new noise seed.
     compute_fa
         Fit the noise-free FA with dipy (a few seconds at 2 mm); False leaves it None.
+    n_b0, n_directions
+        Gradient scheme (:func:`gradient_scheme`); the default is the sample study's 5 + 32.
     """
     lesion = resolve_lesion(lesion)
     geo = subject_geometry(seed, voxel_mm, orientation)
@@ -609,7 +619,7 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     frac["wm"] = (wm * (1.0 - share)).astype(np.float32)
     frac["csf"] = csf.astype(np.float32)
 
-    bvals, g_world = gradient_scheme()
+    bvals, g_world = gradient_scheme(n_b0, n_directions)
     g = g_world.astype(np.float32)
     b = bvals.astype(np.float32)
     sig = np.zeros((n_in, bvals.size), np.float32)
