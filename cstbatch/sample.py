@@ -58,7 +58,11 @@ __all__ = [
     "DEFAULT_SEED",
     "SESSIONS",
     "generate_sample_study",
+    "generate_sample_session",
+    "write_study_files",
     "sample_outputs",
+    "session_outputs",
+    "study_outputs",
     "make_phantom_session",
     "PhantomSession",
 ]
@@ -135,35 +139,50 @@ def _n_volumes() -> int:
 # file list
 # --------------------------------------------------------------------------------------------
 
-def sample_outputs(out_dir: Path, *, seed: int = DEFAULT_SEED, voxel_mm: float = DEFAULT_VOXEL_MM) -> list[Path]:
-    """Every file :func:`generate_sample_study` writes into ``out_dir`` (nothing is generated).
+def study_outputs(out_dir: Path) -> list[Path]:
+    """The study-level files (:func:`write_study_files`)."""
+    out = Path(out_dir)
+    return [out / "sample_info.json"] + [out / "bids" / name for name in
+                                         ("dataset_description.json", "participants.tsv", "participants.json", "README")]
 
-    The DICOM file count depends on the grid of sub-04, which is computed from the seed and
-    voxel size alone (loads the MNI template once, ~0.3 s); ``snr`` does not change the list.
+
+def session_outputs(out_dir: Path, spec: SessionSpec, *, seed: int = DEFAULT_SEED,
+                    voxel_mm: float = DEFAULT_VOXEL_MM) -> list[Path]:
+    """Every file :func:`generate_sample_session` writes for ``spec`` (nothing is generated).
+
+    The DICOM file count depends on the subject's grid, computed from the seed and voxel
+    size alone (loads the MNI template once, ~0.3 s).
     """
     out = Path(out_dir)
-    files = [
-        out / "sample_info.json",
-        out / "bids" / "dataset_description.json",
-        out / "bids" / "participants.tsv",
-        out / "bids" / "participants.json",
-        out / "bids" / "README",
-    ]
-    for spec in SESSIONS:
-        d = out / spec.dwi_dir()
-        if spec.fmt == "bids":
-            files += [d / f"{spec.dwi_stem()}{ext}" for ext in (".nii.gz", ".bval", ".bvec", ".json")]
-        else:
-            geo = subject_geometry(_anatomy_seed(seed, spec), voxel_mm, spec.orientation)
-            files += [d / name for name in dicom_filenames(geo.shape[2], _n_volumes())]
-        t = out / "truth" / spec.key
-        files += [t / name for name in _TRUTH_MASKS]
-        if spec.lesion is not None:
-            files.append(t / "lesion_mask.nii.gz")
-        files += [t / "fa_noisefree.nii.gz", t / "subject_to_mni.txt", t / "truth.json"]
-        if spec.fmt == "dicom":
-            files += [t / "twin" / f"{spec.dwi_stem()}{ext}" for ext in (".nii.gz", ".bval", ".bvec")]
+    d = out / spec.dwi_dir()
+    if spec.fmt == "bids":
+        files = [d / f"{spec.dwi_stem()}{ext}" for ext in (".nii.gz", ".bval", ".bvec", ".json")]
+    else:
+        geo = subject_geometry(_anatomy_seed(seed, spec), voxel_mm, spec.orientation)
+        files = [d / name for name in dicom_filenames(geo.shape[2], _n_volumes())]
+    t = out / "truth" / spec.key
+    files += [t / name for name in _TRUTH_MASKS]
+    if spec.lesion is not None:
+        files.append(t / "lesion_mask.nii.gz")
+    files += [t / "fa_noisefree.nii.gz", t / "subject_to_mni.txt", t / "truth.json"]
+    if spec.fmt == "dicom":
+        files += [t / "twin" / f"{spec.dwi_stem()}{ext}" for ext in (".nii.gz", ".bval", ".bvec")]
     return files
+
+
+def sample_outputs(out_dir: Path, *, seed: int = DEFAULT_SEED, voxel_mm: float = DEFAULT_VOXEL_MM) -> list[Path]:
+    """Every file :func:`generate_sample_study` writes into ``out_dir`` (nothing is generated)."""
+    files = study_outputs(out_dir)
+    for spec in SESSIONS:
+        files += session_outputs(out_dir, spec, seed=seed, voxel_mm=voxel_mm)
+    return files
+
+
+def session_spec(key: str) -> SessionSpec:
+    for spec in SESSIONS:
+        if spec.key == key:
+            return spec
+    raise KeyError(f"no sample session {key!r} (known: {', '.join(s.key for s in SESSIONS)})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,8 +325,28 @@ def _write_truth(tdir: Path, spec: SessionSpec, sess: PhantomSession, seed: int,
     return truth
 
 
-def _write_study_files(root: Path, seed: int, voxel_mm: float, snr: float,
-                       sessions: list[dict]) -> None:
+def _session_extra(spec: SessionSpec) -> dict:
+    """Where a session's input lives, relative to the study folder (sample_info / truth.json)."""
+    stem = spec.dwi_stem()
+    if spec.fmt == "bids":
+        return {"dwi": str(spec.dwi_dir() / f"{stem}.nii.gz")}
+    return {"dicom": str(spec.dwi_dir()), "twin": str(Path("truth", spec.key, "twin", f"{stem}.nii.gz")),
+            "dicom_rescale_slope": RESCALE_SLOPE}
+
+
+def _session_info(spec: SessionSpec, seed: int, voxel_mm: float) -> dict:
+    geo = subject_geometry(_anatomy_seed(seed, spec), voxel_mm, spec.orientation)
+    return {"key": spec.key, "subject": spec.subject, "session": spec.session, "format": spec.fmt,
+            "orientation": spec.orientation, "lesion": spec.lesion,
+            "shape": [int(n) for n in geo.shape] + [_n_volumes()], **_session_extra(spec)}
+
+
+def write_study_files(root: Path, *, seed: int = DEFAULT_SEED, voxel_mm: float = DEFAULT_VOXEL_MM,
+                      snr: float = 30.0) -> None:
+    """The study-level files: BIDS dataset_description/participants/README and sample_info.json
+    (which describes every session from the seed alone, so it needs no generated session)."""
+    sessions = [_session_info(spec, seed, voxel_mm) for spec in SESSIONS]
+    root = Path(root)
     bids = root / "bids"
     _write_json(bids / "dataset_description.json", {
         "Name": "cstbatch synthetic corticospinal-tract sample study",
@@ -359,6 +398,72 @@ def _write_study_files(root: Path, seed: int, voxel_mm: float, snr: float,
 # the study
 # --------------------------------------------------------------------------------------------
 
+def _write_session(root: Path, spec: SessionSpec, seed: int, voxel_mm: float, snr: float) -> str:
+    """Simulate one session and write its input files and truth under ``root``; returns a
+    one-line summary (shape, size, FA, SNR, seconds)."""
+    t0 = time.perf_counter()
+    sess = make_phantom_session(seed=_anatomy_seed(seed, spec), noise_seed=_noise_seed(seed, spec),
+                                voxel_mm=voxel_mm, snr=snr, orientation=spec.orientation, lesion=spec.lesion)
+    ddir = root / spec.dwi_dir()
+    stem = spec.dwi_stem()
+    desc = f"cstbatch sample v{SAMPLE_VERSION} {spec.key}"
+    if spec.fmt == "bids":
+        img = _nifti(np.clip(np.rint(sess.data), -32768, 32767), sess.affine, np.int16, descrip=desc)
+        write_nifti_gz(ddir / f"{stem}.nii.gz", img)
+        _write_text(ddir / f"{stem}.bval", _bval_text(sess.bvals))
+        _write_text(ddir / f"{stem}.bvec", _bvec_text(sess.bvecs))
+        _write_json(ddir / f"{stem}.json", _sidecar(spec, sess))
+    else:
+        write_dicom_series(ddir, sess.data, sess.affine, sess.bvals, sess.gradients_world,
+                           key=f"{seed}-{voxel_mm:g}-{snr:g}-{spec.key}",
+                           patient_id=spec.subject, patient_sex=spec.sex, patient_age=spec.age)
+        twin = root / "truth" / spec.key / "twin"
+        img = _nifti(quantize(sess.data), sess.affine, np.uint16, slope=RESCALE_SLOPE, descrip=desc + " twin")
+        write_nifti_gz(twin / f"{stem}.nii.gz", img)
+        _write_text(twin / f"{stem}.bval", _bval_text(sess.bvals))
+        _write_text(twin / f"{stem}.bvec", _bvec_text(sess.bvecs))
+    truth = _write_truth(root / "truth" / spec.key, spec, sess, seed, _session_extra(spec))
+    size = sum(p.stat().st_size for p in ddir.iterdir() if p.is_file())
+    fam = {k: ("-" if v is None else f"{v:.3f}") for k, v in truth["fa_noisefree_mean"].items()}
+    return (f"{spec.key}: {spec.fmt} {spec.orientation} shape {tuple(sess.data.shape)}, "
+            f"{size / 1e6:.1f} MB, noise-free FA in CST L/R {fam['cst_left']}/{fam['cst_right']}"
+            f", b0 SNR {truth['b0_snr_measured']:.1f}, {time.perf_counter() - t0:.1f} s")
+
+
+def _swap_in(stage: Path, out: Path, rel: Path) -> None:
+    """Move ``stage/rel`` to ``out/rel``, replacing what was there (old copy moved aside first)."""
+    dst = out / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        os.replace(dst, stage / f".old-{len(rel.parts)}-{rel.name}")
+    os.replace(stage / rel, dst)
+
+
+def generate_sample_session(out_dir: Path, key: str, *, seed: int = DEFAULT_SEED,
+                            voxel_mm: float = DEFAULT_VOXEL_MM, snr: float = 30.0,
+                            log: Callable[[str], None] | None = None) -> Path:
+    """Write one session of the sample study (its input folder and its truth folder).
+
+    Why per session: the doit task generator makes one task per session, so the first
+    sessions are processed while the others are still being simulated (the study takes
+    ~26 s to simulate at 2 mm; processing it, ~5 minutes on 2 cores). Built in
+    ``out_dir/.tmp-sample-<key>-<pid>`` and swapped in folder by folder, so a reader never
+    sees a half-written session. Same bytes as :func:`generate_sample_study`.
+    """
+    spec = session_spec(key)
+    out = Path(out_dir)
+    stage = out / f".tmp-sample-{key}-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        (log or log_.info)(_write_session(stage, spec, seed, voxel_mm, snr))
+        _swap_in(stage, out, spec.dwi_dir())
+        _swap_in(stage, out, Path("truth", spec.key))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
 def generate_sample_study(out_dir: Path, *, seed: int = DEFAULT_SEED, voxel_mm: float = DEFAULT_VOXEL_MM,
                           snr: float = 30.0,
                           log: Callable[[str], None] | None = None) -> Path:
@@ -379,63 +484,11 @@ def generate_sample_study(out_dir: Path, *, seed: int = DEFAULT_SEED, voxel_mm: 
     stage.mkdir()
     t_all = time.perf_counter()
     try:
-        sessions_info = []
-        fa_cache: dict[int, np.ndarray] = {}
         for spec in SESSIONS:
-            t0 = time.perf_counter()
-            anat = _anatomy_seed(seed, spec)
-            cached = fa_cache.get(spec.subject_index)
-            sess = make_phantom_session(seed=anat, noise_seed=_noise_seed(seed, spec),
-                                        voxel_mm=voxel_mm, snr=snr, orientation=spec.orientation,
-                                        lesion=spec.lesion, compute_fa=cached is None)
-            if cached is None:
-                fa_cache[spec.subject_index] = sess.fa_noisefree
-            else:  # same anatomy and grid: the noise-free signal, hence its FA, is identical
-                sess.fa_noisefree = cached
-            ddir = stage / spec.dwi_dir()
-            stem = spec.dwi_stem()
-            desc = f"cstbatch sample v{SAMPLE_VERSION} {spec.key}"
-            if spec.fmt == "bids":
-                img = _nifti(np.clip(np.rint(sess.data), -32768, 32767), sess.affine, np.int16,
-                             descrip=desc)
-                write_nifti_gz(ddir / f"{stem}.nii.gz", img)
-                _write_text(ddir / f"{stem}.bval", _bval_text(sess.bvals))
-                _write_text(ddir / f"{stem}.bvec", _bvec_text(sess.bvecs))
-                _write_json(ddir / f"{stem}.json", _sidecar(spec, sess))
-                extra = {"dwi": str(spec.dwi_dir() / f"{stem}.nii.gz")}
-            else:
-                write_dicom_series(ddir, sess.data, sess.affine, sess.bvals, sess.gradients_world,
-                                   key=f"{seed}-{voxel_mm:g}-{snr:g}-{spec.key}",
-                                   patient_id=spec.subject, patient_sex=spec.sex,
-                                   patient_age=spec.age)
-                twin = stage / "truth" / spec.key / "twin"
-                img = _nifti(quantize(sess.data), sess.affine, np.uint16, slope=RESCALE_SLOPE,
-                             descrip=desc + " twin")
-                write_nifti_gz(twin / f"{stem}.nii.gz", img)
-                _write_text(twin / f"{stem}.bval", _bval_text(sess.bvals))
-                _write_text(twin / f"{stem}.bvec", _bvec_text(sess.bvecs))
-                extra = {"dicom": str(spec.dwi_dir()),
-                         "twin": str(Path("truth", spec.key, "twin", f"{stem}.nii.gz")),
-                         "dicom_rescale_slope": RESCALE_SLOPE}
-            truth = _write_truth(stage / "truth" / spec.key, spec, sess, seed, extra)
-            size = sum(p.stat().st_size for p in ddir.iterdir() if p.is_file())
-            sessions_info.append({
-                "key": spec.key, "subject": spec.subject, "session": spec.session,
-                "format": spec.fmt, "orientation": spec.orientation, "lesion": spec.lesion,
-                "shape": list(sess.data.shape), **extra,
-            })
-            fam = {k: ("-" if v is None else f"{v:.3f}") for k, v in truth["fa_noisefree_mean"].items()}
-            say(f"{spec.key}: {spec.fmt} {spec.orientation} shape {tuple(sess.data.shape)}, "
-                f"{size / 1e6:.1f} MB, noise-free FA in CST L/R {fam['cst_left']}/{fam['cst_right']}"
-                f", b0 SNR {truth['b0_snr_measured']:.1f}, {time.perf_counter() - t0:.1f} s")
-            del sess
-        _write_study_files(stage, seed, voxel_mm, snr, sessions_info)
+            say(_write_session(stage, spec, seed, voxel_mm, snr))
+        write_study_files(stage, seed=seed, voxel_mm=voxel_mm, snr=snr)
         for name in _TOP_LEVEL:
-            dst = out / name
-            if dst.exists() or dst.is_symlink():
-                old = stage / f".old-{name}"
-                os.replace(dst, old)
-            os.replace(stage / name, dst)
+            _swap_in(stage, out, Path(name))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     say(f"sample study v{SAMPLE_VERSION} written to {out} in {time.perf_counter() - t_all:.1f} s")

@@ -113,29 +113,45 @@ def session_tasks(spec, study: Study, registry, stop_on_first_crash: bool = Fals
         if step == "ingest":
             uptodate.append(inputs_unchanged(raw))
             if study.kind == "sample":
-                task["task_dep"] = [SAMPLE_TASK]
+                task["task_dep"] = [_sample_dep(spec.key)]
         yield task
     yield {"basename": spec.key, "name": None, "doc": f"every step of {spec.key} ({spec.origin})"}
 
 
-def generate_sample(out_dir: str) -> None:
-    """doit action: write the sample study (see ``cstbatch.sample``)."""
-    from .sample import generate_sample_study
-
-    generate_sample_study(Path(out_dir))
-
-
-def sample_task(study: Study) -> dict:
+def generate_sample(out_dir: str, key: str | None) -> None:
+    """doit action: write one session of the sample study, or (key None) its study files."""
     from . import sample
 
-    return {
-        "basename": SAMPLE_TASK,
-        "doc": "generate the synthetic sample study (when missing or outdated)",
-        "actions": [(generate_sample, [str(study.sample_dir)])],
-        "targets": sample.sample_outputs(study.sample_dir),
-        "uptodate": [config_changed({"sample_version": sample.SAMPLE_VERSION})],
-        "clean": True,
-    }
+    if key is None:
+        sample.write_study_files(Path(out_dir))
+    else:
+        sample.generate_sample_session(Path(out_dir), key)
+
+
+def sample_tasks(study: Study) -> Iterator[dict]:
+    """One task per sample session plus one for the study files, so that processing of the
+    first sessions starts while the others are still being simulated."""
+    from . import sample
+
+    def uptodate():
+        return [config_changed({"sample_version": sample.SAMPLE_VERSION})]
+
+    yield {"basename": SAMPLE_TASK, "name": None,
+           "doc": "generate the synthetic sample study (when missing or outdated)"}
+    yield {"basename": SAMPLE_TASK, "name": "study", "doc": "sample study: BIDS top-level files",
+           "actions": [(generate_sample, [str(study.sample_dir), None])],
+           "targets": sample.study_outputs(study.sample_dir), "uptodate": uptodate(), "clean": True}
+    for spec in sample.SESSIONS:
+        yield {"basename": SAMPLE_TASK, "name": spec.key, "doc": f"sample study: simulate {spec.key}",
+               "actions": [(generate_sample, [str(study.sample_dir), spec.key])],
+               "targets": sample.session_outputs(study.sample_dir, spec), "uptodate": uptodate(), "clean": True}
+
+
+def _sample_dep(key: str) -> str:
+    """The sample task that writes a session's input (the whole sample study for other keys)."""
+    from . import sample
+
+    return f"{SAMPLE_TASK}:{key}" if key in {s.key for s in sample.SESSIONS} else SAMPLE_TASK
 
 
 def aggregate_task(study: Study) -> dict:
@@ -147,7 +163,7 @@ def aggregate_task(study: Study) -> dict:
         "basename": AGGREGATE_TASK,
         "doc": "group outputs: dataset_description, participants, batch summary/metrics, group report",
         "actions": [(aggregate_action, [study_to_job(study)])],
-        "task_dep": [f"{s.key}:report" for s in study.subjects],
+        "task_dep": [f"{s.key}:report" for s in study.subjects] + ([SAMPLE_TASK] if study.kind == "sample" else []),
         "file_dep": [lay.record(step) for lay in layouts for step in STEPS],
         "targets": [p for name, p in group_paths(out_dir).items()],
         "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects]})],
@@ -159,7 +175,7 @@ def generate_tasks(study: Study, stop_on_first_crash: bool = False) -> Iterator[
     """Every task of the study, in a deterministic order."""
     registry = get_registry(study.plugins_dir)
     if study.kind == "sample":
-        yield sample_task(study)
+        yield from sample_tasks(study)
     for spec in study.subjects:
         yield from session_tasks(spec, study, registry, stop_on_first_crash)
     yield aggregate_task(study)
