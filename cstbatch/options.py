@@ -86,7 +86,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("extract_endpoint_tolerance", 3.0, _NUM, "extract", "endpoint method: mm an end may lie outside its ROI."),
     _opt("profile_nodes", 100, int, "metrics", "Nodes per tract profile (brainstem → cortex)."),
     _opt("reporter", "html", str, "report", "Report format (see `cstbatch plugins`).", kind="report"),
-    _opt("generate_pdf", False, bool, "report", "Also write report.pdf."),
+    _opt("generate_pdf", True, bool, "report", "Also write report.pdf (the same pages as the HTML report, matplotlib only)."),
     _opt("report_convention", "radiological", str, "report",
          "Image display in reports: radiological (patient left on screen right) or neurological."),
     _opt("session_timeout", None, (int, float, type(None)), "",
