@@ -2,12 +2,17 @@
 
 Builds a synthetic study of N sessions (default 1000) with tiny real NIfTI inputs (6×6×6, 7
 volumes) and full task chains (9 steps each + the aggregation = 9N+1 tasks), brings it to
-"everything done", then times the no-op rerun three ways (best of --repeat each):
+"everything done", runs the command once (untimed: after a change to the code or the study
+doit decides and saves a new fingerprint), then times the no-op rerun (best of --repeat each):
 
-* ``command``: ``cstbatch --manifest study.json OUT participant`` as a fresh process
-  (what a user waits for: interpreter start, imports, manifest, task generation, doit's
-  up-to-date checks of every task);
-* ``in-process``: ``load_study`` + ``run_doit(study, ["run"])`` in a warm interpreter (no imports);
+* ``command``: ``cstbatch --manifest study.json OUT participant`` as a fresh process (what a
+  user waits for: interpreter start, imports, manifest, then the study fingerprint saved by the
+  last complete run matches, so no doit task is built — see ``cstbatch.fingerprint``);
+* ``command, no fingerprint``: the same with the saved fingerprint deleted first, so doit decides
+  (task generation, doit's up-to-date checks of every task; the run saves a new fingerprint) —
+  what any rerun after a change pays on top of the work;
+* ``in-process``: ``load_study`` + ``nothing_to_do(study)`` (the fast path), and ``load_study`` +
+  ``run_doit(study, ["run"])`` (doit), in a warm interpreter (no imports);
 * ``import``: ``python -c "import cstbatch.cli, cstbatch.runner"`` alone.
 
 Goal: the command ≤ 1.5 s for 1000 sessions.
@@ -27,17 +32,31 @@ Usage::
     python benchmarks/noop_rerun.py [--sessions 1000] [--root DIR] [--repeat 3] [--real-first-run]
                                     [--profile] [--json result.json]
 
-``--profile`` adds a cProfile of the in-process rerun (top functions by cumulative time).
-``--what-if-unchanged-writes-skipped`` adds an in-process rerun where the state backend skips
-writes that store the value already stored (a proposed fix, applied here by monkeypatching
-only: every no-op rerun "runs" the N action-less session group tasks, whose doit state goes to
-the study-wide shard; rewriting that shard — it also holds the aggregation's 9N file_dep
-states — 3 times per session makes the rerun quadratic in the number of sessions).
+``--profile`` adds a cProfile of both in-process reruns (top functions by cumulative time).
 
-Findings (2 loaded cores, 1000 sessions): the command took 150–215 s, ~93 % of it in
-``ShardedJsonDB._commit`` of ``_study.json`` (3000 rewrites of a 2 MB JSON); with unchanged
-writes skipped, ~13 s (imports ~0.8 s, load_study ~0.4 s, task generation + doit's Task
-objects ~5–6 s, doit's up-to-date checks of 9001 tasks ~6 s). See the report of issue 8.
+Findings (1000 sessions, 9001 tasks, stand-in first run; 2 cores shared with other work, load
+average 1.5–3 during the runs, so best of 3–5 and ±30 % between runs):
+
+* before issue 8: the command took 150–215 s, ~93 % of it in ``ShardedJsonDB._commit`` of
+  ``_study.json`` (3000 rewrites of a 2 MB JSON). Skipping writes of the stored value was not
+  enough: doit stores ``deps:`` as a tuple, which never equals the list read back, so each
+  session's group task still rewrote the shard — 41.5 s for the command (in-process 47.6 s,
+  imports 0.21 s) with that fix alone. The backend now compares values as stored and commits
+  file_dep states with the task's closing ``deps:`` entry (once per task instead of once per
+  file: the aggregation has 9000);
+* doit path (no saved fingerprint, or anything changed): command 4.8 s (4.8–6.4), in-process
+  4.2 s. Measured apart, best of 3, HEAD before → now: task generation + doit Task objects
+  1.72 → 1.18 s (paths built once per session and parsed once, one implementation config per
+  distinct options), up-to-date checks of 10 001 tasks 1.68 → 0.74 s (uptodate callables with
+  a ``__signature__``: doit inspects each one per task; config digests computed once), doit's
+  TaskControl 0.79 s unchanged (the aggregation's implicit task_dep on its 9000 file_dep is
+  quadratic inside doit: ``task_dep`` is a list); plus load_study 0.15–0.35 s, the fingerprint
+  ~0.1 s before the checks and ~0.3 s to save;
+* fast path: command 0.61 s (0.61–0.65; goal ≤ 1.5 s met), in-process 0.30 s: interpreter +
+  imports ~0.2 s, load_study 0.15–0.35 s (half of it jsonschema: import + validating 1000
+  entries), the fingerprint ~0.25 s (31 000 stats of records and targets ~0.17 s, options
+  ~0.05 s); no numpy/dipy imported.
+See the report of issue 8.
 """
 from __future__ import annotations
 
@@ -123,22 +142,8 @@ def timed_command(argv: list[str], cwd: Path) -> tuple[float, str]:
     return seconds, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
 
 
-def skip_unchanged_writes() -> None:
-    """What-if: ``ShardedJsonDB.set`` does nothing when the value stored is already that value."""
-    from cstbatch.state import ShardedJsonDB
-
-    original = ShardedJsonDB.set
-
-    def set_if_changed(self, task_id, dependency, value):
-        old = self._db.get(task_id, {}).get(dependency, set_if_changed)
-        if old is not set_if_changed and old == json.loads(json.dumps(value)):
-            return
-        original(self, task_id, dependency, value)
-
-    ShardedJsonDB.set = set_if_changed
-
-
 def in_process_rerun(manifest: Path, out: Path) -> tuple[float, str]:
+    """load_study + doit (whatever the saved fingerprint says)."""
     from cstbatch.runner import run_doit
     from cstbatch.study import load_study
 
@@ -150,6 +155,18 @@ def in_process_rerun(manifest: Path, out: Path) -> tuple[float, str]:
     return time.perf_counter() - start, buf.getvalue().strip().splitlines()[-1]
 
 
+def in_process_fast(manifest: Path, out: Path) -> tuple[float, str]:
+    """load_study + the fingerprint check the command makes before doit."""
+    from cstbatch.fingerprint import nothing_to_do
+    from cstbatch.study import load_study
+
+    buf = io.StringIO()
+    start = time.perf_counter()
+    study = load_study(manifest=manifest, output_dir=out)
+    matched = nothing_to_do(study, out=buf)
+    return time.perf_counter() - start, buf.getvalue().strip() if matched else "fingerprint did not match"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=1000)
@@ -157,10 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                    "already holds a finished study of the same size")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--real-first-run", action="store_true", help="run the real steps in the first run (slow)")
-    p.add_argument("--profile", action="store_true", help="cProfile of the in-process rerun")
-    p.add_argument("--in-process-repeat", type=int, default=1, help="in-process reruns to time (default 1)")
-    p.add_argument("--what-if-unchanged-writes-skipped", action="store_true",
-                   help="also time an in-process rerun with the state backend skipping unchanged writes")
+    p.add_argument("--profile", action="store_true", help="cProfile of the in-process reruns")
+    p.add_argument("--in-process-repeat", type=int, default=1, help="in-process reruns to time, each way (default 1)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -170,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.mkdtemp(prefix="cstbatch-noop-")
         root = Path(tmp)
     root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    os.chdir(root)  # as the timed commands: the default plugins folder (./plugins) is part of the study
     manifest, out = root / "study.json", root / "out"
     marker = root / ".benchmark-study"
     tag = f"{args.sessions}:{'real' if args.real_first_run else 'stand-in'}"
@@ -196,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         exe = shutil.which("cstbatch")
         if exe:
             command = [exe, "--manifest", str(manifest), str(out), "participant"]
+        from cstbatch.fingerprint import fingerprint_path
+
+        # untimed: after a change to the code or the study since the fingerprint was saved, doit
+        # decides (and saves a new one)
+        seconds, line = timed_command(command, root)
+        print(f"first rerun: {seconds:.2f} s — {line}")
         times, line = [], ""
         for _ in range(args.repeat):
             seconds, line = timed_command(command, root)
@@ -206,12 +229,26 @@ def main(argv: list[str] | None = None) -> int:
             print("WARNING: the rerun was not a no-op")
         result.update(command_seconds=min(times), command_all=times, rerun_line=line)
 
+        slow = []
+        for _ in range(args.repeat):
+            fingerprint_path(out).unlink(missing_ok=True)
+            seconds, line = timed_command(command, root)
+            slow.append(seconds)
+        print(f"no-op rerun, command, no saved fingerprint (doit decides): best {min(slow):.2f} s of "
+              f"{', '.join(f'{t:.2f}' for t in slow)} — {line}")
+        result.update(command_doit_seconds=min(slow), command_doit_all=slow)
+
+        fast = []
+        for _ in range(args.in_process_repeat):
+            seconds, line = in_process_fast(manifest, out)
+            fast.append(seconds)
+        print(f"no-op rerun, in-process (load_study + fingerprint check): best {min(fast):.2f} s — {line}")
         in_times = []
         for _ in range(args.in_process_repeat):
             seconds, line = in_process_rerun(manifest, out)
             in_times.append(seconds)
-        print(f"no-op rerun, in-process (load_study + run_doit): best {min(in_times):.2f} s")
-        result["in_process_seconds"] = min(in_times)
+        print(f"no-op rerun, in-process (load_study + run_doit): best {min(in_times):.2f} s — {line}")
+        result.update(in_process_fast_seconds=min(fast), in_process_seconds=min(in_times))
 
         imp = []
         for _ in range(args.repeat):
@@ -220,25 +257,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interpreter start + imports alone: best {min(imp):.2f} s")
         result["import_seconds"] = min(imp)
 
-        if args.what_if_unchanged_writes_skipped:
-            skip_unchanged_writes()
-            seconds, line = in_process_rerun(manifest, out)
-            print(f"no-op rerun, in-process, unchanged state writes skipped (what-if): {seconds:.2f} s — {line}")
-            result["what_if_in_process_seconds"] = seconds
-
         if args.profile:
+            from cstbatch.fingerprint import nothing_to_do
             from cstbatch.runner import run_doit
             from cstbatch.study import load_study
 
-            prof = cProfile.Profile()
-            prof.enable()
-            study = load_study(manifest=manifest, output_dir=out)
-            with redirect_stdout(io.StringIO()):
-                run_doit(study, ["run"])
-            prof.disable()
-            text = io.StringIO()
-            pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
-            print(text.getvalue())
+            for label, rerun in (("fast path", lambda study: nothing_to_do(study, out=io.StringIO())),
+                                 ("doit", lambda study: run_doit(study, ["run"]))):
+                prof = cProfile.Profile()
+                prof.enable()
+                study = load_study(manifest=manifest, output_dir=out)
+                with redirect_stdout(io.StringIO()):
+                    rerun(study)
+                prof.disable()
+                text = io.StringIO()
+                pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
+                print(f"profile, in-process rerun, {label}:\n{text.getvalue()}")
 
         ok = result["command_seconds"] <= GOAL_SECONDS
         print(f"goal (command ≤ {GOAL_SECONDS} s for {args.sessions} sessions): {'met' if ok else 'NOT met'}")

@@ -95,6 +95,13 @@ def bids_app(argv: list[str]) -> int:
     run_args = ["run", "--verbosity", "2" if args.verbose else "1"]
     if level == "group":
         run_args.append("aggregate")
+    elif not (args.stop_on_first_crash or args.participant_label or args.exclude_participant_label):
+        # a plain full run: a matching fingerprint of the last complete run says "nothing to
+        # do" without building doit's tasks; anything else is doit's call (cstbatch.fingerprint)
+        from .fingerprint import nothing_to_do
+
+        if nothing_to_do(study):
+            return 0
     from .memory import jobs_within_budget
 
     jobs = jobs_within_budget(study.subjects, args.mem_gb, args.jobs)

@@ -6,6 +6,7 @@ can never disagree. Names follow BIDS derivatives (BEP016 for diffusion maps).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 
@@ -27,8 +28,13 @@ class SessionLayout:
     def root(self) -> Path:
         return self.out_dir / self.relative_dir
 
+    @cached_property
+    def _root_text(self) -> str:
+        return str(self.root)
+
     def _f(self, folder: str, suffix: str) -> Path:
-        return self.root / folder / f"{self.key}_{suffix}"
+        # the same path as root / folder / name, parsed once (task generation makes ~30 per session)
+        return Path(f"{self._root_text}/{folder}/{self.key}_{suffix}")
 
     # ingest
     @property

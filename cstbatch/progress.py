@@ -7,6 +7,8 @@ naming the session, step, cause and log file; tracebacks stay in the logs.
 It also takes the output folder's run lock for the run's duration (or, with ``lock_name``, a lock
 of its own under ``.cstbatch/locks/``: a cluster job running one session), and turns SIGTERM into an
 orderly stop (doit then saves nothing half-done: the state is committed per task anyway).
+Given a ``fingerprint`` (``cstbatch.fingerprint``), it saves the study's fingerprint after a run
+that left every task up to date or successful; any run that executes a task deletes it first.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from doit.exceptions import InvalidTask
 from doit.reporter import ConsoleReporter
 
+from . import fingerprint as fingerprints
 from .layout import SessionLayout
 from .records import read_record
 from .state import LockError, RunLock
@@ -35,7 +38,7 @@ class ProgressReporter(ConsoleReporter):
     desc = "cstbatch progress"
 
     def __init__(self, out_dir: Path, layouts: dict[str, SessionLayout], outstream=None, tty: bool | None = None,
-                 lock_name: str | None = None):
+                 lock_name: str | None = None, fingerprint: "fingerprints.StudyFingerprint | None" = None):
         super().__init__(outstream or sys.stdout, {})
         self.out_dir = Path(out_dir)
         self.layouts = layouts
@@ -49,6 +52,12 @@ class ProgressReporter(ConsoleReporter):
         self.uptodate = 0
         self.start = time.monotonic()
         self._previous_sigterm = None
+        self.fingerprint = fingerprint
+        self._before: dict[str, str] | None = None   # fingerprint parts taken before doit's checks
+        self._action_tasks = 0
+        self._targets: list[str] = []
+        self._unsuccessful = 0                        # executed steps whose record is not a success
+        self._forgotten = False
 
     # -- run lifecycle -------------------------------------------------------------------
     def initialize(self, tasks, selected_tasks):
@@ -57,6 +66,13 @@ class ProgressReporter(ConsoleReporter):
         except LockError as exc:
             raise InvalidTask(str(exc)) from None
         self.start = time.monotonic()
+        self._action_tasks = sum(1 for task in tasks.values() if task.actions)
+        self._targets = [target for task in tasks.values() for target in task.targets]
+        if self.fingerprint is not None:
+            try:
+                self._before = self.fingerprint.before()
+            except (OSError, ValueError):
+                self._before = None
         try:
             self._previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
         except ValueError:  # not the main thread
@@ -65,6 +81,11 @@ class ProgressReporter(ConsoleReporter):
     def complete_run(self):
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if self._complete():
+            try:
+                self.fingerprint.save(self._before, self._action_tasks, self._targets)
+            except (OSError, ValueError):
+                fingerprints.forget(self.out_dir)
         self.lock.release()
         if self.tty:
             self.write("\r\033[K")
@@ -81,10 +102,19 @@ class ProgressReporter(ConsoleReporter):
                        f"{len(self.done)} finished this run, {len(self.failed)} failed, {total} in study "
                        f"({elapsed:.1f} s)\n")
 
+    def _complete(self) -> bool:
+        """Every task visited and up to date or successful, every record read a success."""
+        return (self.fingerprint is not None and self._before is not None and self.lock.held
+                and not self.failures and not self.runtime_errors and self._unsuccessful == 0
+                and self.executed + self.uptodate == self._action_tasks)
+
     # -- task events ---------------------------------------------------------------------
     def execute_task(self, task):
         if not task.actions:
             return
+        if not self._forgotten:  # the study is about to change: the saved fingerprint is stale
+            fingerprints.forget(self.out_dir)
+            self._forgotten = True
         self.running.add(task.name)
         if self.tty:
             self._live()
@@ -99,6 +129,8 @@ class ProgressReporter(ConsoleReporter):
         key, sep, step = task.name.partition(":")
         if sep and key in self.layouts:
             record = read_record(self.layouts[key].record(step)) or {}
+            if record.get("status") != "success":
+                self._unsuccessful += 1
             if record.get("status") == "failed" and key not in self.failed:
                 self.failed.add(key)
                 err = record.get("error", {})

@@ -35,6 +35,7 @@ def explain(reasons: dict[str, Any]) -> str:
     if reasons.get("uptodate_false"):
         names = {_uptodate_name(u) for u in reasons["uptodate_false"]}
         labels = {"config_changed": "options or implementation changed",
+                  "step_config": "options or implementation changed",
                   "step_succeeded": "last attempt did not succeed",
                   "inputs_unchanged": "input files changed"}
         parts += [labels.get(n, n) for n in sorted(names)]
@@ -102,13 +103,13 @@ def run_batch(subjects: list[SubjectSpec], config: BatchConfig, verbose: bool = 
     Reruns are incremental: only sessions/steps whose inputs, options or implementation
     changed, or which did not succeed last time, run again.
     """
+    from .fingerprint import nothing_to_do
+
     study = Study(list(subjects), config, kind=study_kind, plugins_dir=plugins_dir)
     argv = ["run", "--verbosity", "2" if verbose else "0"]
     sink = io.StringIO()
-    if verbose:
-        run_doit(study, argv, config.jobs, stop_on_first_crash)
-    else:
-        with redirect_stdout(sink):
+    with redirect_stdout(sys.stdout if verbose else sink):
+        if stop_on_first_crash or not nothing_to_do(study):
             run_doit(study, argv, config.jobs, stop_on_first_crash)
     return collect_results(study.subjects, config.output_dir)
 

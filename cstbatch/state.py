@@ -40,6 +40,7 @@ class ShardedJsonDB:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._db: dict[str, dict[str, Any]] = {}
         self._shards: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()  # shards with changes not yet written
         for path in sorted(self.folder.glob("*.json")):
             try:
                 content = self.codec.decode(path.read_text(encoding="utf-8"))
@@ -56,18 +57,39 @@ class ShardedJsonDB:
         tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
         tmp.write_text(self.codec.encode(content), encoding="utf-8")
         os.replace(tmp, target)
+        self._dirty.discard(shard)
+
+    def _as_stored(self, value):
+        """``value`` as it reads back from a shard: doit stores tuples (``deps:``, file states)
+        that come back as lists, so comparing the raw value would see a change every time."""
+        try:
+            return self.codec.decode(self.codec.encode(value))
+        except (TypeError, ValueError):
+            return value
 
     def dump(self) -> None:
-        """Nothing left to write: every change was committed when it was made."""
+        """Write what is still pending (normally nothing: see ``set``)."""
+        for shard in sorted(self._dirty):
+            self._commit(shard)
 
     def set(self, task_id, dependency, value):
+        """Store one value; commit its shard unless ``dependency`` is a file_dep state.
+
+        doit's own keys end with ``:`` (``_values_:``, ``result:``, ``checker:``, ``ignore:``,
+        and ``deps:``, which ``save_success`` writes after the task's file_dep states). A
+        file_dep state (key = the file's path) is committed with the next such key, so saving
+        the aggregation (one state per step record of the study) writes its shard once, not
+        once per record. A crash in between loses only file states: the task reruns.
+        """
         entry = self._db.setdefault(task_id, {})
-        if dependency in entry and entry[dependency] == value:
-            return  # a no-op rerun stores the same values again: nothing to commit
-        entry[dependency] = value
         shard = shard_of(task_id)
-        self._shards.setdefault(shard, set()).add(task_id)
-        self._commit(shard)
+        if not (dependency in entry and entry[dependency] == self._as_stored(value)):
+            # (a no-op rerun stores the same values again: nothing to commit)
+            entry[dependency] = value
+            self._shards.setdefault(shard, set()).add(task_id)
+            self._dirty.add(shard)
+        if shard in self._dirty and str(dependency).endswith(":"):
+            self._commit(shard)
 
     def get(self, task_id, dependency):
         return self._db.get(task_id, {}).get(dependency)
@@ -82,6 +104,7 @@ class ShardedJsonDB:
 
     def remove_all(self):
         self._db = {}
+        self._dirty.clear()
         for shard in list(self._shards):
             self._commit(shard)
 

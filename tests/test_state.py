@@ -38,6 +38,29 @@ def test_sharded_backend_commits_each_write_per_session(tmp_path):
     assert json.loads((tmp_path / "state/sub-01_ses-01.json").read_text()) == {}
 
 
+def test_unchanged_values_are_not_rewritten_and_file_states_commit_with_deps(tmp_path):
+    db = ShardedJsonDB(str(tmp_path / "state"), Codec())
+    shard = tmp_path / "state/sub-01.json"
+    db.set("sub-01:mask", "_values_:", {})
+    db.set("sub-01:mask", "/out/step-ingest.json", (1.5, 10, "abc"))  # a file_dep state: pending
+    assert json.loads(shard.read_text()) == {"sub-01:mask": {"_values_:": {}}}
+    db.set("sub-01:mask", "deps:", ("/out/step-ingest.json",))          # doit's last key: commits
+    assert json.loads(shard.read_text())["sub-01:mask"]["/out/step-ingest.json"] == [1.5, 10, "abc"]
+    db.set("sub-01", "deps:", ())  # a session's group task (study shard)
+    study = tmp_path / "state/_study.json"
+    before = [(p.stat().st_mtime_ns, p.stat().st_ino) for p in (shard, study)]
+    # doit stores tuples that read back as lists: the same value again is not a change
+    again = ShardedJsonDB(str(tmp_path / "state"), Codec())
+    again.set("sub-01:mask", "/out/step-ingest.json", (1.5, 10, "abc"))
+    again.set("sub-01:mask", "deps:", ("/out/step-ingest.json",))
+    again.set("sub-01", "deps:", ())
+    assert [(p.stat().st_mtime_ns, p.stat().st_ino) for p in (shard, study)] == before
+    # a state left pending is written by dump()
+    again.set("sub-01:mask", "/out/step-ingest.json", (2.5, 10, "abc"))
+    again.dump()
+    assert json.loads(shard.read_text())["sub-01:mask"]["/out/step-ingest.json"] == [2.5, 10, "abc"]
+
+
 def test_lock_refuses_second_run_naming_holder_and_clears_stale(tmp_path):
     first = RunLock(tmp_path / ".cstbatch")
     first.acquire()
