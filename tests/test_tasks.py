@@ -113,3 +113,20 @@ def test_unknown_implementation_fails_at_planning_time(tmp_path):
     manifest = make_study(tmp_path, ENTRIES, options={"denoise_method": "bm4d"})
     with pytest.raises(OptionError, match="'bm4d' is not a known denoise implementation .known: .*patch2self"):
         load_study(manifest=manifest, output_dir=tmp_path / "out")
+
+
+def test_sessions_are_scheduled_largest_first_reports_keep_study_order(tmp_path):
+    """doit starts tasks in definition order: the largest session first, so a small one is
+    left for the tail; a missing input counts as small, the study order is kept otherwise."""
+    from cstbatch.tasks import generate_tasks
+
+    write_tiny_dwi(tmp_path / "small_dwi", shape=(8, 8, 8), seed=1)
+    write_tiny_dwi(tmp_path / "big_dwi", shape=(14, 14, 12), seed=2)
+    (tmp_path / "study.json").write_text(json.dumps({"name": "t", "subjects": [
+        {"id": "sub-01", "session": None, "nifti": "small_dwi.nii.gz"},
+        {"id": "sub-02", "session": None, "nifti": "absent_dwi.nii.gz"},
+        {"id": "sub-03", "session": None, "nifti": "big_dwi.nii.gz"}]}))
+    study = load_study(manifest=tmp_path / "study.json", output_dir=tmp_path / "out")
+    order = [t["basename"] for t in generate_tasks(study) if t.get("name") == "ingest"]
+    assert order == ["sub-03", "sub-01", "sub-02"]
+    assert [s.key for s in study.subjects] == ["sub-01", "sub-02", "sub-03"]
