@@ -30,6 +30,11 @@ and the size of its 4-D float32 data; the largest step peak; the sampled process
 implies, (peak - BASE_MB) / data, to set beside ``COPIES_OF_DATA``. MB here is 2**20 bytes,
 as in the step records and cstbatch/memory.py.
 
+Findings (2026-11-25, 2 cores): 1.25 mm / 100 volumes (117×136×126, 765 MB of data): largest
+step peak 2378 MB (track; 3.1× the data), ru_maxrss 3168 MB, 773 s. 2 mm sample sessions: 832–840 MB
+(step records of a full run). 4 mm: 572 MB (registration). The estimate was refitted to these
+(600 MB + 3 copies; it was 300 MB + 7 copies, 2.4× too high at 1.25 mm).
+
 Usage::
 
     python benchmarks/memory.py                   # 2 mm / 37 volumes, then 1.25 mm / 100 volumes

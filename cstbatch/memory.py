@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 
-BASE_MB = 300.0
-COPIES_OF_DATA = 7.0
-DICOM_GUESS_MB = 800.0
+BASE_MB = 600.0
+COPIES_OF_DATA = 3.0
+#: DICOM sessions are sized before conversion as a typical 2 mm / ~40-volume session
+DICOM_GUESS_MB = 900.0
 
 
 def session_memory_mb(spec) -> float:
