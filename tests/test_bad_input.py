@@ -144,7 +144,7 @@ def corpus_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     entries, expect = build_cases(root)
     manifest = root / "study.json"
-    manifest.write_text(json.dumps({"name": "bad inputs", "options": {"denoise_method": "none"},
+    manifest.write_text(json.dumps({"name": "bad inputs", "options": {"denoise_method": "none", "generate_pdf": False},
                                     "subjects": entries}))
     out = root / "out"
     study = load_study(manifest=manifest, output_dir=out)

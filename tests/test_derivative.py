@@ -29,7 +29,7 @@ def two_runs(tmp_path_factory):
     for i in range(2):
         write_tiny_dwi(root / "data" / f"s{i}_dwi", seed=i)
     (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\n")
-    (root / "study.json").write_text(json.dumps({"name": "tiny", "options": {"denoise_method": "none"}, "subjects": [
+    (root / "study.json").write_text(json.dumps({"name": "tiny", "options": {"denoise_method": "none", "generate_pdf": False}, "subjects": [
         {"id": "sub-01", "session": "ses-01", "nifti": "data/s0_dwi.nii.gz"},
         {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz"},
         {"id": "sub-03", "session": "ses-01", "nifti": "data/absent_dwi.nii.gz"}]}))

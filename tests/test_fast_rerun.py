@@ -39,7 +39,7 @@ def root(tmp_path_factory) -> Path:
         write_tiny_dwi(root / "data" / f"s{i}_dwi", seed=i)
     (root / "plugins").mkdir()
     (root / "plugins" / "local.py").write_text(LOCAL_PLUGIN.format(version="1"))
-    (root / "study.json").write_text(json.dumps({"name": "tiny", "options": {"denoise_method": "none"}, "subjects": [
+    (root / "study.json").write_text(json.dumps({"name": "tiny", "options": {"denoise_method": "none", "generate_pdf": False}, "subjects": [
         {"id": "sub-01", "session": "ses-01", "nifti": "data/s0_dwi.nii.gz"},
         {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz"}]}))
     return root

@@ -19,7 +19,7 @@ def _study(tmp_path: Path) -> Path:
     for i in range(2):
         write_tiny_dwi(tmp_path / "data" / f"s{i}_dwi", seed=i)
     manifest = tmp_path / "study.json"
-    manifest.write_text(json.dumps({"options": {"denoise_method": "none"}, "subjects": [
+    manifest.write_text(json.dumps({"options": {"denoise_method": "none", "generate_pdf": False}, "subjects": [
         {"id": "sub-01", "session": None, "nifti": "data/s0_dwi.nii.gz"},
         {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz",
          "options": {"denoise_method": "gaussian", "reporter": "markdown"}}]}))

@@ -39,7 +39,7 @@ def make_study(root: Path, broken: bool = True, subjects=(1, 2, 3)) -> Path:
     if broken:
         break_bval(root)
     manifest = root / "study.json"
-    manifest.write_text(json.dumps({"name": "tiny cluster", "options": {"denoise_method": "none"},
+    manifest.write_text(json.dumps({"name": "tiny cluster", "options": {"denoise_method": "none", "generate_pdf": False},
                                     "subjects": entries}))
     return manifest
 

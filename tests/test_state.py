@@ -117,7 +117,7 @@ def _study(tmp_path: Path) -> Path:
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "hang.py").write_text(HANG_PLUGIN)
     manifest = tmp_path / "study.json"
-    manifest.write_text(json.dumps({"options": {"denoise_method": "none"}, "subjects": [
+    manifest.write_text(json.dumps({"options": {"denoise_method": "none", "generate_pdf": False}, "subjects": [
         {"id": "sub-01", "session": None, "nifti": "data/s0_dwi.nii.gz"},
         {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz", "options": {"denoise_method": "hang_once"}}]}))
     return manifest
@@ -179,7 +179,7 @@ def test_session_timeout_fails_the_session_with_category_timeout(tmp_path):
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "slow.py").write_text(SLOW_PLUGIN)
     manifest = tmp_path / "study.json"
-    manifest.write_text(json.dumps({"options": {"denoise_method": "none"}, "subjects": [
+    manifest.write_text(json.dumps({"options": {"denoise_method": "none", "generate_pdf": False}, "subjects": [
         {"id": "sub-01", "session": None, "nifti": "data/s0_dwi.nii.gz"},
         {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz",
          "options": {"denoise_method": "slow", "session_timeout": 2}}]}))
