@@ -28,3 +28,19 @@ def test_jobs_capped_by_the_largest_session(tmp_path):
     assert jobs_within_budget(specs, 2 * DICOM_GUESS_MB / 1024, 4) == 2  # two of the largest fit
     assert jobs_within_budget(specs, 0.1, 4) == 1                       # never below one
     assert jobs_within_budget(specs, 100, 3) == 3                       # never above -n
+
+
+def test_header_shape_matches_nibabel_for_nifti1_and_nifti2(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from cstbatch.memory import nifti_shape
+
+    data = np.zeros((5, 4, 3, 6), np.int16)
+    for cls, name in ((nib.Nifti1Image, "a.nii.gz"), (nib.Nifti2Image, "b.nii"), (nib.Nifti1Image, "c.nii")):
+        nib.save(cls(data, np.eye(4)), str(tmp_path / name))
+        assert nifti_shape(tmp_path / name) == nib.load(str(tmp_path / name)).shape == (5, 4, 3, 6)
+    (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b not gzip")
+    (tmp_path / "empty.nii").write_bytes(b"")
+    assert nifti_shape(tmp_path / "bad.nii.gz") is None and nifti_shape(tmp_path / "empty.nii") is None
+    assert nifti_shape(tmp_path / "absent.nii") is None
