@@ -111,15 +111,18 @@ sys.exit(run_doit(study, ["run"] + sys.argv[4:]))
 """
 
 
-def _study(tmp_path: Path) -> Path:
+def _study(tmp_path: Path, plugin: str = "hang", code: str = HANG_PLUGIN,
+           second_options: dict | None = None) -> Path:
+    """Two tiny sessions; sub-02 uses a local plugin file (``plugins/<plugin>.py``)."""
     for i in range(2):
         write_tiny_dwi(tmp_path / "data" / f"s{i}_dwi", seed=i)
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "hang.py").write_text(HANG_PLUGIN)
+    (tmp_path / "plugins" / f"{plugin}.py").write_text(code)
     manifest = tmp_path / "study.json"
     manifest.write_text(json.dumps({"options": {"denoise_method": "none", "generate_pdf": False}, "subjects": [
         {"id": "sub-01", "session": None, "nifti": "data/s0_dwi.nii.gz"},
-        {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz", "options": {"denoise_method": "hang_once"}}]}))
+        {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz",
+         "options": second_options or {"denoise_method": "hang_once"}}]}))
     return manifest
 
 
@@ -174,15 +177,7 @@ def test_session_timeout_fails_the_session_with_category_timeout(tmp_path):
     from cstbatch.runner import run_doit
     from cstbatch.study import load_study
 
-    for i in range(2):
-        write_tiny_dwi(tmp_path / "data" / f"s{i}_dwi", seed=i)
-    (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "slow.py").write_text(SLOW_PLUGIN)
-    manifest = tmp_path / "study.json"
-    manifest.write_text(json.dumps({"options": {"denoise_method": "none", "generate_pdf": False}, "subjects": [
-        {"id": "sub-01", "session": None, "nifti": "data/s0_dwi.nii.gz"},
-        {"id": "sub-02", "session": None, "nifti": "data/s1_dwi.nii.gz",
-         "options": {"denoise_method": "slow", "session_timeout": 2}}]}))
+    manifest = _study(tmp_path, "slow", SLOW_PLUGIN, {"denoise_method": "slow", "session_timeout": 2})
     study = load_study(manifest=manifest, output_dir=tmp_path / "out", plugins_dir=tmp_path / "plugins")
     start = time.monotonic()
     assert run_doit(study, ["run", "sub-01:denoise", "sub-02:denoise"]) == 0
