@@ -109,6 +109,30 @@ def test_core_filter_drops_strays_keeps_the_bundle(atlas):
     assert len(off["left"]) == 66
 
 
+def test_core_regrow_recovers_bundle_where_strays_share_its_path(atlas):
+    """Strays that share the brainstem-capsule path (there denser than the bundle, 3 mm to
+    its side) and fan out over the motor strip: the first pass drops bundle streamlines at
+    that shared stretch, the second pass (scored against the first pass's core) brings
+    them all back and keeps the strays out."""
+    rng = np.random.default_rng(1)
+    top = _nearest_roi_point(atlas, "motor_left", [-38, -18, 62])
+    path = [[-5, -30, -45], [-8, -24, -25], [-13, -18, -8], [-22, -14, 10], [-28, -16, 35], top]
+    core = [_polyline(*(np.array(p) + d for p, d in zip(path, rng.normal(0, 1.0, size=(6, 3)))))
+            for _ in range(40)]
+    rng = np.random.default_rng(2)
+    strays = []
+    for k in range(80):
+        a = k / 79
+        end = _nearest_roi_point(atlas, "motor_left", [-56 + 30 * a, -14 + 24 * ((k * 7) % 80) / 80, 55])
+        lower = [np.array(p) + [3.0, 0, 0] + d for p, d in zip(path[:4], rng.normal(0, 0.5, size=(4, 3)))]
+        strays.append(_polyline(*lower, [-30 - 10 * a, -8 + 10 * a, 35], end))
+    sl = core + strays
+    one_pass = set(extract_passthrough(sl, atlas, {"extract_core_regrow": 0})["left"].tolist())
+    two_pass = set(extract_passthrough(sl, atlas, {})["left"].tolist())
+    assert len(one_pass & set(range(40))) < 32, "the case is hard for one pass"
+    assert two_pass == set(range(40)), (sorted(two_pass))
+
+
 def test_length_limits_and_empty_input(bundle, atlas):
     sl = [bundle["left"], bundle["right"]]
     info = classify_streamlines(sl, atlas, {})

@@ -60,9 +60,9 @@ def register_atlases(register):
 @hookimpl
 def register_extractors(register):
     register("passthrough", _lazy(".extract", "extract_passthrough",
-             "Passes brainstem and one motor ROI; no midline crossing."), version="1")
+             "Passes brainstem and one motor ROI; no midline crossing."), version="2")
     register("endpoint", _lazy(".extract", "extract_endpoint",
-             "One end in the brainstem, the other in a motor ROI."), version="1")
+             "One end in the brainstem, the other in a motor ROI."), version="2")
 
 
 @hookimpl
