@@ -119,13 +119,21 @@ ICBM_LICENSE = (
 )
 
 
+def nilearn_data_dir() -> Path:
+    """The data folder of the installed nilearn (its ICBM 2009a maps), found without
+    importing nilearn: ``import nilearn.datasets`` pulls in scikit-learn and took ~1 s of
+    every worker's first registration, for a path."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - hard dependency
+        raise DependencyError("nilearn is needed for the ICBM 2009a template (pip install nilearn)")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
 def icbm_files() -> dict[str, Path]:
     """Paths of the ICBM 2009a T1 / GM / WM maps inside the installed nilearn."""
-    try:
-        import nilearn.datasets
-    except ImportError as exc:  # pragma: no cover - nilearn is a hard dependency
-        raise DependencyError(f"nilearn is needed for the ICBM 2009a template: {exc}") from exc
-    base = Path(nilearn.datasets.__file__).parent / "data"
+    base = nilearn_data_dir()
     paths = {k: base / v for k, v in _ICBM_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:

@@ -37,6 +37,12 @@ STEP_SELECTOR: dict[str, tuple[str, str]] = {
 #: Version of each step's built-in code: bump when the output of that step changes.
 BUILTIN_STEP_VERSION: dict[str, str] = {step: "1" for step in STEPS}
 
+#: Version of the code a plugin-selected step runs around its plugin, where that code shapes
+#: the result: the register step takes its atlas from a plugin but registers with cstbatch's
+#: own code. Part of the step's up-to-date check; bump when that code's output changes.
+#: (2: rigid → affine from the centre of mass, without the translation stage.)
+STEP_CODE_VERSION: dict[str, str] = {"register": "2"}
+
 
 def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Path]:
     """Files ``step`` writes (besides its record) — the task's targets."""

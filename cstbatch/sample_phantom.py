@@ -217,9 +217,9 @@ def bids_bvecs_to_voxel(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 def _template_dir() -> str:
-    import nilearn
+    from .atlas import nilearn_data_dir
 
-    return os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data")
+    return str(nilearn_data_dir())
 
 
 def template_path(kind: str) -> str:

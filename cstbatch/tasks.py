@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from doit.tools import config_changed
 
-from .chain import BUILTIN_STEP_VERSION, STEP_INPUTS, STEP_SELECTOR, step_outputs
+from .chain import BUILTIN_STEP_VERSION, STEP_CODE_VERSION, STEP_INPUTS, STEP_SELECTOR, step_outputs
 from .layout import STATE_DIR, SessionLayout, group_paths
 from .options import STEPS, step_options
 from .plugins import get_registry
@@ -146,6 +146,8 @@ def implementation_config(step: str, options: dict, registry) -> dict[str, Any]:
         kind, option = STEP_SELECTOR[step]
         impl = registry.get(kind, options[option])  # unknown name: fails here, at planning time
         implementation = {"name": impl.name, "version": impl.version}
+        if step in STEP_CODE_VERSION:
+            implementation["step_code"] = STEP_CODE_VERSION[step]
     else:
         implementation = {"name": "builtin", "version": BUILTIN_STEP_VERSION[step]}
     return {"format": FORMAT_VERSION, "step": step, "implementation": implementation,

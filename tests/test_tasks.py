@@ -130,3 +130,21 @@ def test_sessions_are_scheduled_largest_first_reports_keep_study_order(tmp_path)
     order = [t["basename"] for t in generate_tasks(study) if t.get("name") == "ingest"]
     assert order == ["sub-03", "sub-01", "sub-02"]
     assert [s.key for s in study.subjects] == ["sub-01", "sub-02", "sub-03"]
+
+
+def test_register_code_version_is_part_of_its_up_to_date_check(tmp_path, monkeypatch):
+    """The register step's result comes from cstbatch's registration code as much as from its
+    atlas plugin: bumping that code's version reruns register (and only register)."""
+    from cstbatch.chain import STEP_CODE_VERSION
+
+    manifest = make_study(tmp_path, ENTRIES[1:], options={"denoise_method": "none", "generate_pdf": False})
+    out = tmp_path / "out"
+    code, first = doit(manifest, out, "run", "sub-02:register")
+    record = json.loads((out / "sub-02" / "steps" / "sub-02_step-register.json").read_text())
+    assert code == 0 and record["status"] == "success", record
+    assert "sub-02:register" in executed(first)
+    code, again = doit(manifest, out, "run", "sub-02:register")
+    assert code == 0 and executed(again) == []
+    monkeypatch.setitem(STEP_CODE_VERSION, "register", STEP_CODE_VERSION["register"] + "-next")
+    code, bumped = doit(manifest, out, "run", "sub-02:register")
+    assert code == 0 and executed(bumped) == ["sub-02:register"]
