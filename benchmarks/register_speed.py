@@ -244,7 +244,8 @@ def atlas_breakdown_child() -> list[tuple[str, float]]:
         rows.append((label, time.perf_counter() - t))
         return res
 
-    step("import nilearn.datasets (to find the files)", lambda: __import__("nilearn.datasets"))
+    # what icbm_files paid before it found the folder without importing nilearn (atlas.nilearn_data_dir)
+    step("import nilearn.datasets (no longer needed)", lambda: __import__("nilearn.datasets"))
     from cstbatch import atlas as A
 
     paths = step("icbm_files", A.icbm_files)
