@@ -1,11 +1,11 @@
 """The whole sample study through the real pipeline, checked against its ground truth.
 
 One module-scoped run (about 3 minutes on a current 2-core machine, 6.5 on an older one,
-generation included) of the shipped sample study plus one deliberately broken session, with
-the sample manifest's own options. It carries the bars of the CST extraction issue (Dice, swaps, FA, lesion, distractor on every session, via
-``cstbatch.sample_accuracy``) and of the reports issue (every output exists and parses; the
-failed session shows up in the summary, the metrics table and the group report), and checks
-that a rerun redoes only the failed session.
+generation included) of the shipped sample study plus one deliberately broken session, with the
+sample manifest's own options. It carries the bars of the CST extraction issue (Dice, swaps,
+FA, lesion, distractor on every session, via ``cstbatch.sample_accuracy``) and of the reports
+issue (every output exists and parses; the failed session shows up in the summary, the metrics
+table and the group report), and checks that a rerun redoes only the failed session.
 """
 from __future__ import annotations
 
