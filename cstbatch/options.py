@@ -83,7 +83,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "Drop streamlines that leave the bundle's dense core (keeps neighbouring WM out of the CST)."),
     _opt("extract_core_threshold", 0.35, _NUM, "extract", "Core filter: minimum density relative to the peak."),
     _opt("extract_core_regrow", 0.15, _NUM, "extract",
-         "Core filter, second pass: minimum density relative to the first pass's core for a candidate to join it (0: off)."),
+         "Core filter, second pass: candidates rescored against the first pass's core; minimum relative density to stay (0: off)."),
     _opt("extract_midline_tolerance", 3.0, _NUM, "extract", "mm a streamline may cross the midline above the brainstem."),
     _opt("extract_endpoint_tolerance", 3.0, _NUM, "extract", "endpoint method: mm an end may lie outside its ROI."),
     _opt("profile_nodes", 100, int, "metrics", "Nodes per tract profile (brainstem → cortex)."),
