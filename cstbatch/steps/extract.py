@@ -30,9 +30,9 @@ than ``CORE_MIN_STREAMLINES`` streamlines a side is left as it is.
 
 A second pass grows the core back (``extract_core_regrow``, default 0.15; 0 turns it off):
 every candidate is scored again, the same way, against the density of the first pass's core
-alone, and those scoring at least that much form the bundle (core members included: one
-that stays with the others only where the strays are dense drops out here). Why: in the first pass the density is
-that of all candidates, and where many strays share the bundle's path (the brainstem and
+alone, and those scoring at least that much form the bundle (core members included: one that
+stays with the others only where the strays are dense drops out here). Why: in the first pass
+the density is that of all candidates, and where many strays share the bundle's path (the brainstem and
 internal capsule, which every corticofugal streamline passes) they set the density peak, so
 core streamlines running a little off that peak there are dropped although they follow the
 bundle from end to end. Scored against the core itself, those come back, while strays that
@@ -259,23 +259,12 @@ def _classify_chunk(streamlines_mni, atlas, options, method) -> dict[str, np.nda
             "crosses_midline": crosses, "side": side}
 
 
-def core_scores(streamlines_mni: Sequence[np.ndarray], nodes: int = CORE_NODES,
-                cell_mm: float = CORE_CELL_MM, reference: np.ndarray | None = None) -> np.ndarray:
-    """Bundle-core score in [0, 1] of every streamline of one bundle (see module doc).
+def _node_density_scores(res: np.ndarray, cell_mm: float, reference: np.ndarray | None) -> np.ndarray:
+    """Per streamline, the lowest over nodes of its neighbourhood density relative to the peak.
 
     ``reference``: bool over the streamlines; when given, densities count only the reference
-    streamlines' points and are divided by the highest density among the reference ones (the
-    regrowing pass). None: every streamline is the reference.
+    streamlines' points and the peak is the highest among them (the regrowing pass).
     """
-    from .metrics import _resample, orient_streamlines
-
-    if len(streamlines_mni) == 0:
-        return np.zeros(0)
-    res = _resample(orient_streamlines(streamlines_mni, np.eye(4)), nodes)  # (S, N, 3), MNI z
-    return _node_density_scores(res, cell_mm, reference)
-
-
-def _node_density_scores(res: np.ndarray, cell_mm: float, reference: np.ndarray | None) -> np.ndarray:
     from scipy import ndimage
 
     score = np.ones(len(res))
@@ -303,7 +292,7 @@ def core_filter(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray,
     regrow = options.get("extract_core_regrow", CORE_REGROW)
     regrow = 0.0 if regrow is None else float(regrow)
     sl = [np.asarray(streamlines_mni[i], np.float64) for i in idx]
-    res = _resample(orient_streamlines(sl, np.eye(4)), CORE_NODES)
+    res = _resample(orient_streamlines(sl, np.eye(4)), CORE_NODES)  # (S, N, 3), both passes
     core = _node_density_scores(res, CORE_CELL_MM, None) >= thr
     if regrow > 0 and core.any():
         core = _node_density_scores(res, CORE_CELL_MM, core) >= regrow
