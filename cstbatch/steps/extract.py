@@ -32,13 +32,13 @@ A second pass grows the core back (``extract_core_regrow``, default 0.15; 0 turn
 every candidate is scored again, the same way, against the density of the first pass's core
 alone, and those scoring at least that much form the bundle (core members included: one that
 stays with the others only where the strays are dense drops out here). Why: in the first pass
-the density is that of all candidates, and where many strays share the bundle's path (the brainstem and
-internal capsule, which every corticofugal streamline passes) they set the density peak, so
-core streamlines running a little off that peak there are dropped although they follow the
-bundle from end to end. Scored against the core itself, those come back, while strays that
-leave the core anywhere along their length still score ~0 there. On the sample study this
-raised the worst CST Dice from 0.70 to 0.75 (right side; left unchanged), on two independent
-tracking runs (``benchmarks/sample_accuracy.py``).
+the density is that of all candidates, and where many strays share the bundle's path (the
+brainstem and internal capsule, which every corticofugal streamline passes) they set the
+density peak, so core streamlines running a little off that peak there are dropped although
+they follow the bundle from end to end. Scored against the core itself, those come back, while
+strays that leave the core anywhere along their length still score ~0 there. On the sample
+study this raised the worst CST Dice from 0.70 to 0.75 (right side; left unchanged), on two
+independent tracking runs (``benchmarks/sample_accuracy.py``).
 
 Point-in-ROI tests are vectorised over the concatenated points of all streamlines: points go
 to template voxel indices (nearest voxel), look up a bit-coded ROI volume, and are OR-reduced
