@@ -9,7 +9,7 @@ Everything else lives in the package; this file only picks the study.
 """
 import os
 
-from cstbatch.threads import limit_threads
+from cstbatch.engine.threads import limit_threads
 
 limit_threads()  # before numpy loads: one BLAS thread per task, sessions run side by side
 
@@ -17,7 +17,7 @@ from doit import get_var  # noqa: E402
 
 from cstbatch.errors import CstBatchError  # noqa: E402
 from cstbatch.study import load_study  # noqa: E402
-from cstbatch.tasks import doit_namespace  # noqa: E402
+from cstbatch.engine.tasks import doit_namespace  # noqa: E402
 
 
 def _var(name):

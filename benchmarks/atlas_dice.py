@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
-    from cstbatch.atlas import _mm_grid, dice, fsl_atlas, icbm_atlas
+    from cstbatch.steps.atlas import _mm_grid, dice, fsl_atlas, icbm_atlas
 
     icbm = icbm_atlas({})
     z = np.broadcast_to(_mm_grid(icbm.shape, icbm.affine)[2], icbm.shape)

@@ -17,7 +17,7 @@ Usage::
     python benchmarks/denoise_bias.py [--snr 30] [--seed 1] [--voxel-mm 2] [--orientation LAS]
                                       [--methods none,patch2self_ols,...] [--json out.json]
 
-The phantom is ``cstbatch.sample_phantom.make_phantom_session`` (MNI-shaped brain, CSTs
+The phantom is ``cstbatch.sample.phantom.make_phantom_session`` (MNI-shaped brain, CSTs
 crossed by the corpus callosum, oblique grid, Rician noise); if that module is unavailable a
 simpler built-in phantom (ellipsoidal brain, two vertical tracts through a crossing slab) is
 used and the output says so.
@@ -68,14 +68,14 @@ class _Session:
 
 def load_session(seed, voxel_mm, snr, orientation) -> _Session:
     try:
-        from cstbatch.sample_phantom import make_phantom_session
+        from cstbatch.sample.phantom import make_phantom_session
     except ImportError:
         try:
             from cstbatch.sample import make_phantom_session  # the name first announced
         except ImportError:
             return _fallback_session(seed, voxel_mm, snr)
     s = make_phantom_session(seed=seed, voxel_mm=voxel_mm, snr=snr, orientation=orientation)
-    from cstbatch.gradients import bids_to_voxel_axes
+    from cstbatch.steps.gradients import bids_to_voxel_axes
 
     bvecs_voxel = bids_to_voxel_axes(s.bvecs, s.affine)
     bvecs_voxel[s.bvals <= 50] = 0
@@ -83,7 +83,7 @@ def load_session(seed, voxel_mm, snr, orientation) -> _Session:
     cst = s.masks["cst_left"] | s.masks["cst_right"]
     wm = (wm_frac >= 0.5) & s.masks["brain"]
     return _Session(np.asarray(s.data, np.float32), s.affine, s.bvals, bvecs_voxel,
-                    s.fa_noisefree, cst, wm, s.masks["brain"], "cstbatch.sample_phantom")
+                    s.fa_noisefree, cst, wm, s.masks["brain"], "cstbatch.sample.phantom")
 
 
 def _fallback_session(seed, voxel_mm, snr) -> _Session:

@@ -1,4 +1,4 @@
-"""P4: BIDS discovery speed — ``cstbatch.discover.discover_study`` against pybids.
+"""P4: BIDS discovery speed — ``cstbatch.study.discover.discover_study`` against pybids.
 
 Builds a BIDS tree of 0-byte files (default 1000 subjects × 2 sessions; each session has a
 DWI series with ``.bval``/``.bvec``/``.json`` sidecar names, a T1w and a fieldmap, so the walker
@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cstbatch.discover import discover_study  # noqa: E402
+from cstbatch.study.discover import discover_study  # noqa: E402
 
 GOAL_SECONDS = 0.3
 GOAL_RATIO = 40.0

@@ -1,6 +1,6 @@
 """Registration + CST extraction + metrics on a phantom session, timed and checked vs truth.
 
-Runs the chain on one synthetic session of ``cstbatch.sample_phantom`` (tensor fit and
+Runs the chain on one synthetic session of ``cstbatch.sample.phantom`` (tensor fit and
 tractography first, untimed), then times register → streamlines_to_mni → extract → metrics,
 reports peak RSS, and compares with the phantom's truth:
 
@@ -49,8 +49,8 @@ def prepare(args):
             return pickle.load(fh)
     from dipy.core.gradients import gradient_table
 
-    from cstbatch.options import defaults
-    from cstbatch.sample_phantom import make_phantom_session
+    from cstbatch.study.options import defaults
+    from cstbatch.sample.phantom import make_phantom_session
     from cstbatch.steps.model import fit_tensor_maps
     from cstbatch.steps import track as track_mod
 
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
 
     import nibabel as nib
 
-    from cstbatch.atlas import PROVIDERS
+    from cstbatch.steps.atlas import PROVIDERS
     from cstbatch.steps.extract import EXTRACTORS
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import register_template, streamlines_to_mni

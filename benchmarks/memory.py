@@ -2,14 +2,14 @@
 
 Why. ``cstbatch ... -n N --mem-gb G`` caps how many sessions run side by side with an estimate
 of each session's peak made from its image header alone (``session_memory_mb`` in
-cstbatch/memory.py: ``BASE_MB`` of libraries + ``COPIES_OF_DATA`` float32 copies of the 4-D
+cstbatch/engine/memory.py: ``BASE_MB`` of libraries + ``COPIES_OF_DATA`` float32 copies of the 4-D
 data). That rule was read off 2 mm sample sessions (37 volumes, ~76 MB of data), where the
 libraries are most of the peak. A 1.25 mm session with 100 volumes holds ~10x the data, so
 there the copies term decides whether the budget is safe. This benchmark measures what one
 session's chain really uses and prints it next to the estimate.
 
 How. For each voxel size it writes one synthetic session of the MNI phantom
-(``cstbatch.sample_phantom``; int16 NIfTI + ``.bval`` + ``.bvec`` written with the sample
+(``cstbatch.sample.phantom``; int16 NIfTI + ``.bval`` + ``.bvec`` written with the sample
 study's own writers) and a one-entry manifest into a work folder, then runs the real command
 
     python -m cstbatch --manifest study.json OUT participant
@@ -28,7 +28,7 @@ Printed per session: step, status, duration_s, peak_rss_mb and peak / data; the 
 and the size of its 4-D float32 data; the largest step peak; the sampled process peak; the
 ``--mem-gb`` estimate and estimate / measured; and the copies of the data the measurement
 implies, (peak - BASE_MB) / data, to set beside ``COPIES_OF_DATA``. MB here is 2**20 bytes,
-as in the step records and cstbatch/memory.py.
+as in the step records and cstbatch/engine/memory.py.
 
 Findings (2026-11-25, 2 cores): 1.25 mm / 100 volumes (117×136×126, 765 MB of data): largest
 step peak 2378 MB (track; 3.1× the data), ru_maxrss 3168 MB, 773 s. 2 mm sample sessions: 832–840 MB
@@ -78,8 +78,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from cstbatch.memory import BASE_MB, COPIES_OF_DATA, session_memory_mb  # noqa: E402
-from cstbatch.options import STEPS  # noqa: E402
+from cstbatch.engine.memory import BASE_MB, COPIES_OF_DATA, session_memory_mb  # noqa: E402
+from cstbatch.study.options import STEPS  # noqa: E402
 from cstbatch.sample import (  # noqa: E402  (the sample study's own deterministic writers)
     DEFAULT_SEED,
     _bval_text,
@@ -87,7 +87,7 @@ from cstbatch.sample import (  # noqa: E402  (the sample study's own determinist
     _nifti,
     write_nifti_gz,
 )
-from cstbatch.sample_phantom import gradient_scheme, make_phantom_session, subject_geometry  # noqa: E402
+from cstbatch.sample.phantom import gradient_scheme, make_phantom_session, subject_geometry  # noqa: E402
 
 SUBJECT = "sub-01"
 ORIENTATION = "LAS"
@@ -211,7 +211,7 @@ def session_spec(manifest: Path, out: Path):
 
 def read_steps(spec, out: Path) -> list[dict]:
     """Status, duration_s and peak_rss_mb of every step record of the session, in chain order."""
-    from cstbatch.layout import SessionLayout
+    from cstbatch.outputs.layout import SessionLayout
 
     layout = SessionLayout.of(out, spec)
     rows = []

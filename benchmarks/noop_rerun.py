@@ -7,19 +7,19 @@ doit decides and saves a new fingerprint), then times the no-op rerun (best of -
 
 * ``command``: ``cstbatch --manifest study.json OUT participant`` as a fresh process (what a
   user waits for: interpreter start, imports, manifest, then the study fingerprint saved by the
-  last complete run matches, so no doit task is built — see ``cstbatch.fingerprint``);
+  last complete run matches, so no doit task is built — see ``cstbatch.engine.fingerprint``);
 * ``command, no fingerprint``: the same with the saved fingerprint deleted first, so doit decides
   (task generation, doit's up-to-date checks of every task; the run saves a new fingerprint) —
   what any rerun after a change pays on top of the work;
 * ``in-process``: ``load_study`` + ``nothing_to_do(study)`` (the fast path), and ``load_study`` +
   ``run_doit(study, ["run"])`` (doit), in a warm interpreter (no imports);
-* ``import``: ``python -c "import cstbatch.cli, cstbatch.runner"`` alone.
+* ``import``: ``python -c "import cstbatch.cli, cstbatch.engine.runner"`` alone.
 
 Goal: the command ≤ 1.5 s for 1000 sessions.
 
 The first run. A real first run of 1000 sessions takes hours (registration alone is seconds per
 session), so by default the first run goes through the real task graph and the real step
-runner (``cstbatch.step_runner.run_step``: implementation lookup, records with checksums,
+runner (``cstbatch.engine.step_runner.run_step``: implementation lookup, records with checksums,
 logs, doit state) but with *stand-in step bodies* that write each step's declared outputs as
 tiny files. The rerun being timed never calls a step body: it is entirely the real code, and
 what it checks (options, implementation versions, records, input sizes/mtimes, file_dep
@@ -104,8 +104,8 @@ def write_inputs(data: Path, n: int) -> list[dict]:
 
 def standin_steps() -> None:
     """Replace the step bodies (not the step runner) by ones writing tiny declared outputs."""
-    from cstbatch import session_steps
-    from cstbatch.chain import step_outputs
+    from cstbatch.engine import session_steps
+    from cstbatch.engine.chain import step_outputs
 
     def make(step):
         def body(ctx):
@@ -120,7 +120,7 @@ def standin_steps() -> None:
 
 
 def first_run(manifest: Path, out: Path, real: bool) -> tuple[float, str]:
-    from cstbatch.runner import run_doit
+    from cstbatch.engine.runner import run_doit
     from cstbatch.study import load_study
 
     if not real:
@@ -144,7 +144,7 @@ def timed_command(argv: list[str], cwd: Path) -> tuple[float, str]:
 
 def in_process_rerun(manifest: Path, out: Path) -> tuple[float, str]:
     """load_study + doit (whatever the saved fingerprint says)."""
-    from cstbatch.runner import run_doit
+    from cstbatch.engine.runner import run_doit
     from cstbatch.study import load_study
 
     buf = io.StringIO()
@@ -157,7 +157,7 @@ def in_process_rerun(manifest: Path, out: Path) -> tuple[float, str]:
 
 def in_process_fast(manifest: Path, out: Path) -> tuple[float, str]:
     """load_study + the fingerprint check the command makes before doit."""
-    from cstbatch.fingerprint import nothing_to_do
+    from cstbatch.engine.fingerprint import nothing_to_do
     from cstbatch.study import load_study
 
     buf = io.StringIO()
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         exe = shutil.which("cstbatch")
         if exe:
             command = [exe, "--manifest", str(manifest), str(out), "participant"]
-        from cstbatch.fingerprint import fingerprint_path
+        from cstbatch.engine.fingerprint import fingerprint_path
 
         # untimed: after a change to the code or the study since the fingerprint was saved, doit
         # decides (and saves a new one)
@@ -252,14 +252,14 @@ def main(argv: list[str] | None = None) -> int:
 
         imp = []
         for _ in range(args.repeat):
-            seconds, _ = timed_command([sys.executable, "-c", "import cstbatch.cli, cstbatch.runner"], root)
+            seconds, _ = timed_command([sys.executable, "-c", "import cstbatch.cli, cstbatch.engine.runner"], root)
             imp.append(seconds)
         print(f"interpreter start + imports alone: best {min(imp):.2f} s")
         result["import_seconds"] = min(imp)
 
         if args.profile:
-            from cstbatch.fingerprint import nothing_to_do
-            from cstbatch.runner import run_doit
+            from cstbatch.engine.fingerprint import nothing_to_do
+            from cstbatch.engine.runner import run_doit
             from cstbatch.study import load_study
 
             for label, rerun in (("fast path", lambda study: nothing_to_do(study, out=io.StringIO())),

@@ -1,7 +1,7 @@
 """P2: sessions side by side — the same 4 sample sessions with ``-n 2`` and with ``-n 1``.
 
 Why. cstbatch gets its parallelism from running sessions side by side (doit ``-n``; every task
-is limited to one BLAS thread, ``cstbatch.threads``), not from threads inside a step. On a
+is limited to one BLAS thread, ``cstbatch.engine.threads``), not from threads inside a step. On a
 2-core machine ``-n 2`` should therefore nearly double the throughput: goal
 t(-n 1) / t(-n 2) ≥ 1.8 for 4 sessions.
 
@@ -58,10 +58,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cstbatch import sample  # noqa: E402
-from cstbatch.layout import SessionLayout  # noqa: E402
-from cstbatch.manifest import load_manifest, read_manifest_file  # noqa: E402
-from cstbatch.options import STEPS  # noqa: E402
-from cstbatch.records import read_record  # noqa: E402
+from cstbatch.outputs.layout import SessionLayout  # noqa: E402
+from cstbatch.study.manifest import load_manifest, read_manifest_file  # noqa: E402
+from cstbatch.study.options import STEPS  # noqa: E402
+from cstbatch.outputs.records import read_record  # noqa: E402
 from cstbatch.study import SAMPLE_MANIFEST  # noqa: E402
 
 GOAL_RATIO = 1.8

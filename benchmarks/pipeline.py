@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAIN = """
 import json, sys, time, resource
 from pathlib import Path
-from cstbatch.threads import limit_threads
+from cstbatch.engine.threads import limit_threads
 limit_threads()
-from cstbatch.runner import run_doit
+from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
 study = load_study(manifest=Path(sys.argv[1]), output_dir=Path(sys.argv[2]), participant_label=[sys.argv[3]])
 key = study.subjects[0].key
@@ -35,13 +35,13 @@ print(json.dumps({"seconds": time.perf_counter() - t, "code": code,
 """
 BARE = """
 import json, sys, time, resource
-from cstbatch.threads import limit_threads
+from cstbatch.engine.threads import limit_threads
 limit_threads()
 import numpy as np, nibabel as nib
 from pathlib import Path
 from dipy.core.gradients import gradient_table
-from cstbatch.gradients import read_bvals_bvecs, bids_to_voxel_axes
-from cstbatch.options import defaults
+from cstbatch.steps.gradients import read_bvals_bvecs, bids_to_voxel_axes
+from cstbatch.study.options import defaults
 from cstbatch.steps.mask import mask_median_otsu
 from cstbatch.steps.model import fit_tensor_maps
 from cstbatch.steps.track import track_deterministic, save_trk

@@ -12,7 +12,7 @@ sampling, quality warp), only with other per-stage pyramid settings, and reports
 
 Then a summary per setting over all sessions, a pass/fail against "mean error within 0.1 mm of
 ``v1`` and max error within 0.3 mm, on every session", and the fastest setting that
-passes. Finally, what the ICBM atlas load (``cstbatch.atlas._load_icbm``) spends its time on.
+passes. Finally, what the ICBM atlas load (``cstbatch.steps.atlas._load_icbm``) spends its time on.
 
 After ``doit run`` (the sample study into ``derivatives/cstbatch``)::
 
@@ -58,7 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cstbatch.threads import limit_threads  # noqa: E402  (before numpy loads its BLAS)
+from cstbatch.engine.threads import limit_threads  # noqa: E402  (before numpy loads its BLAS)
 
 limit_threads()
 
@@ -246,7 +246,7 @@ def atlas_breakdown_child() -> list[tuple[str, float]]:
 
     # what icbm_files paid before it found the folder without importing nilearn (atlas.nilearn_data_dir)
     step("import nilearn.datasets (no longer needed)", lambda: __import__("nilearn.datasets"))
-    from cstbatch import atlas as A
+    from cstbatch.steps import atlas as A
 
     paths = step("icbm_files", A.icbm_files)
     imgs = step("nib.load t1/gm/wm (headers only)", lambda: {k: nib.load(p) for k, p in paths.items()})
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
 
     import nibabel as nib
 
-    from cstbatch.atlas import icbm_atlas
+    from cstbatch.steps.atlas import icbm_atlas
 
     found = find_sessions(Path(args.out))
     keys = args.sessions or list(found)
@@ -420,7 +420,7 @@ def main(argv=None) -> int:
     print(f"registration runs took {time.perf_counter() - t_all:.0f} s")
 
     if atlas_rows:
-        print("\natlas load breakdown: first cstbatch.atlas._load_icbm() of a fresh process, step by step "
+        print("\natlas load breakdown: first cstbatch.steps.atlas._load_icbm() of a fresh process, step by step "
               "(s, median of 3 processes)")
         for label, sec in atlas_rows:
             print(f"  {label:62s} {sec:6.2f}")

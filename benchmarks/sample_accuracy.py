@@ -8,7 +8,7 @@ After ``doit run`` (the sample study into ``derivatives/cstbatch``)::
 Prints, per session, Dice of each extracted CST side with its truth mask and with the other
 side's mask (swaps), FA mean vs noise-free FA, the distractor share and, for the lesioned
 session, where the FA profile's minimum lies; then which bars of the CST extraction issue a
-session misses (``cstbatch.sample_accuracy.BARS``). Exit status 1 when any bar is missed. The
+session misses (``cstbatch.sample.accuracy.BARS``). Exit status 1 when any bar is missed. The
 numbers are the ones ``tests/test_sample_study.py`` asserts.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _fmt(value) -> str:
 
 
 def main(argv=None) -> int:
-    from cstbatch.sample_accuracy import BARS, check_study, failures
+    from cstbatch.sample.accuracy import BARS, check_study, failures
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="derivatives/cstbatch")

@@ -1,6 +1,6 @@
 """``python -m cstbatch`` is the ``cstbatch`` command."""
 import sys
 
-from .cli import main
+from cstbatch.cli import main
 
 sys.exit(main())

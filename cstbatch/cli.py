@@ -15,42 +15,18 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import CstBatchError
-from .threads import limit_threads
-from .options import options_table_markdown, parse_cli_value
-from .slurm import cmd_submit
-from .status import cmd_status
+from cstbatch.cluster.slurm import cmd_submit
+from cstbatch.cluster.status import cmd_status
+from cstbatch.engine.threads import limit_threads
+from cstbatch.errors import CstBatchError
+from cstbatch.study.arguments import add_study_arguments, study_from_args
+from cstbatch.study.options import options_table_markdown
 
 COMMANDS = ("sample-data", "plugins", "options", "submit", "status")
 
 
-def add_study_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments that define a study, shared by every command that processes one."""
-    p.add_argument("--manifest", type=Path, help="study manifest (JSON or YAML) instead of a BIDS folder")
-    p.add_argument("--participant-label", nargs="+", help="only these subjects (with or without sub-)")
-    p.add_argument("--exclude-participant-label", nargs="+", help="skip these subjects")
-    p.add_argument("--subject-pattern", default="sub-*", help="glob for subject folders (default sub-*)")
-    p.add_argument("--session-pattern", default="ses-*", help="glob for session folders (default ses-*)")
-    p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
-                   help="override an option for every session (see `cstbatch options`)")
-    p.add_argument("--plugins-dir", type=Path, help="folder of local plugin files (default ./plugins)")
 
 
-def study_from_args(args, inputs: list[str], out_dir: str):
-    """Load the study the arguments describe; print skipped folders; refuse an empty study."""
-    from .study import load_study
-
-    study = load_study(bids_dir=Path(inputs[0]) if inputs else None, manifest=args.manifest,
-                       output_dir=Path(out_dir).resolve(), options=_parse_options(args.option),
-                       participant_label=args.participant_label,
-                       exclude_participant_label=args.exclude_participant_label,
-                       subject_pattern=args.subject_pattern, session_pattern=args.session_pattern,
-                       plugins_dir=args.plugins_dir.resolve() if args.plugins_dir else None)
-    for where, why in study.skipped:
-        print(f"skipped {where}: {why}")
-    if not study.subjects:
-        raise CstBatchError("no DWI series found to process")
-    return study
 
 
 def _bids_app_parser() -> argparse.ArgumentParser:
@@ -68,18 +44,10 @@ def _bids_app_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_options(pairs: list[str]) -> dict:
-    options = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise CstBatchError(f"--option {pair!r}: expected NAME=VALUE")
-        options[name] = parse_cli_value(name, value)
-    return options
 
 
 def bids_app(argv: list[str]) -> int:
-    from .runner import run_doit
+    from cstbatch.engine.runner import run_doit
 
     args = _bids_app_parser().parse_args(argv)
     expected = 2 if args.manifest else 3
@@ -97,12 +65,12 @@ def bids_app(argv: list[str]) -> int:
         run_args.append("aggregate")
     elif not (args.stop_on_first_crash or args.participant_label or args.exclude_participant_label):
         # a plain full run: a matching fingerprint of the last complete run says "nothing to
-        # do" without building doit's tasks; anything else is doit's call (cstbatch.fingerprint)
-        from .fingerprint import nothing_to_do
+        # do" without building doit's tasks; anything else is doit's call (cstbatch.engine.fingerprint)
+        from cstbatch.engine.fingerprint import nothing_to_do
 
         if nothing_to_do(study):
             return 0
-    from .memory import jobs_within_budget
+    from cstbatch.engine.memory import jobs_within_budget
 
     jobs = jobs_within_budget(study.subjects, args.mem_gb, args.jobs)
     if jobs < args.jobs:
@@ -111,7 +79,7 @@ def bids_app(argv: list[str]) -> int:
 
 
 def cmd_plugins(argv: list[str]) -> int:
-    from .plugins import get_registry
+    from cstbatch.plugins import get_registry
 
     registry = get_registry()
     print(f"{'kind':<9} {'name':<20} {'version':<8} source")
@@ -127,7 +95,7 @@ def cmd_sample_data(argv: list[str]) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
-    from . import sample
+    from cstbatch import sample
 
     kwargs = {} if args.seed is None else {"seed": args.seed}
     sample.generate_sample_study(args.out, log=print, **kwargs)

@@ -26,7 +26,7 @@ track
     streamlines, each (n_points, 3) in RAS+ mm. ``maps`` holds the tensor maps (``fa``, ``md``,
     ``rd``, ``ad`` float32 (X, Y, Z); ``evecs`` (X, Y, Z, 3, 3)); ``affine`` voxel→RAS+ mm.
 atlas
-    ``func(options) -> cstbatch.atlas.Atlas``: an MNI-space template and brainstem / left motor /
+    ``func(options) -> cstbatch.steps.atlas.Atlas``: an MNI-space template and brainstem / left motor /
     right motor ROI masks, all from installed files (no network).
 extract
     ``func(streamlines_mni, atlas, options) -> dict``: ``{"left": idx, "right": idx}``, integer

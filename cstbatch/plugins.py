@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
-from .errors import OptionError, PluginError
+from cstbatch import hookspecs
+from cstbatch.errors import OptionError, PluginError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _load_local(path: Path):
 
 def _candidates(plugins_dir: Path | None):
     """(plugin name, source description, loader) in the documented order."""
-    from .steps import builtin
+    from cstbatch.steps import builtin
     yield "builtin", "built-in", lambda: builtin
     allowed = _allowed()
     eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)

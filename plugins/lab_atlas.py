@@ -15,9 +15,9 @@ import json
 import os
 from pathlib import Path
 
-from cstbatch.atlas import custom_atlas
 from cstbatch.errors import OptionError
 from cstbatch.hookspecs import hookimpl
+from cstbatch.steps.atlas import custom_atlas
 
 FOLDER_ENV = "CSTBATCH_LAB_ATLAS"
 

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cstbatch.atlas import Atlas, custom_atlas, dice, fsl_atlas, icbm_atlas
+from cstbatch.steps.atlas import Atlas, custom_atlas, dice, fsl_atlas, icbm_atlas
 from cstbatch.errors import InputError, OptionError
 
 

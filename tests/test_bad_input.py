@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from cstbatch.errors import ManifestError
-from cstbatch.manifest import load_manifest
-from cstbatch.runner import run_doit
+from cstbatch.study.manifest import load_manifest
+from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
 from conftest import tiny_gradients, write_tiny_dwi
 
@@ -29,7 +29,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def _dicom(folder: Path, good: Path, *, key: str, description: str = "DTI", strip_diffusion: bool = False):
     import pydicom
-    from cstbatch.sample_dicom import write_dicom_series
+    from cstbatch.sample.dicom import write_dicom_series
 
     img = nib.load(str(good) + ".nii.gz")
     bvals, bvecs = tiny_gradients()
@@ -204,8 +204,8 @@ def test_disk_full_during_a_step_is_a_system_failure(tmp_path, monkeypatch):
     import os
 
     from cstbatch import atomic
-    from cstbatch.step_runner import run_step, spec_to_job
-    from cstbatch.spec import SubjectSpec
+    from cstbatch.engine.step_runner import run_step
+    from cstbatch.study.spec import SubjectSpec, spec_to_job
 
     good = write_tiny_dwi(tmp_path / "g_dwi")
     spec = SubjectSpec("sub-1", None, good, "nifti", bval=tmp_path / "g_dwi.bval", bvec=tmp_path / "g_dwi.bvec")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cstbatch.records import content_digest
-from cstbatch.runner import run_doit
+from cstbatch.outputs.records import content_digest
+from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
 from conftest import write_tiny_dwi
 

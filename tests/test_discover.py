@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cstbatch import discover_subjects, validate_subject_inputs
-from cstbatch.discover import discover_study, parse_bids_name
+from cstbatch.study.discover import discover_study, parse_bids_name
 from cstbatch.errors import InputError
 
 

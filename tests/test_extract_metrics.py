@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cstbatch.atlas import icbm_atlas
+from cstbatch.steps.atlas import icbm_atlas
 from cstbatch.steps.extract import classify_streamlines, extract_endpoint, extract_passthrough
 from cstbatch.steps.metrics import (
     compute_metrics,
@@ -147,7 +147,7 @@ def test_side_comes_from_mni_x_not_voxel_axes(bundle, atlas):
     # the same atlas stored with a flipped x axis (LAS) gives the same answer
     import nibabel as nib
 
-    from cstbatch.atlas import Atlas
+    from cstbatch.steps.atlas import Atlas
 
     def flip(img):
         flip_x = np.array([[-1, 0, 0, img.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)

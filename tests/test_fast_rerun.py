@@ -1,4 +1,4 @@
-"""The no-op fast path (cstbatch.fingerprint): a complete study's rerun says "nothing to do"
+"""The no-op fast path (cstbatch.engine.fingerprint): a complete study's rerun says "nothing to do"
 without doit, and every change doit would act on falls through to doit, which does the work."""
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cstbatch import fingerprint, runner
+from cstbatch.engine import fingerprint, runner
 from cstbatch.cli import main
-from cstbatch.state import RunLock, ShardedJsonDB
+from cstbatch.engine.state import RunLock, ShardedJsonDB
 from cstbatch.study import load_study
 from conftest import write_tiny_dwi
 

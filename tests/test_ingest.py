@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cstbatch.errors import DependencyError, InputError
-from cstbatch.gradients import (
+from cstbatch.steps.gradients import (
     bids_to_voxel_axes,
     read_bvals_bvecs,
     voxel_axes_to_bids,

@@ -8,7 +8,7 @@ import pytest
 
 from cstbatch import load_manifest, validate_manifest_schema, validate_subject_inputs
 from cstbatch.errors import ManifestError, OptionError
-from cstbatch.options import merge_options
+from cstbatch.study.options import merge_options
 
 
 def write(path: Path, data) -> Path:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cstbatch.memory import BASE_MB, COPIES_OF_DATA, DICOM_GUESS_MB, jobs_within_budget, session_memory_mb
-from cstbatch.spec import SubjectSpec
+from cstbatch.engine.memory import BASE_MB, COPIES_OF_DATA, DICOM_GUESS_MB, jobs_within_budget, session_memory_mb
+from cstbatch.study.spec import SubjectSpec
 from conftest import write_tiny_dwi
 
 
@@ -34,7 +34,7 @@ def test_header_shape_matches_nibabel_for_nifti1_and_nifti2(tmp_path):
     import nibabel as nib
     import numpy as np
 
-    from cstbatch.memory import nifti_shape
+    from cstbatch.engine.memory import nifti_shape
 
     data = np.zeros((5, 4, 3, 6), np.int16)
     for cls, name in ((nib.Nifti1Image, "a.nii.gz"), (nib.Nifti2Image, "b.nii"), (nib.Nifti1Image, "c.nii")):

@@ -8,7 +8,7 @@ import shutil
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from cstbatch.runner import run_doit
+from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
 from conftest import write_tiny_dwi
 
@@ -87,7 +87,7 @@ def test_lab_atlas_plugin_wires_user_files(tmp_path, monkeypatch):
     import nibabel as nib
     import numpy as np
 
-    from cstbatch.atlas import icbm_atlas
+    from cstbatch.steps.atlas import icbm_atlas
     from cstbatch.plugins import build_registry
 
     icbm = icbm_atlas({})

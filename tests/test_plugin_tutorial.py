@@ -38,7 +38,7 @@ def test_tutorial_plugin_file_is_listed_and_used(tmp_path):
     write_tiny_dwi(tmp_path / "data" / "s_dwi")
     (tmp_path / "study.json").write_text(json.dumps({"options": {"denoise_method": "median3"}, "subjects": [
         {"id": "sub-01", "session": None, "nifti": "data/s_dwi.nii.gz"}]}))
-    run = subprocess.run([sys.executable, "-c", "from cstbatch.runner import run_doit; from cstbatch.study import "
+    run = subprocess.run([sys.executable, "-c", "from cstbatch.engine.runner import run_doit; from cstbatch.study import "
                           "load_study; from pathlib import Path; import sys; "
                           "sys.exit(run_doit(load_study(manifest=Path('study.json'), output_dir=Path('out')), "
                           "['run', 'sub-01:denoise']))"], cwd=tmp_path, capture_output=True, text=True)

@@ -10,7 +10,7 @@ import pytest
 nib = pytest.importorskip("nibabel")
 pytest.importorskip("matplotlib")
 
-from cstbatch.figures import canonical, make_view, world_centroid  # noqa: E402
+from cstbatch.outputs.figures import canonical, make_view, world_centroid  # noqa: E402
 from cstbatch.steps.metrics import compute_metrics  # noqa: E402
 from cstbatch.steps.report import (SessionReportInput, _views_for_tracts, cst_voxel_masks,  # noqa: E402
                                    load_streamlines, report_html)
@@ -195,7 +195,7 @@ def test_left_cst_overlay_is_on_the_subjects_left(tmp_path, orientation):
 
 
 def test_report_labels_every_slice(las_session, tmp_path):
-    from cstbatch.figures import style
+    from cstbatch.outputs.figures import style
     from cstbatch.steps.report import tract_overlay_figure
 
     img = canonical(nib.load(str(las_session.fa)))
@@ -259,7 +259,7 @@ def _summary(rows):
 
 
 def test_group_report(tmp_path):
-    from cstbatch.group_report import find_outliers, robust_z, write_group_report
+    from cstbatch.outputs.group_report import find_outliers, robust_z, write_group_report
 
     rows = _rows()
     rows.append({"participant_id": "sub-99", "session_id": "ses-01", "key": "sub-99_ses-01", "status": "failed"})
@@ -287,7 +287,7 @@ def test_group_report(tmp_path):
 
 
 def test_group_report_without_metrics(tmp_path):
-    from cstbatch.group_report import write_group_report
+    from cstbatch.outputs.group_report import write_group_report
 
     summary = {"study": "empty", "totals": {"sessions": 1, "success": 0, "failed": 1, "skipped": 0, "pending": 0},
                "sessions": [{"key": "sub-01", "subject": "sub-01", "session": None, "status": "failed",

@@ -3,7 +3,7 @@
 One module-scoped run (about 3 minutes on a current 2-core machine, 6.5 on an older one,
 generation included) of the shipped sample study plus one deliberately broken session, with the
 sample manifest's own options. It carries the bars of the CST extraction issue (Dice, swaps,
-FA, lesion, distractor on every session, via ``cstbatch.sample_accuracy``) and of the reports
+FA, lesion, distractor on every session, via ``cstbatch.sample.accuracy``) and of the reports
 issue (every output exists and parses; the failed session shows up in the summary, the metrics
 table and the group report), and checks that a rerun redoes only the failed session.
 """
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from cstbatch import sample
-from cstbatch.layout import STATE_DIR
-from cstbatch.runner import run_doit
-from cstbatch.sample_accuracy import check_study, failures
+from cstbatch.outputs.layout import STATE_DIR
+from cstbatch.engine.runner import run_doit
+from cstbatch.sample.accuracy import check_study, failures
 from cstbatch.study import SAMPLE_MANIFEST, load_study
 
 BROKEN = "sub-05_ses-01"

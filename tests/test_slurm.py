@@ -158,14 +158,14 @@ def test_dry_run_prints_both_scripts_and_submits_nothing(tmp_path):
                  "#SBATCH --time=01:30:00", "#SBATCH --mem=2G", "#SBATCH --cpus-per-task=2", f"#SBATCH --chdir={out}"):
         assert line in array.splitlines(), line
     assert re.search(r"^export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2", array, re.M)
-    assert re.search(r"-m cstbatch\.slurm run-session \S+/\.cstbatch/slurm/0001 \"\$SLURM_ARRAY_TASK_ID\"$", array, re.M)
+    assert re.search(r"-m cstbatch\.cluster\.slurm run-session \S+/\.cstbatch/slurm/0001 \"\$SLURM_ARRAY_TASK_ID\"$", array, re.M)
     assert "#SBATCH --dependency=afterany:<ARRAY_JOB_ID>" in aggregate.splitlines()
-    assert re.search(r"-m cstbatch\.slurm aggregate \S+/\.cstbatch/slurm/0001$", aggregate, re.M)
+    assert re.search(r"-m cstbatch\.cluster\.slurm aggregate \S+/\.cstbatch/slurm/0001$", aggregate, re.M)
     assert not (out / ".cstbatch" / "slurm").exists() and not (out / "logs").exists()
 
 
 def test_status_and_resubmission_plan_after_a_local_run(tmp_path):
-    from cstbatch.runner import run_doit
+    from cstbatch.engine.runner import run_doit
     from cstbatch.study import load_study
 
     manifest = make_study(tmp_path, subjects=(1, 3))  # one good session, one broken (keeps the run short)

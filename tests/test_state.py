@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cstbatch.records import content_digest
-from cstbatch.state import LockError, RunLock, ShardedJsonDB
+from cstbatch.outputs.records import content_digest
+from cstbatch.engine.state import LockError, RunLock, ShardedJsonDB
 from conftest import write_tiny_dwi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_lock_refuses_second_run_naming_holder_and_clears_stale(tmp_path):
     first = RunLock(tmp_path / ".cstbatch")
     first.acquire()
     holder = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        from cstbatch.state import RunLock, LockError
+        from cstbatch.engine.state import RunLock, LockError
         try:
             RunLock({str(tmp_path / '.cstbatch')!r}).acquire()
         except LockError as exc:
@@ -104,7 +104,7 @@ def register_denoisers(register):
 RUN = """
 import sys
 from pathlib import Path
-from cstbatch.runner import run_doit
+from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
 study = load_study(manifest=Path(sys.argv[1]), output_dir=Path(sys.argv[2]), plugins_dir=Path(sys.argv[3]))
 sys.exit(run_doit(study, ["run"] + sys.argv[4:]))
@@ -174,7 +174,7 @@ def register_denoisers(register):
 
 
 def test_session_timeout_fails_the_session_with_category_timeout(tmp_path):
-    from cstbatch.runner import run_doit
+    from cstbatch.engine.runner import run_doit
     from cstbatch.study import load_study
 
     manifest = _study(tmp_path, "slow", SLOW_PLUGIN, {"denoise_method": "slow", "session_timeout": 2})

@@ -10,7 +10,7 @@ from dipy.core.gradients import gradient_table
 from dipy.core.sphere import HemiSphere, disperse_charges
 from dipy.sims.voxel import multi_tensor, single_tensor
 
-from cstbatch.gradients import voxel_to_world_dirs
+from cstbatch.steps.gradients import voxel_to_world_dirs
 from cstbatch.steps.denoise import (
     denoise_mppca,
     denoise_nlmeans,

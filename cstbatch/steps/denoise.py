@@ -7,7 +7,7 @@ sessions side by side in doit's process pool. dipy's ``parallel=True`` paths swi
 multiprocessing to the *spawn* start method globally, which breaks that pool, and OpenMP
 ``num_threads > 1`` oversubscribes the cores the other sessions are using.
 
-Options used (defaults in :mod:`cstbatch.options`):
+Options used (defaults in :mod:`cstbatch.study.options`):
 
 ``denoise_patch_radius`` (int, voxels)
     Patch radius of nlmeans (similarity patch) and mppca (local PCA patch). mppca needs more

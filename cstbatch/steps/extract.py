@@ -283,7 +283,7 @@ def _node_density_scores(res: np.ndarray, cell_mm: float, reference: np.ndarray 
 def core_filter(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray,
                 options: Mapping[str, Any] | None = None) -> np.ndarray:
     """The subset of ``idx`` (one side's streamlines) forming the bundle core."""
-    from .metrics import _resample, orient_streamlines
+    from cstbatch.steps.metrics import _resample, orient_streamlines
 
     options = dict(options or {})
     if not options.get("extract_core_filter", True) or len(idx) < CORE_MIN_STREAMLINES:

@@ -26,7 +26,7 @@ from dipy.core.gradients import GradientTable, gradient_table
 
 from cstbatch.atomic import save_nifti, write_text
 from cstbatch.errors import DependencyError, InputError
-from cstbatch.gradients import (
+from cstbatch.steps.gradients import (
     B0_THRESHOLD,
     bids_to_voxel_axes,
     read_bvals_bvecs,
@@ -49,7 +49,7 @@ class CheckedDwi:
     bvals : float64 (N,)
         b-values, s/mm².
     bvecs_bids : float64 (N, 3)
-        b-vectors as in the ``.bvec`` file (BIDS/FSL convention, see :mod:`cstbatch.gradients`).
+        b-vectors as in the ``.bvec`` file (BIDS/FSL convention, see :mod:`cstbatch.steps.gradients`).
     bvecs_voxel : float64 (N, 3)
         Unit vectors along the image voxel axes (the BIDS x-flip undone).
     gtab : dipy GradientTable
@@ -230,7 +230,7 @@ def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
         4-D ``.nii`` / ``.nii.gz`` (X, Y, Z, N volumes). A ``.json`` sidecar with the same stem
         next to it, if present, must parse.
     bval, bvec : path
-        FSL/BIDS gradient files (see :func:`cstbatch.gradients.read_bvals_bvecs`).
+        FSL/BIDS gradient files (see :func:`cstbatch.steps.gradients.read_bvals_bvecs`).
 
     Returns
     -------

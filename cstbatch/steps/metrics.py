@@ -229,7 +229,7 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     options = dict(options or {})
     nodes = int(options.get("profile_nodes") or DEFAULT_PROFILE_NODES)
     if nodes < 2:
-        from ..errors import OptionError
+        from cstbatch.errors import OptionError
 
         raise OptionError(f"profile_nodes: must be at least 2, got {nodes}")
     maps = {k: np.asarray(v) for k, v in (maps or {}).items() if k in SCALARS}

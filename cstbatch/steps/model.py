@@ -21,7 +21,7 @@ def fit_tensor_maps(data: np.ndarray, gtab, mask: np.ndarray | None) -> dict[str
         poisoned by a single degenerate voxel; FA clipped to [0, 1].
         ``evecs``: float32 (X, Y, Z, 3, 3), ``evecs[..., :, k]`` is the unit eigenvector of the
         k-th largest eigenvalue, in voxel-axis coordinates (map to the world with
-        :func:`cstbatch.gradients.voxel_to_world_dirs`); 0 outside the mask.
+        :func:`cstbatch.steps.gradients.voxel_to_world_dirs`); 0 outside the mask.
 
     Why weighted least squares (dipy's default "WLS"): unbiased enough at clinical SNR and
     an order of magnitude faster than non-linear fits. dipy fits only the masked voxels

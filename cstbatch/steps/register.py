@@ -16,7 +16,7 @@ alone. dipy's level budget is a function-evaluation limit: 0 still evaluates a f
 that level, it does not skip it.
 
 Which template image: the ICBM atlas gives an FA-like image (0.55·WM + 0.15·GM probability,
-see ``cstbatch.atlas.fa_like_template``) rather than the T1. FA maps have no skull, scalp or
+see ``cstbatch.steps.atlas.fa_like_template``) rather than the T1. FA maps have no skull, scalp or
 CSF signal and white matter is their brightest tissue; the FA-like template shares this, so
 both the centre-of-mass start and mutual information lock onto the same structures. With the
 T1 the skull dominates the centre of mass and the outline, and WM/GM contrast is reversed
@@ -38,8 +38,8 @@ from typing import Any, Mapping
 import nibabel as nib
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import InputError, OptionError
+from cstbatch.atomic import atomic_path
+from cstbatch.errors import InputError, OptionError
 
 REGISTRATION_METHODS = ("affine", "syn")
 
@@ -202,11 +202,15 @@ def registration_quality(fa: np.ndarray, warped: np.ndarray) -> float:
 def register_template(fa_img, template_img, options: Mapping[str, Any] | None = None) -> Registration:
     """Register the template (moving) to the subject FA (static); return the transform.
 
-    ``template_img``: a nibabel image in MNI space, or an :class:`~cstbatch.atlas.Atlas`
+    ``template_img``: a nibabel image in MNI space, or an :class:`~cstbatch.steps.atlas.Atlas`
     (its FA-like ``registration_template`` is used). ``options["registration_method"]``:
     ``"affine"`` (default) or ``"syn"``.
     """
-    from dipy.align.imaffine import AffineRegistration, MutualInformationMetric, transform_centers_of_mass
+    from dipy.align.imaffine import (
+        AffineRegistration,
+        MutualInformationMetric,
+        transform_centers_of_mass,
+    )
     from dipy.align.transforms import AffineTransform3D, RigidTransform3D
 
     options = dict(options or {})

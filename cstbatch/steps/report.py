@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..layout import TENSOR_PARAMS
-from ..options import STEPS
-from ..records import read_record
+from cstbatch.outputs.layout import TENSOR_PARAMS
+from cstbatch.outputs.records import read_record
+from cstbatch.study.options import STEPS
 
 
 @dataclass
@@ -97,13 +97,13 @@ def cst_voxel_masks(streamlines: dict[str, list], ref_img) -> dict[str, Any]:
     Streamlines are RAS+ mm; they are mapped to voxels with the inverse of ``ref_img.affine``
     (``cstbatch.steps.metrics.visited_voxel_mask``), so the masks are right for any voxel order.
     """
-    from .metrics import visited_voxel_mask
+    from cstbatch.steps.metrics import visited_voxel_mask
 
     return {side: visited_voxel_mask(sl, ref_img.shape[:3], ref_img.affine) for side, sl in streamlines.items()}
 
 
 def _num(value):
-    from ..figures import to_float
+    from cstbatch.outputs.figures import to_float
 
     return to_float(value)
 
@@ -114,7 +114,7 @@ def _side(metrics: dict, side: str) -> dict:
 
 def _pct_sentence(label: str, left, right, li, unit_scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
     """"Left CST FA is 12% lower than right CST FA (0.412 vs 0.468; laterality index −0.064)."""
-    from ..figures import fmt
+    from cstbatch.outputs.figures import fmt
 
     lv, rv = _num(left), _num(right)
     if lv != lv or rv != rv:  # NaN
@@ -174,7 +174,7 @@ def profile_difference(metrics: dict, name: str = "fa") -> dict | None:
 
 def summary_sentences(metrics: dict) -> list[str]:
     """Plain-language findings: FA and MD left vs right, size, and the largest focal FA difference."""
-    from ..figures import fmt
+    from cstbatch.outputs.figures import fmt
 
     lat = metrics.get("laterality") or {}
     L, R = _side(metrics, "left"), _side(metrics, "right")
@@ -202,7 +202,7 @@ def summary_sentences(metrics: dict) -> list[str]:
 
 def qc_flags(session: SessionReportInput) -> list[str]:
     """Automatic QC warnings (empty when nothing looks wrong)."""
-    from ..figures import fmt
+    from cstbatch.outputs.figures import fmt
 
     flags = []
     reg = (session.records.get("register") or {}).get("info") or {}
@@ -231,7 +231,7 @@ def _views_for_tracts(fa, masks, affine, convention):
     """Axial (mid-CST, about the internal capsule), coronal (most CST voxels), sagittal per side."""
     import numpy as np
 
-    from ..figures import make_view, world_centroid
+    from cstbatch.outputs.figures import make_view, world_centroid
 
     union = masks["left"] | masks["right"]
     ref = union if union.any() else (fa > 0.1 if (fa > 0.1).any() else np.ones(fa.shape, bool))
@@ -263,7 +263,7 @@ def tract_overlay_figure(fa_img, masks: dict, convention: str = "radiological"):
     import numpy as np
     from matplotlib.patches import Patch
 
-    from ..figures import SIDE_COLORS, draw_slice, fmt, new_figure
+    from cstbatch.outputs.figures import SIDE_COLORS, draw_slice, fmt, new_figure
 
     fa = np.nan_to_num(np.asarray(fa_img.dataobj, np.float32))
     affine = fa_img.affine
@@ -288,7 +288,7 @@ def profile_figure(metrics: dict):
     """FA and MD along the tract (brainstem → cortex), left vs right, mean ± std shading."""
     import numpy as np
 
-    from ..figures import SIDE_COLORS, new_figure
+    from cstbatch.outputs.figures import SIDE_COLORS, new_figure
 
     fig = new_figure(8.4, 2.9)
     axes = fig.subplots(1, 2)
@@ -323,7 +323,7 @@ def laterality_figure(laterality: dict):
     """Horizontal bars of the laterality index of each metric (n/a where undefined)."""
     import numpy as np
 
-    from ..figures import SIDE_COLORS, new_figure
+    from cstbatch.outputs.figures import SIDE_COLORS, new_figure
 
     keys = list(laterality)
     fig = new_figure(6.0, 0.45 + 0.32 * max(len(keys), 1) + 0.55)
@@ -354,7 +354,7 @@ def mask_qc_figure(background_img, mask, convention: str = "radiological", title
     """Brain-mask outline (yellow) on the mean DWI: three axial, one coronal and one sagittal slice."""
     import numpy as np
 
-    from ..figures import draw_slice, make_view, new_figure, robust_range
+    from cstbatch.outputs.figures import draw_slice, make_view, new_figure, robust_range
 
     bg = np.nan_to_num(np.asarray(background_img.dataobj, np.float32))
     affine, zooms = background_img.affine, background_img.header.get_zooms()[:3]
@@ -379,7 +379,7 @@ def mask_qc_figure(background_img, mask, convention: str = "radiological", title
 
 # --------------------------------------------------------------------------- document
 def _records_table(records: dict) -> list[list]:
-    from ..options import STEPS
+    from cstbatch.study.options import STEPS
 
     rows = []
     for step in STEPS:
@@ -393,7 +393,7 @@ def _records_table(records: dict) -> list[list]:
 
 
 def _key_table(metrics: dict) -> list[list]:
-    from ..figures import fmt
+    from cstbatch.outputs.figures import fmt
 
     L, R, lat = _side(metrics, "left"), _side(metrics, "right"), metrics.get("laterality") or {}
     scale, unit = _md_scale([m.get(f"{d}_mean") for m in (L, R) for d in DIFFUSIVITIES])
@@ -412,7 +412,7 @@ def _key_table(metrics: dict) -> list[list]:
 
 
 def _regions_table(metrics: dict) -> list[list]:
-    from ..figures import fmt
+    from cstbatch.outputs.figures import fmt
 
     rows = []
     names = {"pontine": "pons", "internal_capsule": "internal capsule", "precentral": "precentral"}
@@ -420,7 +420,7 @@ def _regions_table(metrics: dict) -> list[list]:
     for r in regions:
         lv = ((_side(metrics, "left").get("regions") or {}).get(r) or {}).get("fa")
         rv = ((_side(metrics, "right").get("regions") or {}).get(r) or {}).get("fa")
-        from .metrics import laterality_index
+        from cstbatch.steps.metrics import laterality_index
 
         if lv is None and rv is None:
             continue
@@ -438,7 +438,7 @@ def _load_canonical(session: SessionReportInput):
     import nibabel as nib
     import numpy as np
 
-    from ..figures import canonical
+    from cstbatch.outputs.figures import canonical
 
     fa_img = canonical(nib.load(str(session.fa)))
     try:
@@ -469,8 +469,19 @@ def _load_canonical(session: SessionReportInput):
 
 def build_session_document(session: SessionReportInput, options: dict):
     """The report's content (blocks shared by the HTML and the PDF)."""
-    from .. import __version__
-    from ..figures import (H1, H2, H3, P, UL, Document, Fig, Png, Table, fmt)
+    from cstbatch._version import __version__
+    from cstbatch.outputs.figures import (
+        H1,
+        H2,
+        H3,
+        UL,
+        Document,
+        Fig,
+        P,
+        Png,
+        Table,
+        fmt,
+    )
 
     convention = str(options.get("report_convention") or "radiological").lower()
     if convention not in ("radiological", "neurological"):
@@ -580,9 +591,9 @@ def report_html(session: SessionReportInput, out_dir: Path, options: dict) -> li
     Option ``report_convention`` (``radiological``, default, or ``neurological``) sets how
     slices are displayed; letters on every slice name the world directions either way.
     """
-    from .. import __version__
-    from ..atomic import write_text
-    from ..figures import render_html, render_pdf, style
+    from cstbatch._version import __version__
+    from cstbatch.atomic import write_text
+    from cstbatch.outputs.figures import render_html, render_pdf, style
 
     out_dir = Path(out_dir)
     options = dict(session.options or {}, **(options or {}))

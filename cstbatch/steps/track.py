@@ -17,7 +17,7 @@ given in world mm. That is correct for RAS, LAS and oblique images and for aniso
 voxels; affines with shear are rejected by dipy and handled by resampling-free fallback (track
 in voxel space with the mean voxel size, then apply the affine).
 
-Options (defaults in :mod:`cstbatch.options`): ``track_seed_density`` (seeds per voxel), ``track_seed_fa``, ``track_stop_fa``, ``track_step_size`` (mm),
+Options (defaults in :mod:`cstbatch.study.options`): ``track_seed_density`` (seeds per voxel), ``track_seed_fa``, ``track_stop_fa``, ``track_step_size`` (mm),
 ``track_max_angle`` (degrees per step), ``track_min_length`` (mm), ``track_random_seed``.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..atomic import atomic_path
+from cstbatch.atomic import atomic_path
+
 #: b-values at or below this count as b0.
 _B0_THRESHOLD = 50.0
 #: the longest streamline followed (mm); the CST is ~150-200 mm in adults.
@@ -35,7 +36,7 @@ MAX_LENGTH_MM = 300.0
 
 def _opt(options: Mapping[str, Any], name: str):
     """The option's value, or its default from the one options table when unset."""
-    from ..options import OPTIONS
+    from cstbatch.study.options import OPTIONS
 
     val = options.get(name, None)
     return OPTIONS[name].default if val is None else val

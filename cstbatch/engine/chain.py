@@ -1,0 +1,63 @@
+"""The per-session chain, declared once: what each step reads, writes and is selected by.
+
+Both the task generator (targets, file_dep, up-to-date checks) and the step runner (what to
+write) read this table, so a new step is one entry here plus one function in ``session_steps``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from cstbatch.outputs.layout import TENSOR_PARAMS, SessionLayout
+from cstbatch.study.options import STEP_SELECTOR, STEPS  # noqa: F401  (STEP_SELECTOR: part of the chain's table)
+
+#: step -> earlier steps whose outputs it reads (its records are the task's file_dep).
+STEP_INPUTS: dict[str, tuple[str, ...]] = {
+    "ingest": (),
+    "denoise": ("ingest",),
+    "mask": ("ingest", "denoise"),
+    "model": ("ingest", "denoise", "mask"),
+    "track": ("ingest", "denoise", "mask", "model"),
+    "register": ("mask", "model"),
+    "extract": ("track", "register"),
+    "metrics": ("model", "register", "extract"),
+    "report": ("mask", "model", "register", "extract", "metrics"),
+}
+
+#: Version of each step's built-in code: bump when the output of that step changes.
+BUILTIN_STEP_VERSION: dict[str, str] = {step: "1" for step in STEPS}
+
+#: Version of the code a plugin-selected step runs around its plugin, where that code shapes
+#: the result: the register step takes its atlas from a plugin but registers with cstbatch's
+#: own code. Part of the step's up-to-date check; bump when that code's output changes.
+#: (2: rigid → affine from the centre of mass, without the translation stage.)
+STEP_CODE_VERSION: dict[str, str] = {"register": "2"}
+
+
+def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Path]:
+    """Files ``step`` writes (besides its record) — the task's targets."""
+    if step == "ingest":
+        return [layout.dwi, layout.bval, layout.bvec]
+    if step == "denoise":
+        return [layout.denoised]
+    if step == "mask":
+        return [layout.mask]
+    if step == "model":
+        return [layout.tensor_map(p) for p in TENSOR_PARAMS]
+    if step == "track":
+        return [layout.tractogram] + ([layout.tractogram_trx] if options.get("save_trx") else [])
+    if step == "register":
+        return [layout.transform, layout.registration_qc] + [
+            layout.roi(r) for r in ("brainstem", "motorL", "motorR")]
+    if step == "extract":
+        return [layout.cst("left"), layout.cst("right")]
+    if step == "metrics":
+        return [layout.metrics_json, layout.metrics_csv, layout.profiles_csv]
+    if step == "report":  # other reporters' files are listed in the step record
+        if options.get("reporter") != "html":
+            return []
+        return [layout.report_html] + ([layout.report_pdf] if options.get("generate_pdf") else [])
+    raise KeyError(step)
+
+
+assert set(STEP_INPUTS) == set(STEPS)

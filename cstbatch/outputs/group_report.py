@@ -1,0 +1,354 @@
+"""The group report: one self-contained HTML page for the whole study.
+
+Cohort table (with links to each session's report), FA distributions per side, laterality
+scatter plots, QC flags, robust outliers and failed sessions (step, category, message, log).
+
+Inputs are what the aggregation already has: ``summary`` from
+:func:`cstbatch.outputs.aggregate.generate_batch_summary` and ``rows``, the rows of
+``batch_metrics.csv`` (python values or the strings read back from the CSV; missing columns
+are fine). Step records are read, when present, for registration quality and whole-brain
+streamline counts. The page has no dates, so it only changes when the study's results do.
+
+Outliers: per metric, over the successful sessions, robust z = (x − median) / (1.4826 · MAD)
+(MAD: median absolute deviation; when it is 0, 1.2533 · mean absolute deviation is used);
+a session is listed when |z| > 3. At least :data:`MIN_SESSIONS_FOR_OUTLIERS` sessions with a
+value are needed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from cstbatch.outputs.figures import (
+    H1,
+    H2,
+    H3,
+    SIDE_COLORS,
+    UL,
+    Document,
+    Fig,
+    Link,
+    P,
+    RowClass,
+    Table,
+    fmt,
+    new_figure,
+    render_html,
+    style,
+    to_float,
+)
+
+OUTLIER_THRESHOLD = 3.0
+MIN_SESSIONS_FOR_OUTLIERS = 5
+BASE_METRICS = ("streamline_count", "volume_mm3", "mean_length_mm", "fa_mean", "md_mean", "rd_mean", "ad_mean")
+#: Columns screened for outliers.
+OUTLIER_METRICS = tuple(f"{side}_{m}" for side in ("left", "right") for m in BASE_METRICS) + \
+    tuple(f"laterality_{m}" for m in BASE_METRICS)
+QC_MIN_STREAMLINES = 10
+QC_MIN_REGISTRATION_R = 0.5
+
+
+def robust_z(values: Iterable[Any]) -> np.ndarray:
+    """Robust z-scores (median/MAD, see module doc); NaN stays NaN, all 0 when there is no spread."""
+    x = np.array([to_float(v) for v in values], float)
+    ok = np.isfinite(x)
+    z = np.full(x.shape, np.nan)
+    if not ok.any():
+        return z
+    med = float(np.median(x[ok]))
+    dev = np.abs(x[ok] - med)
+    scale = 1.4826 * float(np.median(dev))
+    if scale <= 0:
+        scale = 1.2533 * float(np.mean(dev))
+    z[ok] = (x[ok] - med) / scale if scale > 0 else 0.0
+    return z
+
+
+def _ok(row: Mapping[str, Any]) -> bool:
+    return str(row.get("status") or "success") == "success"
+
+
+def find_outliers(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = OUTLIER_METRICS,
+                  threshold: float = OUTLIER_THRESHOLD,
+                  min_sessions: int = MIN_SESSIONS_FOR_OUTLIERS) -> list[dict[str, Any]]:
+    """``[{key, metric, value, median, z}]`` for |robust z| > ``threshold`` (successful rows only)."""
+    good = [r for r in rows if _ok(r)]
+    out = []
+    for metric in metrics:
+        vals = np.array([to_float(r.get(metric)) for r in good], float)
+        if np.isfinite(vals).sum() < min_sessions:
+            continue
+        z = robust_z(vals)
+        med = float(np.nanmedian(vals))
+        for r, v, zi in zip(good, vals, z):
+            if np.isfinite(zi) and abs(zi) > threshold:
+                out.append({"key": str(r.get("key", "")), "metric": metric, "value": float(v), "median": med,
+                            "z": float(zi)})
+    out.sort(key=lambda o: (o["key"], o["metric"]))
+    return out
+
+
+def _prefixed(value: str | None, prefix: str) -> str | None:
+    if not value or value == "n/a":
+        return None
+    return value if value.startswith(prefix) else f"{prefix}{value}"
+
+
+def session_dir(subject: str, session: str | None) -> Path:
+    """The session's folder, relative to the derivative dataset (``sub-X[/ses-Y]``)."""
+    sub = _prefixed(str(subject), "sub-") or "sub-unknown"
+    ses = _prefixed(session, "ses-") if session else None
+    return Path(sub, ses) if ses else Path(sub)
+
+
+def report_href(subject: str, session: str | None, key: str) -> str:
+    return (session_dir(subject, session) / "metrics" / f"{key}_report.html").as_posix()
+
+
+def _record_info(output_dir: Path, rel: Path, key: str, step: str) -> dict:
+    from cstbatch.outputs.layout import SessionLayout
+    from cstbatch.outputs.records import read_record
+
+    rec = read_record(SessionLayout(Path(output_dir), key, rel).record(step)) or {}
+    return rec.get("info") or {}
+
+
+def _cohort(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per session: the summary's fields merged with its metrics row (by key)."""
+    by_key = {str(r.get("key")): r for r in rows if r.get("key")}
+    entries, seen = [], set()
+    for s in summary.get("sessions") or []:
+        key = str(s.get("key"))
+        seen.add(key)
+        row = dict(by_key.get(key, {}))
+        entries.append({**row, "key": key, "subject": s.get("subject") or row.get("participant_id") or "",
+                        "session": s.get("session") or (row.get("session_id") if row.get("session_id") != "n/a"
+                                                        else None),
+                        "status": s.get("status") or row.get("status") or "unknown", "_summary": s})
+    for key, row in by_key.items():
+        if key not in seen:
+            ses = row.get("session_id")
+            entries.append({**row, "key": key, "subject": row.get("participant_id") or "",
+                            "session": ses if ses and ses != "n/a" else None,
+                            "status": row.get("status") or "unknown", "_summary": {}})
+    return entries
+
+
+def _flags(entry: Mapping[str, Any], reg_q: float) -> list[str]:
+    flags = []
+    if entry["status"] != "success":
+        return flags
+    if not np.isfinite(to_float(entry.get("left_fa_mean"))) or not np.isfinite(to_float(entry.get("right_fa_mean"))):
+        flags.append("missing CST metrics")
+    for side in ("left", "right"):
+        n = to_float(entry.get(f"{side}_streamline_count"))
+        if np.isfinite(n) and n < QC_MIN_STREAMLINES:
+            flags.append(f"{int(n)} {side} CST streamlines")
+    if np.isfinite(reg_q) and reg_q < QC_MIN_REGISTRATION_R:
+        flags.append(f"registration r = {reg_q:.2f}")
+    return flags
+
+
+def fa_distribution_figure(entries: Sequence[Mapping[str, Any]], outliers: set[tuple[str, str]]):
+    """Box plot + strip of FA per side, sessions joined left–right; outlying values ringed.
+
+    ``outliers``: (key, metric) pairs; a side's point is ringed when ``<side>_fa_mean`` is one.
+    """
+    fig = new_figure(4.6, 3.4)
+    ax = fig.add_subplot(1, 1, 1)
+    keys = [e["key"] for e in entries]
+    vals = {s: np.array([to_float(e.get(f"{s}_fa_mean")) for e in entries], float) for s in ("left", "right")}
+    data = [v[np.isfinite(v)] for v in vals.values()]
+    ax.boxplot([d if d.size else [np.nan] for d in data], positions=[1, 2], widths=0.45, showfliers=False,
+               medianprops={"color": "black"})
+    n = len(entries)
+    jitter = (np.arange(n) - (n - 1) / 2) / max(n, 1) * 0.3 if n else np.zeros(0)
+    for i in range(n):
+        a, b = vals["left"][i], vals["right"][i]
+        if np.isfinite(a) and np.isfinite(b):
+            ax.plot([1 + jitter[i], 2 + jitter[i]], [a, b], color="#999", lw=0.5, zorder=1)
+    for pos, side in ((1, "left"), (2, "right")):
+        v = vals[side]
+        ok = np.isfinite(v)
+        ax.scatter(pos + jitter[ok], v[ok], s=14, color=SIDE_COLORS[side], zorder=2, edgecolors="none")
+        out = np.array([(k, f"{side}_fa_mean") in outliers for k in keys], bool) & ok
+        if out.any():
+            ax.scatter(pos + jitter[out], v[out], s=60, facecolors="none", edgecolors="black", lw=1.0, zorder=3)
+            for i in np.nonzero(out)[0]:
+                ax.annotate(keys[i], (pos + jitter[i], v[i]), xytext=(5, 0), textcoords="offset points",
+                            fontsize=6, va="center")
+    ax.set_xticks([1, 2])
+    ax.set_xticklabels(["left CST", "right CST"])
+    ax.set_xlim(0.5, 2.5)
+    ax.set_ylabel("mean FA")
+    ax.set_title("FA per side (lines join a session's two sides)")
+    ax.grid(axis="y", alpha=0.3, lw=0.5)
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.91, bottom=0.1)
+    return fig
+
+
+def laterality_figure(entries: Sequence[Mapping[str, Any]], outliers: set[tuple[str, str]]):
+    """FA left vs right (identity line) and FA laterality vs volume laterality.
+
+    A point is highlighted when one of the metrics it plots is an outlier (``(key, metric)`` pairs).
+    """
+    fig = new_figure(8.6, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    keys = [e["key"] for e in entries]
+    fl = np.array([to_float(e.get("left_fa_mean")) for e in entries], float)
+    fr = np.array([to_float(e.get("right_fa_mean")) for e in entries], float)
+    li_fa = np.array([to_float(e.get("laterality_fa_mean")) for e in entries], float)
+    li_vol = np.array([to_float(e.get("laterality_volume_mm3")) for e in entries], float)
+    def scatter(ax, x, y, metrics):
+        out = np.array([any((k, m) in outliers for m in metrics) for k in keys], bool)
+        ok = np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[ok & ~out], y[ok & ~out], s=16, color="#444", edgecolors="none", label="session")
+        if (ok & out).any():
+            ax.scatter(x[ok & out], y[ok & out], s=30, color="#e07b00", edgecolors="black", lw=0.6,
+                       label="outlier (|robust z| > 3)")
+            for i in np.nonzero(ok & out)[0]:
+                ax.annotate(keys[i], (x[i], y[i]), xytext=(4, 3), textcoords="offset points", fontsize=6)
+        return ok
+
+    ok = scatter(ax1, fl, fr, ("left_fa_mean", "right_fa_mean"))
+    if ok.any():
+        lo, hi = float(min(fl[ok].min(), fr[ok].min())), float(max(fl[ok].max(), fr[ok].max()))
+        pad = 0.05 * (hi - lo) + 0.01
+        ax1.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#999", lw=0.8, ls="--", label="left = right")
+        ax1.set_xlim(lo - pad, hi + pad)
+        ax1.set_ylim(lo - pad, hi + pad)
+        ax1.legend(loc="lower right", frameon=False)
+    ax1.set_xlabel("left CST mean FA")
+    ax1.set_ylabel("right CST mean FA")
+    ax1.set_title("FA: left vs right")
+    ax1.grid(alpha=0.3, lw=0.5)
+    ok2 = scatter(ax2, li_vol, li_fa, ("laterality_fa_mean", "laterality_volume_mm3"))
+    ax2.axhline(0, color="#999", lw=0.8)
+    ax2.axvline(0, color="#999", lw=0.8)
+    if ok2.any():
+        lim = max(0.05, float(np.nanmax(np.abs(np.r_[li_vol[ok2], li_fa[ok2]]))) * 1.15)
+        ax2.set_xlim(-lim, lim)
+        ax2.set_ylim(-lim, lim)
+    ax2.set_xlabel("volume laterality index (L − R)/(L + R)")
+    ax2.set_ylabel("FA laterality index")
+    ax2.set_title("Laterality: FA vs volume (negative: left lower)")
+    ax2.grid(alpha=0.3, lw=0.5)
+    for ax, ok_ in ((ax1, ok), (ax2, ok2)):
+        if not ok_.any():
+            ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center")
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.91, bottom=0.14, wspace=0.28)
+    return fig
+
+
+def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Document:
+    from cstbatch._version import __version__
+
+    output_dir = Path(output_dir)
+    entries = _cohort(summary, rows)
+    good = [e for e in entries if e["status"] == "success"]
+    outliers = find_outliers(good)
+    out_by_key: dict[str, list[dict]] = {}
+    for o in outliers:
+        out_by_key.setdefault(o["key"], []).append(o)
+    study = str(summary.get("study") or "study")
+    t = summary.get("totals") or {}
+    n_total = t.get("sessions", len(entries))
+    version = summary.get("cstbatch_version") or __version__
+
+    b = [H1(f"cstbatch group report — {study}"),
+         P(f"{n_total} sessions: {t.get('success', len(good))} succeeded, {t.get('failed', 0)} failed, "
+           f"{t.get('skipped', 0)} skipped, {t.get('pending', 0)} pending. cstbatch {version}.", css="summary")]
+
+    # cohort table
+    table, flagged = [], []
+    for e in entries:
+        rel = session_dir(e["subject"], e["session"])
+        reg = _record_info(output_dir, rel, e["key"], "register")
+        track = _record_info(output_dir, rel, e["key"], "track")
+        reg_q = to_float(reg.get("quality"))
+        flags = _flags(e, reg_q) + [f"outlier: {o['metric']} (z = {fmt(o['z'], 1, signed=True)})"
+                                    for o in out_by_key.get(e["key"], [])]
+        if flags:
+            flagged.append((e["key"], flags))
+        href = report_href(e["subject"], e["session"], e["key"])
+        has_report = e["status"] == "success" or (output_dir / href).exists()
+        css = e["status"] if e["status"] != "success" else ("flagged" if flags else "")
+        table.append([Link(e["key"], href) if has_report else e["key"], e["subject"], e["session"] or "",
+                      e["status"], fmt(track.get("streamlines"), 0),
+                      fmt(e.get("left_streamline_count"), 0), fmt(e.get("right_streamline_count"), 0),
+                      fmt(e.get("left_fa_mean")), fmt(e.get("right_fa_mean")),
+                      fmt(e.get("laterality_fa_mean"), 3, signed=True),
+                      fmt(e.get("laterality_volume_mm3"), 3, signed=True), fmt(reg_q, 2),
+                      "; ".join(flags), RowClass(css)])
+    b.append(H2("Cohort"))
+    b.append(Table(["Session (report)", "Participant", "Session", "Status", "Whole-brain streamlines",
+                    "Left CST streamlines", "Right CST streamlines", "Left FA", "Right FA", "FA LI", "Volume LI",
+                    "Registration r", "Flags"], table))
+    b.append(P("LI: laterality index (L − R)/(L + R), negative when the left value is lower. "
+               "Registration r: correlation of the subject's FA with the warped template.", css="meta"))
+
+    b.append(H2("Distributions"))
+    if good:
+        pairs = {(o["key"], o["metric"]) for o in outliers}
+        b.append(Fig(fa_distribution_figure(good, pairs),
+                     "Mean FA of the left (red) and right (blue) CST per session; boxes: median and quartiles; "
+                     "ringed: sessions with an outlying metric."))
+        b.append(Fig(laterality_figure(good, pairs),
+                     "Left: mean FA left vs right per session (dashed: perfect symmetry). Right: FA laterality vs "
+                     "volume laterality; a lesion typically lowers both on the affected side."))
+    else:
+        b.append(P("No successful sessions yet.", css="warn"))
+
+    b.append(H2("QC flags and outliers", anchor="qc"))
+    b.append(H3("QC flags"))
+    b.append(UL([f"{k}: {'; '.join(f)}" for k, f in flagged], css="warn") if flagged
+             else P("No session flagged.", css="ok"))
+    b.append(H3("Outliers", anchor="outliers"))
+    outlier_block = Table(["Session", "Metric", "Value", "Cohort median", "Robust z"],
+                          [[o["key"], o["metric"], fmt(o["value"], 4), fmt(o["median"], 4),
+                            fmt(o["z"], 1, signed=True)] for o in outliers])
+    n_good = len(good)
+    if n_good < MIN_SESSIONS_FOR_OUTLIERS:
+        b.append(P(f"Outlier screening needs at least {MIN_SESSIONS_FOR_OUTLIERS} successful sessions "
+                   f"({n_good} so far).", css="meta"))
+    elif outliers:
+        b.append(outlier_block)
+    else:
+        b.append(P("No metric with |robust z| > 3.", css="ok"))
+    b.append(P("Robust z = (value − median) / (1.4826 × median absolute deviation) over the successful sessions, "
+               "per metric; sessions beyond ±3 are listed.", css="meta"))
+
+    b.append(H2("Failed sessions", anchor="failed"))
+    failed = [e for e in entries if e["status"] == "failed"]
+    if failed:
+        rows_f = []
+        for e in failed:
+            s = e["_summary"]
+            log = s.get("log")
+            rows_f.append([e["key"], s.get("failed_step") or e.get("failed_step") or "",
+                           s.get("error_category") or e.get("error_category") or "", s.get("error") or "",
+                           Link(log, Path(log).as_posix()) if log else "", RowClass("failed")])
+        b.append(Table(["Session", "Step", "Category", "Message", "Log"], rows_f))
+    else:
+        b.append(P("No failed sessions.", css="ok"))
+    other = [e for e in entries if e["status"] not in ("success", "failed")]
+    if other:
+        b.append(H3("Not finished"))
+        b.append(UL([f"{e['key']}: {e['status']}"
+                     + (f" (last step {e['_summary'].get('last_step')})" if e["_summary"].get("last_step") else "")
+                     for e in other]))
+    return Document(title=f"cstbatch group report — {study}", blocks=b,
+                    footer=f"cstbatch {version}. Automated research output; not a diagnosis.")
+
+
+def write_group_report(output_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``output_dir/group_report.html`` (self-contained, deterministic) and return its path."""
+    from cstbatch.atomic import write_text
+
+    output_dir = Path(output_dir)
+    with style():
+        doc = build_group_document(output_dir, summary, list(rows or []))
+        text = render_html(doc)
+    return write_text(output_dir / "group_report.html", text)

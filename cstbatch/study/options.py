@@ -1,0 +1,175 @@
+"""The one documented options table, and how a session's effective options are built.
+
+Effective options of a session = package defaults ← manifest root ``options`` ← the entry's
+``options`` ← command line. Each option names the steps whose result it determines; a step's
+up-to-date check covers exactly those options, so changing ``track_step_size`` reruns track
+and what follows it, never ingest or denoise.
+
+Options whose ``kind`` is set select a registered plugin implementation of that step kind by
+name; their values are checked against the plugin registry at planning time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from cstbatch.errors import OptionError
+
+#: The per-session chain, in order. Each step's task depends on the previous one's record.
+STEPS = ("ingest", "denoise", "mask", "model", "track", "register", "extract", "metrics", "report")
+
+#: step -> option naming its plugin implementation (steps without one are built in).
+STEP_SELECTOR: dict[str, tuple[str, str]] = {
+    "denoise": ("denoise", "denoise_method"),
+    "mask": ("mask", "mask_method"),
+    "track": ("track", "track_method"),
+    "register": ("atlas", "atlas"),
+    "extract": ("extract", "extraction_method"),
+    "report": ("report", "reporter"),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    type: type | tuple[type, ...]
+    steps: tuple[str, ...]
+    help: str
+    kind: str | None = None  # plugin kind this option selects, if any
+
+
+def _opt(name, default, type_, steps, help_, kind=None):
+    return Option(name, default, type_, tuple(steps.split()), help_, kind)
+
+
+_NUM = (int, float)
+_OPTIONAL_STR = (str, type(None))
+
+OPTIONS: dict[str, Option] = {o.name: o for o in [
+    _opt("series", None, (str, int, type(None)), "ingest",
+         "DICOM input: series number or description to convert when a folder holds several DWI series."),
+    _opt("denoise_method", "none", str, "denoise",
+         "Denoiser (see `cstbatch plugins`). Default chosen by measured CST FA bias vs noise-free "
+         "truth and time (benchmarks/denoise_bias.py): none and mppca stay within 0.01 at SNR 15 "
+         "and 30, patch2self and nlmeans bias FA by -0.07 to -0.13; none is 150 CPU s faster.",
+         kind="denoise"),
+    _opt("denoise_patch_radius", 1, int, "denoise", "Patch radius (voxels) for nlmeans / mppca."),
+    _opt("patch2self_model", "ols", str, "denoise", "Regression model of patch2self: ols or ridge."),
+    _opt("mask_method", "median_otsu", str, "mask", "Brain-mask method.", kind="mask"),
+    _opt("mask_median_radius", 2, int, "mask", "median_otsu median filter radius (voxels)."),
+    _opt("mask_numpass", 2, int, "mask", "median_otsu number of median filter passes."),
+    _opt("track_method", "csd_deterministic", str, "track",
+         "Whole-brain tractography method; CSD-based so tracking gets through fibre crossings.",
+         kind="track"),
+    _opt("track_seed_density", 1, int, "track",
+         "Seeds per voxel of the seed mask, at reproducible random positions (1: ~60k streamlines on a "
+         "2 mm brain; keep seeds per mm³ alike across resolutions, e.g. 2 for 2.5 mm voxels)."),
+    _opt("track_seed_fa", 0.2, _NUM, "track", "FA above which voxels are seeded."),
+    _opt("track_stop_fa", 0.15, _NUM, "track", "Tracking stops where FA drops below this."),
+    _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel)."),
+    _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees."),
+    _opt("track_min_length", 20.0, _NUM, "track", "Streamlines shorter than this (mm) are dropped."),
+    _opt("track_random_seed", 42, int, "track", "Seed of the seeding jitter: same seed, same tractogram."),
+    _opt("save_trx", False, bool, "track", "Also save the whole-brain tractogram as TRX."),
+    _opt("atlas", "icbm2009a", str, "register extract metrics",
+         "Atlas provider giving the MNI template and CST ROIs.", kind="atlas"),
+    _opt("accept_fsl_license", False, bool, "register extract metrics",
+         "Required to use FSL-licensed atlases (harvard-oxford, juelich): non-commercial use only."),
+    _opt("atlas_template", None, _OPTIONAL_STR, "register extract metrics", "custom atlas: template image."),
+    _opt("atlas_labels", None, _OPTIONAL_STR, "register extract metrics", "custom atlas: label image."),
+    _opt("atlas_brainstem_ids", None, (list, type(None)), "register extract metrics",
+         "custom atlas: label ids of the brainstem."),
+    _opt("atlas_motor_left_ids", None, (list, type(None)), "register extract metrics",
+         "custom atlas: label ids of left motor cortex."),
+    _opt("atlas_motor_right_ids", None, (list, type(None)), "register extract metrics",
+         "custom atlas: label ids of right motor cortex."),
+    _opt("registration_method", "affine", str, "register", "Template→subject registration: affine or syn."),
+    _opt("extraction_method", "passthrough", str, "extract",
+         "CST selection: passthrough (brainstem + one motor ROI) or endpoint.", kind="extract"),
+    _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm)."),
+    _opt("extract_max_length", 250.0, _NUM, "extract", "Longest CST streamline kept (mm)."),
+    _opt("extract_core_filter", True, bool, "extract",
+         "Drop streamlines that leave the bundle's dense core (keeps neighbouring WM out of the CST)."),
+    _opt("extract_core_threshold", 0.35, _NUM, "extract", "Core filter: minimum density relative to the peak."),
+    _opt("extract_core_regrow", 0.15, _NUM, "extract",
+         "Core filter, second pass: candidates rescored against the first pass's core; minimum relative density to stay (0: off)."),
+    _opt("extract_midline_tolerance", 3.0, _NUM, "extract", "mm a streamline may cross the midline above the brainstem."),
+    _opt("extract_endpoint_tolerance", 3.0, _NUM, "extract", "endpoint method: mm an end may lie outside its ROI."),
+    _opt("profile_nodes", 100, int, "metrics", "Nodes per tract profile (brainstem → cortex)."),
+    _opt("reporter", "html", str, "report", "Report format (see `cstbatch plugins`).", kind="report"),
+    _opt("generate_pdf", True, bool, "report", "Also write report.pdf (the same pages as the HTML report, matplotlib only)."),
+    _opt("report_convention", "radiological", str, "report",
+         "Image display in reports: radiological (patient left on screen right) or neurological."),
+    _opt("session_timeout", None, (int, float, type(None)), "",
+         "Seconds a session's whole chain may run; the step running when it is spent fails "
+         "with category timeout (None: no limit)."),
+]}
+
+
+def defaults() -> dict[str, Any]:
+    return {name: opt.default for name, opt in OPTIONS.items()}
+
+
+def check_options(options: Mapping[str, Any], where: str = "options") -> list[str]:
+    """Return one problem line per unknown name or ill-typed value (JSON-path style)."""
+    problems = []
+    for name, value in options.items():
+        opt = OPTIONS.get(name)
+        if opt is None:
+            close = [n for n in OPTIONS if n.split("_")[0] == name.split("_")[0]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"{where}.{name}: unknown option{hint}")
+            continue
+        if isinstance(value, bool) and opt.type in (int, float, _NUM):
+            problems.append(f"{where}.{name}: expected a number, got {value!r}")
+        elif not isinstance(value, opt.type):
+            problems.append(f"{where}.{name}: expected {_type_name(opt.type)}, got {value!r}")
+    return problems
+
+
+def _type_name(t) -> str:
+    types = t if isinstance(t, tuple) else (t,)
+    return " or ".join("null" if x is type(None) else x.__name__ for x in types)
+
+
+def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """defaults ← layer1 ← layer2 …; raises OptionError on unknown names or bad types."""
+    merged = defaults()
+    for i, layer in enumerate(layers):
+        if not layer:
+            continue
+        problems = check_options(layer)
+        if problems:
+            raise OptionError("; ".join(problems))
+        merged.update(layer)
+    return merged
+
+
+def step_options(options: Mapping[str, Any], step: str) -> dict[str, Any]:
+    """The options that determine ``step``'s result (what its up-to-date check covers)."""
+    return {n: options[n] for n, o in OPTIONS.items() if step in o.steps}
+
+
+def parse_cli_value(name: str, text: str) -> Any:
+    """Turn ``--option name=value`` text into the option's type (JSON-ish: numbers, bools, null)."""
+    import json
+
+    if name not in OPTIONS:
+        raise OptionError(f"--option {name}: unknown option")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    problems = check_options({name: value}, where="--option")
+    if problems:
+        raise OptionError(problems[0])
+    return value
+
+
+def options_table_markdown() -> str:
+    """The documented defaults table (README and `cstbatch options` print it)."""
+    rows = ["| option | default | steps | meaning |", "|---|---|---|---|"]
+    for o in OPTIONS.values():
+        rows.append(f"| `{o.name}` | `{o.default!r}` | {', '.join(o.steps) or '—'} | {o.help} |")
+    return "\n".join(rows)
