@@ -77,13 +77,14 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
     upstream = [s for s in STEP_INPUTS[step]
                 if (read_record(layout.record(s)) or {}).get("status") != "success"]
     start = time.perf_counter()
+    cpu_start = time.process_time()
     _reset_peak_rss()
     try:
         if upstream:
             record.update(status="skipped", reason=f"earlier step {upstream[0]} did not succeed")
             log.info("%s: skipped (earlier step %s did not succeed)", step, upstream[0])
             _remove_stale(step, layout, spec.options)
-            return _finish(layout, step, record, start, stop_on_first_crash=False)
+            return _finish(layout, step, record, start, cpu_start, stop_on_first_crash=False)
         impl = implementation_for(step, spec.options, job["plugins_dir"])
         record["implementation"] = ({"name": impl.name, "version": impl.version, "source": impl.source}
                                     if impl else {"name": "builtin", "version": BUILTIN_STEP_VERSION[step],
@@ -104,8 +105,8 @@ def run_step(step: str, job: dict[str, Any], stop_on_first_crash: bool = False) 
         log.error("%s failed: %s\n%s", step, record["error"]["message"], traceback.format_exc())
         _write_error_log(layout, step, record["error"], traceback.format_exc())
         _remove_stale(step, layout, spec.options)
-        return _finish(layout, step, record, start, stop_on_first_crash)
-    return _finish(layout, step, record, start, stop_on_first_crash)
+        return _finish(layout, step, record, start, cpu_start, stop_on_first_crash)
+    return _finish(layout, step, record, start, cpu_start, stop_on_first_crash)
 
 
 class StepTimeout(CstBatchError):
@@ -178,8 +179,12 @@ def _remove_stale(step: str, layout: SessionLayout, options: dict) -> None:
             path.unlink()
 
 
-def _finish(layout: SessionLayout, step: str, record: dict, start: float, stop_on_first_crash: bool):
+def _finish(layout: SessionLayout, step: str, record: dict, start: float, cpu_start: float,
+            stop_on_first_crash: bool):
     record["duration_s"] = round(time.perf_counter() - start, 3)
+    # CPU time of this process (all its threads): wall above CPU means the step waited (I/O, a
+    # busy machine); CPU above wall means BLAS threads ran in parallel
+    record["cpu_s"] = round(time.process_time() - cpu_start, 3)
     record["peak_rss_mb"] = _peak_rss_mb()
     record["finished"] = _now()
     write_record(layout.record(step), record)

@@ -4,7 +4,7 @@ A record says whether the step succeeded, failed (category, message, plugin) or 
 because an earlier step failed, with checksums of what it wrote, its duration and peak memory.
 Later steps depend on records (never directly on outputs that may be missing), which is what
 lets one session fail without stopping the others or the aggregation. ``duration_s``,
-``peak_rss_mb``, ``started`` and ``finished`` are the only fields that differ between two
+``cpu_s``, ``peak_rss_mb``, ``started`` and ``finished`` are the only fields that differ between two
 identical runs.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from cstbatch.atomic import write_json
 
-VOLATILE_FIELDS = ("duration_s", "peak_rss_mb", "started", "finished")
+VOLATILE_FIELDS = ("duration_s", "cpu_s", "peak_rss_mb", "started", "finished")
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
