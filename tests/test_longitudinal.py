@@ -3,10 +3,12 @@ beyond the repeatability coefficient, the group report's section, and when aggre
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
 import shutil
+from contextlib import redirect_stdout
 from datetime import datetime
 from pathlib import Path
 
@@ -269,3 +271,57 @@ def test_group_report_longitudinal_section(tmp_path):
     assert re.search(r"<td>fa_mean</td><td>left</td>", section)
     without = write_group_report(tmp_path / "none", summary, rows[5:6], None).read_text(encoding="utf-8")
     assert "No subject has two or more successful sessions." in without
+
+
+# --------------------------------------------------------------------------- aggregation reruns
+def test_aggregation_reruns_only_when_session_times_or_the_reference_rc_change(tmp_path):
+    """A real (tiny) two-session BIDS subject: the aggregation is one task that depends on the
+    scans.tsv stating the times and on reference_rc_fa, and nothing else reruns for them."""
+    from cstbatch.engine.runner import run_doit
+    from cstbatch.study import load_study
+    from conftest import write_tiny_dwi
+
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    (bids / "dataset_description.json").parent.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "tiny", "BIDSVersion": "1.10.0"}')
+    times = {"ses-1": "2020-01-01T10:00:00", "ses-2": "2021-01-01T10:00:00"}
+
+    def write_scans():
+        for ses, when in times.items():
+            (bids / "sub-01" / ses / f"sub-01_{ses}_scans.tsv").write_text(
+                f"filename\tacq_time\ndwi/sub-01_{ses}_dwi.nii.gz\t{when}\n")
+
+    for i, ses in enumerate(times):
+        write_tiny_dwi(bids / "sub-01" / ses / "dwi" / f"sub-01_{ses}_dwi", seed=i)
+    write_scans()
+
+    def run(**options):
+        study = load_study(bids_dir=bids, output_dir=out, options={"generate_pdf": False, **options})
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            code = run_doit(study, ["run"])
+        return code, re.findall(r"^\.  (\S+)", buf.getvalue(), flags=re.M)
+
+    def order():
+        rows = [r for r in _read_tsv(out / "longitudinal.tsv") if r["metric"] == "fa_mean" and r["side"] == "left"]
+        return [(r["session_id"], r["session_index"], r["order_source"]) for r in rows]
+
+    code, ran = run()
+    assert code == 0 and "aggregate" in ran
+    assert order() == [("ses-1", "0", "acq_time"), ("ses-2", "1", "acq_time")]
+    # (the tiny phantom has no CST: counts are 0 and FA is missing, which the tables must carry)
+    rel = next(r for r in _read_tsv(out / "reliability.tsv")
+               if r["metric"] == "streamline_count" and r["side"] == "left")
+    assert (rel["n_subjects"], rel["n_sessions"], rel["icc"], rel["wcv"], rel["rc"]) == ("1", "2", "n/a", "n/a", "0.0")
+    assert run() == (0, [])
+    times["ses-1"] = "2022-01-01T10:00:00"  # the first scan turns out to be the later one
+    write_scans()
+    assert run() == (0, ["aggregate"])
+    assert order() == [("ses-2", "0", "acq_time"), ("ses-1", "1", "acq_time")]
+    summary = json.loads((out / "batch_summary.json").read_text())
+    later = next(s for s in summary["sessions"] if s["session"] == "ses-1")
+    assert later["longitudinal"]["baseline_session"] == "ses-2" and later["longitudinal"]["rc_fa"]["left"] is None
+    assert run(reference_rc_fa=0.02) == (0, ["aggregate"])
+    fa = [r for r in _read_tsv(out / "longitudinal.tsv") if r["metric"] == "fa_mean" and r["side"] != "laterality"]
+    assert {(r["rc"], r["rc_source"], r["change_beyond_rc"]) for r in fa} == {("0.02", "reference", "n/a")}
+    assert run(reference_rc_fa=0.02) == (0, [])
