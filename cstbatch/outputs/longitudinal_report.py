@@ -56,8 +56,8 @@ def trajectories_figure(long_rows):
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylabel("mean FA")
     if len(subjects) <= 12:
-        axes[1].legend(loc="best", frameon=False, fontsize=6)
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.15, wspace=0.08)
+        axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=6)
+    fig.subplots_adjust(left=0.08, right=0.86, top=0.9, bottom=0.15, wspace=0.08)
     return fig
 
 
@@ -90,8 +90,8 @@ def change_figure(long_rows, rcs: Mapping[str, tuple[float | None, str]]):
     ax.set_ylabel("ΔFA from baseline")
     ax.set_title("Change in mean CST FA against the repeatability coefficient (ringed: beyond RC)")
     ax.grid(axis="y", alpha=0.3, lw=0.5)
-    ax.legend(loc="best", frameon=False)
-    fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.subplots_adjust(left=0.1, right=0.76, top=0.9, bottom=0.3)
     return fig
 
 
