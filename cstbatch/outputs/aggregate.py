@@ -179,9 +179,15 @@ def write_longitudinal(out_dir: Path, subjects, rows: list[dict], reference_rc_f
     """Write ``reliability.tsv`` and ``longitudinal.tsv``; return (key → the session's
     longitudinal entry for batch_summary.json, the tables and session times for the report)."""
     from cstbatch.outputs import longitudinal, reliability  # numpy: keep it off start-up
-    from cstbatch.study.sessions import acquisition_time
+    from cstbatch.study.sessions import SessionTime, acquisition_time
 
-    times = {s.key: acquisition_time(s) for s in subjects}
+    def when(spec):
+        try:
+            return acquisition_time(spec)
+        except OSError:  # an unreadable input folder: the session is ordered by its label
+            return SessionTime(None, None)
+
+    times = {s.key: when(s) for s in subjects}
     rel = reliability.reliability_rows(rows)
     long_rows = longitudinal.longitudinal_rows(rows, times, rel, reference_rc_fa)
     paths = group_paths(out_dir)
