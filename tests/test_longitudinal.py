@@ -14,12 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cstbatch.outputs.longitudinal import longitudinal_rows, ordered_subjects, session_flags
-from cstbatch.outputs.reliability import reliability, reliability_rows
-from cstbatch.study.sessions import SessionTime, acquisition_time, natural_key, parse_datetime, time_sources
-from cstbatch.study.spec import SubjectSpec
 from conftest import SHARED
+
+from cstbatch.outputs.longitudinal import (
+    longitudinal_rows,
+    ordered_subjects,
+    session_flags,
+)
+from cstbatch.outputs.reliability import reliability, reliability_rows
+from cstbatch.study.sessions import (
+    SessionTime,
+    acquisition_time,
+    natural_key,
+    parse_datetime,
+    time_sources,
+)
+from cstbatch.study.spec import SubjectSpec
 
 TRIO = SHARED / "real-dwi" / "sub-trio"
 
@@ -232,7 +242,7 @@ def test_write_longitudinal_tables_and_report_section(tmp_path):
         prof = {side: {"profiles": {"fa": list(np.linspace(0.6, 0.4, 20) + (shift if side == "left" else 0))}}
                 for side in ("left", "right")}
         m.write_text(json.dumps({"metrics": prof}))
-    flags, repeated = write_longitudinal(tmp_path, specs, rows, 0.03)
+    flags, _ = write_longitudinal(tmp_path, specs, rows, 0.03)
     rel = _read_tsv(tmp_path / "reliability.tsv")
     assert list(rel[0]) == ["metric", "side", "n_subjects", "n_sessions", "mean", "wcv", "icc", "sem", "rc"]
     left = next(r for r in rel if r["metric"] == "fa_mean" and r["side"] == "left")
@@ -277,9 +287,10 @@ def test_group_report_longitudinal_section(tmp_path):
 def test_aggregation_reruns_only_when_session_times_or_the_reference_rc_change(tmp_path):
     """A real (tiny) two-session BIDS subject: the aggregation is one task that depends on the
     scans.tsv stating the times and on reference_rc_fa, and nothing else reruns for them."""
+    from conftest import write_tiny_dwi
+
     from cstbatch.engine.runner import run_doit
     from cstbatch.study import load_study
-    from conftest import write_tiny_dwi
 
     bids, out = tmp_path / "bids", tmp_path / "out"
     (bids / "dataset_description.json").parent.mkdir(parents=True)
@@ -300,7 +311,7 @@ def test_aggregation_reruns_only_when_session_times_or_the_reference_rc_change(t
         buf = io.StringIO()
         with redirect_stdout(buf):
             code = run_doit(study, ["run"])
-        return code, re.findall(r"^\.  (\S+)", buf.getvalue(), flags=re.M)
+        return code, re.findall(r"^\.  (\S+)", buf.getvalue(), flags=re.MULTILINE)
 
     def order():
         rows = [r for r in _read_tsv(out / "longitudinal.tsv") if r["metric"] == "fa_mean" and r["side"] == "left"]

@@ -178,7 +178,10 @@ def aggregate(job: dict[str, Any]) -> dict[str, Any]:
 def write_longitudinal(out_dir: Path, subjects, rows: list[dict], reference_rc_fa: float | None):
     """Write ``reliability.tsv`` and ``longitudinal.tsv``; return (key → the session's
     longitudinal entry for batch_summary.json, the tables and session times for the report)."""
-    from cstbatch.outputs import longitudinal, reliability  # numpy: keep it off start-up
+    from cstbatch.outputs import (  # numpy: keep it off start-up
+        longitudinal,
+        reliability,
+    )
     from cstbatch.study.sessions import SessionTime, acquisition_time
 
     def when(spec):

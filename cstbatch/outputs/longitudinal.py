@@ -17,7 +17,8 @@ which); the first is the baseline. Per session, metric and side (``left``, ``rig
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cstbatch.outputs.reliability import METRICS, SIDES
 from cstbatch.study.sessions import SessionTime, session_order_key

@@ -14,12 +14,24 @@ metrics.json.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from cstbatch.outputs.figures import H2, H3, P, SIDE_COLORS, Fig, RowClass, Table, fmt, new_figure, to_float
+from cstbatch.outputs.figures import (
+    H2,
+    H3,
+    SIDE_COLORS,
+    Fig,
+    P,
+    RowClass,
+    Table,
+    fmt,
+    new_figure,
+    to_float,
+)
 from cstbatch.outputs.layout import SessionLayout
 from cstbatch.outputs.longitudinal import FLAG_METRIC, MIN_SUBJECTS_FOR_STUDY_RC, fa_rc
 
