@@ -336,3 +336,20 @@ def test_aggregation_reruns_only_when_session_times_or_the_reference_rc_change(t
     fa = [r for r in _read_tsv(out / "longitudinal.tsv") if r["metric"] == "fa_mean" and r["side"] != "laterality"]
     assert {(r["rc"], r["rc_source"], r["change_beyond_rc"]) for r in fa} == {("0.02", "reference", "n/a")}
     assert run(reference_rc_fa=0.02) == (0, [])
+
+
+def test_sample_study_sub01_sessions_are_ordered_by_label(tmp_path):
+    """The sample study's sub-01 has two sessions and no acquisition times: label order, and the
+    aggregation of the sample study does not depend on (task-made) time files."""
+    from cstbatch.engine.tasks import aggregate_task
+    from cstbatch.study import load_study
+
+    study = load_study(output_dir=tmp_path / "out")
+    times = {s.key: acquisition_time(s) for s in study.subjects}
+    rows = [{"participant_id": s.subject_id, "session_id": s.session_id or "n/a", "key": s.key,
+             "status": "success", "left_fa_mean": 0.5 + 0.01 * i} for i, s in enumerate(reversed(study.subjects))]
+    ordered = ordered_subjects(rows, times)
+    assert list(ordered) == ["sub-01"]
+    assert [r["session_id"] for r in ordered["sub-01"][0]] == ["ses-01", "ses-02"] and ordered["sub-01"][1] == "label"
+    task = aggregate_task(study)
+    assert all(str(p).endswith(".json") and "_step-" in str(p) for p in task["file_dep"])
