@@ -159,9 +159,15 @@ def profile_difference_figure(first: Mapping[str, np.ndarray], second: Mapping[s
     return fig
 
 
+def sig(value, digits: int = 4) -> str:
+    """``digits`` significant digits: MD (~0.0008 mm²/s) and volume (~5000 mm³) share columns."""
+    v = to_float(value)
+    return "n/a" if not np.isfinite(v) else f"{v:.{digits}g}".replace("-", "−")
+
+
 def reliability_table(rel_rows: Sequence[Mapping[str, Any]]):
-    rows = [[r["metric"], r["side"], r["n_subjects"], r["n_sessions"], fmt(r["mean"], 4), fmt(r["wcv"], 4),
-             fmt(r["icc"], 3), fmt(r["sem"], 4), fmt(r["rc"], 4)] for r in rel_rows if r["n_subjects"]]
+    rows = [[r["metric"], r["side"], r["n_subjects"], r["n_sessions"], sig(r["mean"]), fmt(r["wcv"], 4),
+             fmt(r["icc"], 3), sig(r["sem"]), sig(r["rc"])] for r in rel_rows if r["n_subjects"]]
     return Table(["Metric", "Side", "Subjects", "Sessions", "Mean", "wCV", "ICC(1,1)", "SEM", "RC"], rows)
 
 
