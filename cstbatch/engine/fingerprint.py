@@ -11,7 +11,9 @@ parsing of records), in five parts:
   version and source of every implementation);
 * ``config``: per session, in study order: its key, folder, raw input paths, effective options
   and the digest of each step's implementation config (what ``signatures.step_config`` compares);
-* ``inputs``: the raw inputs' ``signatures.input_signature`` (what ``inputs_unchanged`` compares);
+* ``inputs``: the raw inputs' ``signatures.input_signature`` (what ``inputs_unchanged`` compares),
+  and the files that state acquisition times (``study.sessions.time_sources``: the aggregation
+  depends on them);
 * ``outputs``: size, mtime, ctime and inode of every target of every task (step records and
   outputs, the aggregation's files); the list of paths is saved with the fingerprint (it is a
   function of the ``code`` and ``config`` parts, which are compared first);
@@ -115,15 +117,17 @@ class StudyFingerprint:
         for spec in study.subjects:
             configs = step_configs(spec.options, self.registry, self._configs)
             lines.append("\t".join([spec.key, str(spec.relative_dir), spec.input_type, str(spec.input_path),
-                                    str(spec.bval), str(spec.bvec), options_key(spec.options)]
+                                    str(spec.bval), str(spec.bvec), options_key(spec.options),
+                                    str(spec.session_date)]
                                    + [configs[step][1] for step in STEPS]))
         return _sha(lines)
 
     def inputs(self) -> str:
         from cstbatch.engine.signatures import input_signature
+        from cstbatch.study.sessions import time_sources
 
-        return _sha([input_signature([p for p in (s.input_path, s.bval, s.bvec) if p is not None])
-                     for s in self.study.subjects])
+        return _sha([input_signature([p for p in (s.input_path, s.bval, s.bvec) if p is not None]
+                                     + time_sources(s)) for s in self.study.subjects])
 
     def _output_lines(self, paths: list[str]) -> list[str]:
         prefix = str(self.out_dir) + os.sep

@@ -102,16 +102,28 @@ def _sample_dep(key: str) -> str:
 def aggregate_task(study: Study) -> dict:
     from cstbatch.outputs.aggregate import aggregate_action, study_to_job
 
+    from cstbatch.study.options import merge_options
+    from cstbatch.study.sessions import time_sources
+
     out_dir = study.config.output_dir
     layouts = [SessionLayout.of(out_dir, s) for s in study.subjects]
+    # what orders sessions (longitudinal.tsv): the files stating acquisition times, manifest
+    # dates, and the reference repeatability coefficient
+    # (not for the sample study: its files are made by tasks of this run, and its sessions are
+    # ordered by label)
+    sources = [] if study.kind == "sample" else sorted({str(p) for s in study.subjects for p in time_sources(s)})
+    longitudinal = {"time_sources": sources, "session_dates": {s.key: s.session_date for s in study.subjects
+                                                                if s.session_date},
+                    "reference_rc_fa": merge_options(study.config.options)["reference_rc_fa"]}
     return {
         "basename": AGGREGATE_TASK,
         "doc": "group outputs: dataset_description, participants, batch summary/metrics, group report",
         "actions": [(aggregate_action, [study_to_job(study)])],
         "task_dep": [f"{s.key}:report" for s in study.subjects] + ([SAMPLE_TASK] if study.kind == "sample" else []),
-        "file_dep": [lay.record(step) for lay in layouts for step in STEPS],
+        "file_dep": [lay.record(step) for lay in layouts for step in STEPS] + sources,
         "targets": [p for name, p in group_paths(out_dir).items()],
-        "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects]})],
+        "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects],
+                                     "longitudinal": longitudinal})],
         "clean": True,
     }
 

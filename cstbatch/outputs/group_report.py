@@ -1,7 +1,8 @@
 """The group report: one self-contained HTML page for the whole study.
 
 Cohort table (with links to each session's report), FA distributions per side, laterality
-scatter plots, QC flags, robust outliers and failed sessions (step, category, message, log).
+scatter plots, the longitudinal section (:mod:`cstbatch.outputs.longitudinal_report`), QC
+flags, robust outliers and failed sessions (step, category, message, log).
 
 Inputs are what the aggregation already has: ``summary`` from
 :func:`cstbatch.outputs.aggregate.generate_batch_summary` and ``rows``, the rows of
@@ -242,8 +243,11 @@ def laterality_figure(entries: Sequence[Mapping[str, Any]], outliers: set[tuple[
     return fig
 
 
-def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Document:
+def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                         repeated: Mapping[str, Any] | None = None) -> Document:
+    """``repeated``: the longitudinal tables (:func:`cstbatch.outputs.aggregate.write_longitudinal`)."""
     from cstbatch._version import __version__
+    from cstbatch.outputs.longitudinal_report import longitudinal_blocks
 
     output_dir = Path(output_dir)
     entries = _cohort(summary, rows)
@@ -300,6 +304,7 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
                      "volume laterality; a lesion typically lowers both on the affected side."))
     else:
         b.append(P("No successful sessions yet.", css="warn"))
+    b += longitudinal_blocks(output_dir, repeated)
 
     b.append(H2("QC flags and outliers", anchor="qc"))
     b.append(H3("QC flags"))
@@ -343,12 +348,13 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
                     footer=f"cstbatch {version}. Automated research output; not a diagnosis.")
 
 
-def write_group_report(output_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Path:
+def write_group_report(output_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                       repeated: Mapping[str, Any] | None = None) -> Path:
     """Write ``output_dir/group_report.html`` (self-contained, deterministic) and return its path."""
     from cstbatch.atomic import write_text
 
     output_dir = Path(output_dir)
     with style():
-        doc = build_group_document(output_dir, summary, list(rows or []))
+        doc = build_group_document(output_dir, summary, list(rows or []), repeated)
         text = render_html(doc)
     return write_text(output_dir / "group_report.html", text)

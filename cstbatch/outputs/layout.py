@@ -136,6 +136,8 @@ def group_paths(out_dir: Path) -> dict[str, Path]:
         "participants_json": out_dir / "participants.json",
         "batch_summary": out_dir / "batch_summary.json",
         "batch_metrics": out_dir / "batch_metrics.csv",
+        "longitudinal": out_dir / "longitudinal.tsv",
+        "reliability": out_dir / "reliability.tsv",
         "group_report": out_dir / "group_report.html",
         "bidsignore": out_dir / ".bidsignore",
         "readme": out_dir / "README",

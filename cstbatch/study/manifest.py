@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from cstbatch.errors import CstBatchError, ManifestError
 from cstbatch.study.options import check_options, merge_options
+from cstbatch.study.sessions import parse_datetime
 from cstbatch.study.spec import BatchConfig, SubjectSpec
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -59,6 +60,12 @@ def validate_manifest_schema(data: Any) -> list[str]:
                 bare = value[len(prefix) + 1:] if value.startswith(prefix + "-") else value
                 if not bare.isalnum() or not bare.isascii():
                     problems.append(f"{where}.{field}: {value!r} is not a BIDS label (letters and digits only)")
+        if isinstance(entry.get("session_date"), str):
+            try:
+                parse_datetime(entry["session_date"])
+            except ValueError:
+                problems.append(f"{where}.session_date: {entry['session_date']!r} is not an ISO 8601 date "
+                                "(YYYY-MM-DD or YYYY-MM-DDThh:mm:ss)")
         pair = (_bare(entry.get("id"), "sub"), _bare(entry.get("session"), "ses"))
         if pair in seen:
             problems.append(f"{where}: duplicate of subjects[{seen[pair]}] ({entry.get('id')}, {entry.get('session')})")
@@ -135,10 +142,10 @@ def load_manifest(manifest_path: Path, *, output_dir: Path | None = None,
                 spec = SubjectSpec(entry["id"], entry["session"], image, "nifti", options,
                                    bval=_resolve(base, entry["bval"]) if "bval" in entry else _sidecar(image, ".bval"),
                                    bvec=_resolve(base, entry["bvec"]) if "bvec" in entry else _sidecar(image, ".bvec"),
-                                   origin=where)
+                                   origin=where, session_date=entry.get("session_date"))
             else:
                 spec = SubjectSpec(entry["id"], entry["session"], _resolve(base, entry["dicom"]), "dicom",
-                                   options, origin=where)
+                                   options, origin=where, session_date=entry.get("session_date"))
         except CstBatchError as exc:
             problems.append(f"subjects[{i}]: {exc}")
             continue

@@ -101,6 +101,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("generate_pdf", True, bool, "report", "Also write report.pdf (the same pages as the HTML report, matplotlib only)."),
     _opt("report_convention", "radiological", str, "report",
          "Image display in reports: radiological (patient left on screen right) or neurological."),
+    _opt("reference_rc_fa", None, (int, float, type(None)), "",
+         "Repeatability coefficient of CST mean FA (absolute FA units, e.g. from a published "
+         "test-retest study) used to flag change_beyond_rc in longitudinal.tsv when this study has "
+         "fewer than 5 subjects with repeated sessions to estimate its own (None: no flag then)."),
     _opt("session_timeout", None, (int, float, type(None)), "",
          "Seconds a session's whole chain may run; the step running when it is spent fails "
          "with category timeout (None: no limit)."),

@@ -41,6 +41,7 @@ class SubjectSpec:
     bvec: Path | None = None
     entities: dict[str, str] = field(default_factory=dict)
     origin: str = ""                     # where it came from, for messages ("subjects[3]", a path)
+    session_date: str | None = None      # manifest ``session_date`` (ISO 8601): orders sessions
 
     def __post_init__(self):
         self.input_path = Path(self.input_path)
@@ -120,6 +121,7 @@ def spec_to_job(spec: "SubjectSpec", out_dir: Path, plugins_dir: Path | None) ->
         "input_path": str(spec.input_path), "input_type": spec.input_type,
         "bval": str(spec.bval) if spec.bval else None, "bvec": str(spec.bvec) if spec.bvec else None,
         "entities": dict(spec.entities), "options": dict(spec.options), "origin": spec.origin,
+        "session_date": spec.session_date,
         "out_dir": str(out_dir), "plugins_dir": str(plugins_dir) if plugins_dir else None,
     }
 
@@ -128,4 +130,4 @@ def job_to_spec(job: dict[str, Any]) -> SubjectSpec:
     return SubjectSpec(job["subject_id"], job["session_id"], Path(job["input_path"]), job["input_type"],
                        dict(job["options"]), bval=Path(job["bval"]) if job["bval"] else None,
                        bvec=Path(job["bvec"]) if job["bvec"] else None, entities=dict(job["entities"]),
-                       origin=job["origin"])
+                       origin=job["origin"], session_date=job.get("session_date"))
