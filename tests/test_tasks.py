@@ -148,3 +148,22 @@ def test_register_code_version_is_part_of_its_up_to_date_check(tmp_path, monkeyp
     monkeypatch.setitem(STEP_CODE_VERSION, "register", STEP_CODE_VERSION["register"] + "-next")
     code, bumped = doit(manifest, out, "run", "sub-02:register")
     assert code == 0 and executed(bumped) == ["sub-02:register"]
+
+
+def test_aggregation_reruns_when_the_outputs_code_changes(tmp_path):
+    """The group report and tables are the outputs layer's code applied to the records: an edit
+    of that code must refresh them (the per-session steps use explicit versions instead)."""
+    import shutil
+    import types
+
+    from cstbatch.engine.signatures import code_digest
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "cstbatch" / "outputs", pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    module = types.SimpleNamespace(__file__=str(pkg / "__init__.py"))
+    before = code_digest(module)
+    assert code_digest(module) == before
+    report = pkg / "group_report.py"
+    report.write_text(report.read_text() + "\n# an edit\n")
+    assert code_digest(module) != before

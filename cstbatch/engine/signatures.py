@@ -144,3 +144,17 @@ def implementation_config(step: str, options: dict, registry) -> dict[str, Any]:
         implementation = {"name": "builtin", "version": BUILTIN_STEP_VERSION[step]}
     return {"format": FORMAT_VERSION, "step": step, "implementation": implementation,
             "options": step_options(options, step)}
+
+
+def code_digest(package) -> str:
+    """SHA-256 of the ``.py`` files of ``package`` (a module object of a package), in path order.
+
+    The aggregation is cheap and its output (group tables, group report) is entirely the outputs
+    layer's code applied to the sessions' records, so any edit of that code reruns it; the per-session
+    steps are expensive and use explicit versions (``chain.BUILTIN_STEP_VERSION``) instead.
+    """
+    root = Path(package.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode("utf-8") + b"\0" + path.read_bytes())
+    return digest.hexdigest()

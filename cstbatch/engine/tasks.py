@@ -100,8 +100,9 @@ def _sample_dep(key: str) -> str:
 
 
 def aggregate_task(study: Study) -> dict:
+    import cstbatch.outputs
+    from cstbatch.engine.signatures import code_digest
     from cstbatch.outputs.aggregate import aggregate_action, study_to_job
-
     from cstbatch.study.options import merge_options
     from cstbatch.study.sessions import time_sources
 
@@ -123,7 +124,8 @@ def aggregate_task(study: Study) -> dict:
         "file_dep": [lay.record(step) for lay in layouts for step in STEPS] + sources,
         "targets": [p for name, p in group_paths(out_dir).items()],
         "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects],
-                                     "longitudinal": longitudinal})],
+                                     "longitudinal": longitudinal,
+                                     "code": code_digest(cstbatch.outputs)})],
         "clean": True,
     }
 
