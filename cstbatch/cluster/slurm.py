@@ -153,7 +153,7 @@ _PLAN_LINE = re.compile(r"^run  ([^\s:]+)(?::(\S+))?\s", re.M)
 
 def planned_work(study) -> tuple[set[str], bool]:
     """(keys of sessions with a task doit would run, whether the aggregation would run)."""
-    from cstbatch.engine.runner import plan_text
+    from cstbatch.engine.plan import plan_text
 
     keys, aggregate = set(), False
     for match in _PLAN_LINE.finditer(plan_text(study)):

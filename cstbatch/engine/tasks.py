@@ -99,20 +99,25 @@ def _sample_dep(key: str) -> str:
     return f"{SAMPLE_TASK}:{key}" if key in {s.key for s in sample.SESSIONS} else SAMPLE_TASK
 
 
-def aggregate_task(study: Study) -> dict:
+def aggregate_task(study: Study, present: set[str] | None = None, upstream_elsewhere: str | None = None) -> dict:
+    """The aggregation of ``study``. A plan of some sessions only (``cstbatch.engine.plan``)
+    passes ``present``, the keys whose tasks exist (the others' report tasks are left out of
+    ``task_dep``), and ``upstream_elsewhere``, the first task of the others that will run."""
     from cstbatch.outputs.aggregate import aggregate_action, study_to_job
 
     out_dir = study.config.output_dir
     layouts = [SessionLayout.of(out_dir, s) for s in study.subjects]
+    reports = [f"{s.key}:report" for s in study.subjects if present is None or s.key in present]
     return {
         "basename": AGGREGATE_TASK,
         "doc": "group outputs: dataset_description, participants, batch summary/metrics, group report",
         "actions": [(aggregate_action, [study_to_job(study)])],
-        "task_dep": [f"{s.key}:report" for s in study.subjects] + ([SAMPLE_TASK] if study.kind == "sample" else []),
+        "task_dep": reports + ([SAMPLE_TASK] if study.kind == "sample" else []),
         "file_dep": [lay.record(step) for lay in layouts for step in STEPS],
         "targets": [p for name, p in group_paths(out_dir).items()],
         "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects]})],
         "clean": True,
+        "meta": {"upstream_elsewhere": upstream_elsewhere} if upstream_elsewhere else None,
     }
 
 
@@ -134,15 +139,16 @@ def largest_first(subjects: list) -> list:
     return sorted(subjects, key=lambda s: -size[id(s)])
 
 
-def generate_tasks(study: Study, stop_on_first_crash: bool = False) -> Iterator[dict]:
-    """Every task of the study, in a deterministic order (sessions largest first)."""
+def generate_tasks(study: Study, stop_on_first_crash: bool = False, aggregate: dict | None = None) -> Iterator[dict]:
+    """Every task of the study, in a deterministic order (sessions largest first); ``aggregate``:
+    the aggregation task to use instead of the study's own."""
     registry = get_registry(study.plugins_dir)
     if study.kind == "sample":
         yield from sample_tasks(study)
     cache: dict = {}
     for spec in largest_first(study.subjects):
         yield from session_tasks(spec, study, registry, stop_on_first_crash, cache)
-    yield aggregate_task(study)
+    yield aggregate or aggregate_task(study)
 
 
 def doit_config(study: Study, jobs: int = 1, lock_name: str | None = None) -> dict[str, Any]:
@@ -168,8 +174,8 @@ def doit_config(study: Study, jobs: int = 1, lock_name: str | None = None) -> di
 
 
 def doit_namespace(study: Study, jobs: int = 1, stop_on_first_crash: bool = False,
-                   lock_name: str | None = None) -> dict[str, Any]:
+                   lock_name: str | None = None, aggregate: dict | None = None) -> dict[str, Any]:
     """A module-like namespace for doit's ``ModuleTaskLoader`` (also what ``dodo.py`` exports)."""
     def task_cstbatch():
-        yield from generate_tasks(study, stop_on_first_crash)
+        yield from generate_tasks(study, stop_on_first_crash, aggregate)
     return {"task_cstbatch": task_cstbatch, "DOIT_CONFIG": doit_config(study, jobs, lock_name)}
