@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from doit.tools import config_changed
 
+from cstbatch.engine import doit_speed
 from cstbatch.engine.chain import STEP_INPUTS, step_outputs
 from cstbatch.engine.signatures import (
     FORMAT_VERSION,
@@ -28,6 +29,8 @@ from cstbatch.plugins import get_registry
 from cstbatch.study import Study
 from cstbatch.study.options import STEPS
 from cstbatch.study.spec import spec_to_job
+
+doit_speed.install()
 
 SAMPLE_TASK = "sample_study"
 AGGREGATE_TASK = "aggregate"
