@@ -5,6 +5,7 @@ Also adds one doit command, ``plan``: which tasks would run and why, without run
 """
 from __future__ import annotations
 
+import gc
 import io
 import sys
 from contextlib import redirect_stdout
@@ -101,7 +102,10 @@ def run_doit(study: Study, argv: list[str], jobs: int = 1, stop_on_first_crash: 
     """
     namespace = doit_namespace(study, jobs, stop_on_first_crash, lock_name, aggregate)
     namespace["DOIT_CONFIG"]["outfile"] = sys.stdout  # doit binds sys.stdout at import time
-    return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
+    try:
+        return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
+    finally:
+        gc.unfreeze()  # the tasks frozen while generated (engine.tasks.FREEZE_EVERY) may go now
 
 
 def run_batch(subjects: list[SubjectSpec], config: BatchConfig, verbose: bool = False, *,

@@ -8,6 +8,7 @@ record is not a success is never up to date and reruns next time.
 """
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +32,14 @@ from cstbatch.study.options import STEPS
 from cstbatch.study.spec import spec_to_job
 
 doit_speed.install()
+
+#: Sessions between two ``gc.freeze()`` calls while tasks are generated. Each session leaves
+#: ~300 long-lived objects (task dicts, doit Task objects, paths); without freezing, Python's
+#: cyclic collector rescans all of them at every full collection, which made generation
+#: superlinear (a 5000-session run: 17.5 s CPU to its first task, 9.9 s with the collector
+#: off). Frozen objects are still freed by reference counting; ``run_doit`` unfreezes them
+#: after the run.
+FREEZE_EVERY = 500
 
 SAMPLE_TASK = "sample_study"
 AGGREGATE_TASK = "aggregate"
@@ -149,9 +158,12 @@ def generate_tasks(study: Study, stop_on_first_crash: bool = False, aggregate: d
     if study.kind == "sample":
         yield from sample_tasks(study)
     cache: dict = {}
-    for spec in largest_first(study.subjects):
+    for i, spec in enumerate(largest_first(study.subjects)):
         yield from session_tasks(spec, study, registry, stop_on_first_crash, cache)
+        if i % FREEZE_EVERY == FREEZE_EVERY - 1:
+            gc.freeze()
     yield aggregate or aggregate_task(study)
+    gc.freeze()
 
 
 def doit_config(study: Study, jobs: int = 1, lock_name: str | None = None) -> dict[str, Any]:
