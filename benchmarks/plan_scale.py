@@ -26,6 +26,8 @@ times were 4-5× the CPU times; HEAD before issue 17 → now, CPU seconds / peak
   20 000 not measured, hours by extrapolation) → 20 000 sessions 51.9 s / 1375 MB
   (``cstbatch.engine.doit_speed``, ``gc.freeze`` during task generation). The real run still
   builds all 180 001 doit tasks before starting: that is what remains of the 52 s.
+* 100 000 sessions (now): ``dry-run`` 21.9 s / 558 MB, ``submit`` 25.0 s / 557 MB (``first``
+  not run: ~5 × the 20 000 figure, ~7 GB, more than this shared machine could spare).
 
 Goal (issue 17): 20 000 sessions plan in ≤ 15 s and ≤ 1 GB; ``submit`` ≤ 15 s.
 
