@@ -8,7 +8,8 @@
 # Prints the path of its slurm.conf (and nothing else) on stdout; progress and errors go to
 # stderr. Exit status is non-zero when SLURM cannot be started here (the tests then skip).
 # Everything lives in a temporary folder: config, state, spool, logs and pid files; the ports
-# are chosen free, so two such clusters on one machine do not meet.
+# are chosen free, so two such clusters on one machine do not meet. MaxArraySize is set low (3:
+# array task ids 0-2) so that tests/test_slurm.py sees a study split into several arrays.
 set -euo pipefail
 
 log() { echo "start_slurm: $*" >&2; }
@@ -79,6 +80,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
 ReturnToService=2
 MinJobAge=600
+MaxArraySize=3
 DefMemPerCPU=1000
 SlurmdTimeout=60
 InactiveLimit=0

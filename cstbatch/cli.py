@@ -59,7 +59,10 @@ def bids_app(argv: list[str]) -> int:
         raise CstBatchError(f"analysis level must be participant or group, not {level!r}")
     study = study_from_args(args, inputs, out_dir)
     if args.dry_run:
-        return run_doit(study, ["plan"])
+        from cstbatch.engine.plan import plan_text
+
+        print(plan_text(study), end="")
+        return 0
     run_args = ["run", "--verbosity", "2" if args.verbose else "1"]
     if level == "group":
         run_args.append("aggregate")

@@ -123,7 +123,7 @@ def wait_for_jobs(job_ids: list[str], out: Path, timeout: float = 240) -> None:
         if proc.returncode != 0 or not proc.stdout.strip():
             return
         time.sleep(1)
-    logs = "\n".join(f"== {p.name}\n{p.read_text()}" for p in sorted((out / "logs").glob("slurm-*.out")))
+    logs = "\n".join(f"== {p.name}\n{p.read_text()}" for p in sorted((out / "logs" / "slurm").rglob("*.out")))
     pytest.fail(f"jobs {job_ids} still queued/running after {timeout} s:\n{proc.stdout}\n{logs}")
 
 
@@ -137,16 +137,26 @@ def job_states(job_id: str) -> dict[str, str]:
     return states
 
 
-def submitted_ids(text: str) -> tuple[str | None, str]:
-    array = re.search(r"as array job (\d+)", text)
+def submitted_ids(text: str) -> tuple[list[str], str]:
+    arrays = re.findall(r"as array job (\d+)", text)
     aggregate = re.search(r"submitted aggregation job (\d+)", text)
     assert aggregate, text
-    return (array.group(1) if array else None), aggregate.group(1)
+    return arrays, aggregate.group(1)
+
+
+@pytest.fixture
+def default_limits(monkeypatch):
+    """Dry runs plan with SLURM's default limits, not those of whatever cluster the environment has
+    (the cluster's configuration is a system boundary; the CI cluster's MaxArraySize is 3)."""
+    from cstbatch.cluster import slurm as slurm_module
+    from cstbatch.cluster.arrays import SlurmLimits
+
+    monkeypatch.setattr(slurm_module, "slurm_limits", lambda: SlurmLimits())
 
 
 # -- tests ------------------------------------------------------------------------------------------
 
-def test_dry_run_prints_both_scripts_and_submits_nothing(tmp_path):
+def test_dry_run_prints_both_scripts_and_submits_nothing(tmp_path, default_limits):
     manifest = make_study(tmp_path)
     out = tmp_path / "out"
     code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run", "--partition", "short",
@@ -154,17 +164,21 @@ def test_dry_run_prints_both_scripts_and_submits_nothing(tmp_path):
     assert code == 0, text
     assert f"3 of 3 sessions need work: {', '.join(KEYS)}" in text
     array, aggregate = text.split("# --- aggregate.sh")
-    for line in ("#SBATCH --array=0-2%5", f"#SBATCH --output={out}/logs/slurm-%A_%a.out", "#SBATCH --partition=short",
+    assert "# --- array-001.sh" in array and "array-002" not in array
+    for line in ("#SBATCH --array=0-2%5", f"#SBATCH --output={out}/logs/slurm/0001/array-001/%A_%a.out",
+                 "#SBATCH --partition=short",
                  "#SBATCH --time=01:30:00", "#SBATCH --mem=2G", "#SBATCH --cpus-per-task=2", f"#SBATCH --chdir={out}"):
         assert line in array.splitlines(), line
     assert re.search(r"^export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2", array, re.M)
-    assert re.search(r"-m cstbatch\.cluster\.slurm run-session \S+/\.cstbatch/slurm/0001 \"\$SLURM_ARRAY_TASK_ID\"$", array, re.M)
+    assert re.search(r"-m cstbatch\.cluster\.slurm run-session \S+/\.cstbatch/slurm/0001 "
+                     r"\"\$\(\(0 \+ SLURM_ARRAY_TASK_ID\)\)\"$", array, re.M)
     assert "#SBATCH --dependency=afterany:<ARRAY_JOB_ID>" in aggregate.splitlines()
+    assert f"#SBATCH --output={out}/logs/slurm/0001/aggregate-%j.out" in aggregate.splitlines()
     assert re.search(r"-m cstbatch\.cluster\.slurm aggregate \S+/\.cstbatch/slurm/0001$", aggregate, re.M)
     assert not (out / ".cstbatch" / "slurm").exists() and not (out / "logs").exists()
 
 
-def test_status_and_resubmission_plan_after_a_local_run(tmp_path):
+def test_status_and_resubmission_plan_after_a_local_run(tmp_path, default_limits):
     from cstbatch.engine.runner import run_doit
     from cstbatch.study import load_study
 
@@ -194,59 +208,85 @@ def test_status_and_resubmission_plan_after_a_local_run(tmp_path):
     # submitted and not started: pending; its job's log, old, and no new record: failed
     sub = out / ".cstbatch" / "slurm" / "0001"
     sub.mkdir(parents=True)
-    (sub / "submission.json").write_text(json.dumps({"keys": [KEYS[2]], "array_job_id": "999",
-                                                     "submitted_epoch": time.time()}))
+    arrays = [{"index": 1, "first": 0, "count": 1, "job_id": "998"}, {"index": 2, "first": 1, "count": 1, "job_id": "999"}]
+
+    def submission(age: float) -> None:  # sub-03 is element 1: array 2's task 0
+        (sub / "submission.json").write_text(json.dumps({"keys": [KEYS[0], KEYS[2]], "array_job_id": "998",
+                                                         "arrays": arrays, "sessions_per_job": 1,
+                                                         "submitted_epoch": time.time() - age}))
+    submission(0)
     row = status_of(out)[KEYS[2]]
     assert row["state"] == "pending" and "array job 999_0" in row["detail"]
-    job_log = out / "logs" / "slurm-999_0.out"
+    job_log = out / "logs" / "slurm" / "0001" / "array-002" / "999_0.out"
+    job_log.parent.mkdir(parents=True)
     job_log.write_text("python: not found\n")
     assert status_of(out)[KEYS[2]]["state"] == "pending"  # a fresh log: the job may be starting
     for path in (out / "sub-03").rglob("*_step-*.json"):  # records older than the submission …
         os.utime(path, (time.time() - 1000, time.time() - 1000))
-    (sub / "submission.json").write_text(json.dumps({"keys": [KEYS[2]], "array_job_id": "999",
-                                                     "submitted_epoch": time.time() - 300}))
+    submission(300)
     os.utime(job_log, (time.time() - 200, time.time() - 200))  # … and a job that ran after it
     row = status_of(out)[KEYS[2]]
     assert row["state"] == "failed" and "ended without updating its records" in row["detail"]
+    assert "logs/slurm/0001/array-002/999_0.out" in row["detail"]
+    # a submission written before arrays were split: one array, logs/slurm-<job>_<i>.out
+    (sub / "submission.json").write_text(json.dumps({"keys": [KEYS[2]], "array_job_id": "997",
+                                                     "submitted_epoch": time.time() - 300}))
+    old_log = out / "logs" / "slurm-997_0.out"
+    old_log.write_text("python: not found\n")
+    os.utime(old_log, (time.time() - 200, time.time() - 200))
+    assert "see logs/slurm-997_0.out" in status_of(out)[KEYS[2]]["detail"]
     shutil.rmtree(sub.parent)
+    shutil.rmtree(out / "logs" / "slurm")
 
     # only the failed session would be submitted again
     code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run")
     assert code == 0 and "1 of 2 sessions need work: sub-03_ses-01" in text
     assert "#SBATCH --array=0-0" in text.splitlines()
+    assert "-m cstbatch.cluster.slurm run-session" in text and "array-002" not in text
     # a changed option makes the finished session's chain out of date again
     code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--dry-run",
                      "--participant-label", "01", "--option", "track_step_size=0.75")
     assert "1 of 1 sessions need work: sub-01_ses-01" in text
 
 
-def test_slurm_array_failure_aggregation_and_resubmission(tmp_path, slurm):
+def test_slurm_arrays_failure_aggregation_and_resubmission(tmp_path, slurm):
+    from cstbatch.cluster.arrays import slurm_limits
+
     manifest = make_study(tmp_path, broken=True)
     out = tmp_path / "out"
+    # the test cluster's MaxArraySize is 3 (.ci/start_slurm.sh): arrays of at most 2 elements
+    limits = slurm_limits()
+    assert (limits.max_array_size, limits.source) == (3, "scontrol show config"), limits
 
-    # 1. first submission: three elements, one broken; the aggregation after all of them
+    # 1. first submission: three sessions in two arrays (2 + 1), one broken; the aggregation after both
     code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--throttle", "2", "--time", "00:10:00",
                      "--mem-per-job", "2G")
     assert code == 0, text
-    array_id, aggregate_id = submitted_ids(text)
-    assert array_id and "3 of 3 sessions need work" in text
+    arrays, aggregate_id = submitted_ids(text)
+    assert len(arrays) == 2 and "3 of 3 sessions need work" in text, text
     sub = out / ".cstbatch" / "slurm" / "0001"
     assert json.loads((sub / "keys.json").read_text()) == KEYS
+    assert "#SBATCH --array=0-1%2" in (sub / "array-001.sh").read_text().splitlines()
+    assert "#SBATCH --array=0-0%2" in (sub / "array-002.sh").read_text().splitlines()
+    assert f"#SBATCH --dependency=afterany:{arrays[0]}" in (sub / "array-002.sh").read_text()  # throttle: chained
     saved = json.loads((sub / "study.json").read_text())
     assert [s["options"]["denoise_method"] for s in saved["sessions"]] == ["none"] * 3
     assert all(Path(s["input_path"]).is_absolute() for s in saved["sessions"])
-    assert f"#SBATCH --dependency=afterany:{array_id}" in (sub / "aggregate.sh").read_text()
+    assert f"#SBATCH --dependency=afterany:{arrays[0]}:{arrays[1]}" in (sub / "aggregate.sh").read_text()
     # right after submitting, nothing has finished: every session is queued or running
     assert {r["state"] for r in status_of(out).values()} <= {"pending", "running"}
 
-    wait_for_jobs([array_id, aggregate_id], out)
-    elements = job_states(array_id)
-    assert elements == {"0": "COMPLETED", "1": "COMPLETED", "2": "FAILED"}, elements
+    wait_for_jobs([*arrays, aggregate_id], out)
+    assert job_states(arrays[0]) == {"0": "COMPLETED", "1": "COMPLETED"}, job_states(arrays[0])
+    assert job_states(arrays[1]) == {"0": "FAILED"}, job_states(arrays[1])
     assert record(out, KEYS[2], "ingest")["status"] == "failed"
     assert "b-values" in record(out, KEYS[2], "ingest")["error"]["message"]
     for key in KEYS[:2]:
         assert record(out, key, "report")["status"] == "success"
-    assert f"cstbatch: {KEYS[2]}: failed at ingest" in (out / "logs" / f"slurm-{array_id}_2.out").read_text()
+    logs = out / "logs" / "slurm" / "0001"
+    assert f"cstbatch: {KEYS[2]}: failed at ingest" in (logs / "array-002" / f"{arrays[1]}_0.out").read_text()
+    assert f"cstbatch: {KEYS[1]}: success" in (logs / "array-001" / f"{arrays[0]}_1.out").read_text()
+    assert len(list(logs.glob("aggregate-*.out"))) == 1
     summary_path = out / "batch_summary.json"
     summary = json.loads(summary_path.read_text())
     assert summary["totals"]["success"] == 2 and summary["totals"]["failed"] == 1
@@ -255,23 +295,29 @@ def test_slurm_array_failure_aggregation_and_resubmission(tmp_path, slurm):
     assert [rows[k]["state"] for k in KEYS] == ["success", "success", "failed"]
     assert not any((out / ".cstbatch" / "locks").glob("*/lock"))  # every element released its lock
 
-    # 2. fix the input, resubmit: only the broken session runs, then the aggregation again
+    # 2. fix the input and lose sub-02's last record (as a job killed at the end would); resubmit
+    # with two sessions per element: one element runs both, then the aggregation again
     fix_bval(tmp_path)
+    (out / "sub-02" / "ses-01" / "steps" / f"{KEYS[1]}_step-report.json").unlink()
     before = record_times(out)
     summary_time = summary_path.stat().st_mtime
-    code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--throttle", "2")
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest, "--sessions-per-job", "2")
     assert code == 0, text
-    assert "1 of 3 sessions need work: sub-03_ses-01" in text
-    array_id, aggregate_id = submitted_ids(text)
+    assert "2 of 3 sessions need work: sub-02_ses-01, sub-03_ses-01" in text
+    arrays, aggregate_id = submitted_ids(text)
     sub = out / ".cstbatch" / "slurm" / "0002"
-    assert json.loads((sub / "keys.json").read_text()) == [KEYS[2]]
-    assert "#SBATCH --array=0-0%2" in (sub / "array.sh").read_text().splitlines()
-    wait_for_jobs([array_id, aggregate_id], out)
-    assert job_states(array_id) == {"0": "COMPLETED"}
+    assert len(arrays) == 1 and json.loads((sub / "keys.json").read_text()) == KEYS[1:]
+    assert "#SBATCH --array=0-0" in (sub / "array-001.sh").read_text().splitlines()
+    wait_for_jobs([*arrays, aggregate_id], out)
+    assert job_states(arrays[0]) == {"0": "COMPLETED"}
     assert job_states(aggregate_id) == {"job": "COMPLETED"}
+    element_log = (out / "logs" / "slurm" / "0002" / "array-001" / f"{arrays[0]}_0.out").read_text()
+    assert element_log.index(f"{KEYS[1]}: success") < element_log.index(f"{KEYS[2]}: success")
     after = record_times(out)
     changed = {Path(p).name.split("_step-")[0] for p in after if after[p] != before.get(p)}
-    assert changed == {KEYS[2]}
+    assert changed == {KEYS[1], KEYS[2]}
+    assert {Path(p).name for p in after if after[p] != before.get(p) and KEYS[1] in p} == \
+        {f"{KEYS[1]}_step-report.json"}  # only the lost step reran
     summary = json.loads(summary_path.read_text())
     assert summary_path.stat().st_mtime > summary_time
     assert summary["totals"]["success"] == 3 and summary["totals"]["failed"] == 0

@@ -1,30 +1,34 @@
-"""Running a study on a SLURM cluster: one array element per session, then the aggregation.
+"""Running a study on a SLURM cluster: job arrays of the sessions, then the aggregation.
 
     cstbatch submit --slurm [BIDS_DIR] OUT_DIR [--manifest M] [--participant-label …] [--option …]
                     [--partition P] [--time HH:MM:SS] [--mem-per-job 4G] [--cpus 1] [--throttle K]
-                    [--dry-run]
+                    [--sessions-per-job K] [--array-size N] [--dry-run]
 
 ``submit`` loads the study exactly as the BIDS-App front door does, asks doit's ``plan`` (and the
 step records) which sessions still need work, leaves out sessions whose jobs are still queued or
 running, and submits
 
-* a job array (``#SBATCH --array=0-(n-1)[%K]``) whose element *i* runs the chain of the *i*-th
-  session needing work, under a lock of its own (``.cstbatch/locks/<key>/lock``) instead of the
-  output folder's run lock, so elements run side by side on any node;
-* an aggregation job, ``--dependency=afterany:<array job>``, that runs doit's ``aggregate`` task
-  alone (``doit run -s aggregate``): it refreshes the group outputs from the saved state once
+* job arrays (``#SBATCH --array=0-(m-1)[%K]``), as many as the cluster's ``MaxArraySize``
+  requires (``cluster.arrays``), whose elements each run the chain of one session (or of
+  ``--sessions-per-job`` sessions, one after the other), under a lock of their own
+  (``.cstbatch/locks/<key>/lock``) instead of the output folder's run lock, so elements run side
+  by side on any node; with ``--throttle`` each array waits for the previous one;
+* an aggregation job, ``--dependency=afterany:<every array>``, that runs doit's ``aggregate``
+  task alone (``doit run -s aggregate``): it refreshes the group outputs from the saved state once
   every element has ended, whether it succeeded or not.
 
 Everything a job needs is saved first under ``<out>/.cstbatch/slurm/<NNNN>/`` (one folder per
 submission): the effective study as JSON (sessions with absolute paths and effective options,
-plugins folder, plugin allow-list), the list of keys, both scripts, and the job ids. Jobs
+plugins folder, plugin allow-list), the list of keys, the scripts, and the job ids. Jobs
 therefore never depend on the submitting shell's working folder or environment (they run with
-``--chdir=<out>`` and the submitting Python's absolute path). Resubmitting after failures
-submits only the sessions that are still unfinished; doit's up-to-date checks make each
-element redo only the steps that need it.
+``--chdir=<out>`` and the submitting Python's absolute path). Their logs go to
+``<out>/logs/slurm/<NNNN>/array-<j>/<job>_<task>.out`` (one folder per array, so at most
+``MaxArraySize`` files each). Resubmitting after failures submits only the sessions that are
+still unfinished; doit's up-to-date checks make each element redo only the steps that need it.
 
-The jobs' entry points are ``python -m cstbatch.cluster.slurm run-session SUBMISSION_DIR INDEX`` and
-``python -m cstbatch.cluster.slurm aggregate SUBMISSION_DIR`` (not meant to be typed by hand).
+The jobs' entry points are ``python -m cstbatch.cluster.slurm run-session SUBMISSION_DIR ELEMENT
+[--sessions-per-job K]`` and ``python -m cstbatch.cluster.slurm aggregate SUBMISSION_DIR`` (not
+meant to be typed by hand).
 """
 from __future__ import annotations
 
@@ -43,6 +47,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cstbatch.cluster.arrays import (
+    ArrayPlan,
+    aggregate_log_dir,
+    array_of_element,
+    element_keys,
+    log_dir,
+    plan_arrays,
+    slurm_limits,
+)
 from cstbatch.engine.threads import THREAD_VARIABLES
 from cstbatch.errors import CstBatchError
 from cstbatch.outputs.layout import STATE_DIR
@@ -52,7 +65,6 @@ LOCKS_DIR = "locks"            # <out>/.cstbatch/locks/<key>/lock (per-session l
 STUDY_FILE = "study.json"
 KEYS_FILE = "keys.json"
 SUBMISSION_FILE = "submission.json"
-ARRAY_SCRIPT = "array.sh"
 AGGREGATE_SCRIPT = "aggregate.sh"
 SAVED_FORMAT = 1
 ARRAY_ID_PLACEHOLDER = "<ARRAY_JOB_ID>"
@@ -141,7 +153,7 @@ _PLAN_LINE = re.compile(r"^run  ([^\s:]+)(?::(\S+))?\s", re.M)
 
 def planned_work(study) -> tuple[set[str], bool]:
     """(keys of sessions with a task doit would run, whether the aggregation would run)."""
-    from cstbatch.engine.runner import plan_text
+    from cstbatch.engine.plan import plan_text
 
     keys, aggregate = set(), False
     for match in _PLAN_LINE.finditer(plan_text(study)):
@@ -167,11 +179,40 @@ def sessions_needing_work(study) -> tuple[list[str], bool]:
 @dataclass
 class Submission:
     folder: Path
-    array_job_id: str | None
+    array_job_id: str | None          # the first array's job id (kept for older readers)
     aggregate_job_id: str | None
     keys: list[str]
     submitted: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    arrays: list[ArrayPlan] = field(default_factory=list)
+    per_job: int = 1
+
+    def element_of(self, key: str) -> tuple[ArrayPlan, int] | None:
+        """(array, task id) running ``key`` in this submission; None when it has no such job."""
+        if "_position" not in self.__dict__:  # built once: status asks for every session
+            self.__dict__["_position"] = {k: i for i, k in enumerate(self.keys)}
+        index = self.__dict__["_position"].get(key)
+        return None if index is None else array_of_element(self.arrays, index // self.per_job)
+
+    def keys_of(self, array: ArrayPlan, task: int) -> list[str]:
+        return element_keys(self.keys, self.per_job, array.first + task) if 0 <= task < array.count else []
+
+    def log_of(self, out_dir: Path, array: ArrayPlan, task: int) -> Path:
+        if self.extra.get("arrays") is None:  # a submission from before arrays were split
+            return Path(out_dir) / "logs" / f"slurm-{array.job_id}_{task}.out"
+        return log_dir(out_dir, self.folder.name, array) / f"{array.job_id}_{task}.out"
+
+
+def _submission_from_info(folder: Path, info: dict[str, Any]) -> Submission:
+    keys = list(info.get("keys") or [])
+    if info.get("arrays") is not None:
+        arrays = [ArrayPlan.from_json(a) for a in info["arrays"]]
+    elif info.get("array_job_id"):
+        arrays = [ArrayPlan(1, 0, len(keys), info["array_job_id"])]
+    else:
+        arrays = []
+    return Submission(folder, info.get("array_job_id"), info.get("aggregate_job_id"), keys, info.get("submitted"),
+                      info, arrays, int(info.get("sessions_per_job") or 1))
 
 
 def submissions(out_dir: Path) -> list[Submission]:
@@ -183,8 +224,7 @@ def submissions(out_dir: Path) -> list[Submission]:
             info = json.loads((folder / SUBMISSION_FILE).read_text())
         except (OSError, ValueError):
             continue
-        found.append(Submission(folder, info.get("array_job_id"), info.get("aggregate_job_id"),
-                                list(info.get("keys") or []), info.get("submitted"), info))
+        found.append(_submission_from_info(folder, info))
     return found
 
 
@@ -213,17 +253,19 @@ def squeue_jobs() -> dict[str, list[tuple[str, str]]] | None:
 
 def keys_in_flight(out_dir: Path, exclude_job: str | None = None) -> set[str]:
     """Sessions of earlier submissions whose array elements are still queued or running."""
-    subs = [s for s in submissions(out_dir) if s.array_job_id]
+    subs = [s for s in submissions(out_dir) if s.arrays]
     if not subs:
         return set()
     queue = squeue_jobs() or {}
     busy: set[str] = set()
     for sub in subs:
-        for task_id, _state in queue.get(sub.array_job_id, []):
-            if task_id.isdigit() and int(task_id) < len(sub.keys):
-                if exclude_job and f"{sub.array_job_id}_{task_id}" == exclude_job:
+        for array in sub.arrays:
+            for task_id, _state in queue.get(array.job_id or "", []):
+                if not task_id.isdigit():
                     continue
-                busy.add(sub.keys[int(task_id)])
+                if exclude_job and f"{array.job_id}_{task_id}" == exclude_job:
+                    continue
+                busy.update(sub.keys_of(array, int(task_id)))
     return busy
 
 
@@ -261,25 +303,40 @@ def _environment(res: Resources) -> list[str]:
             "export PYTHONUNBUFFERED=1"]
 
 
-def array_script(sub_dir: Path, out_dir: Path, n: int, res: Resources, study_name: str) -> str:
-    array = f"0-{n - 1}" + (f"%{res.throttle}" if res.throttle else "")
+def array_script(sub_dir: Path, out_dir: Path, array: ArrayPlan, res: Resources, study_name: str,
+                 per_job: int = 1, after: str | None = None) -> str:
+    """The script of one array; its element ``i`` runs element ``array.first + i`` of the submission.
+
+    ``after``: the previous array's job id. A throttled submission chains its arrays so that
+    ``--throttle`` caps the whole submission, not each array: a 20-array study with ``%20``
+    would otherwise run 400 elements at once.
+    """
+    spec = f"0-{array.count - 1}" + (f"%{res.throttle}" if res.throttle else "")
+    logs = log_dir(out_dir, sub_dir.name, array)
     lines = ["#!/bin/bash",
              f"#SBATCH --job-name={_job_name(study_name)}",
-             f"#SBATCH --array={array}",
-             f"#SBATCH --output={out_dir}/logs/slurm-%A_%a.out"]
+             f"#SBATCH --array={spec}",
+             f"#SBATCH --output={logs}/%A_%a.out"]
+    if after:
+        lines.append(f"#SBATCH --dependency=afterany:{after}")
     _header(lines, res, out_dir)
-    lines += [f"# cstbatch: one session per element; element i runs the i-th key of {sub_dir / KEYS_FILE}",
+    what = "one session" if per_job == 1 else f"{per_job} sessions, one after the other,"
+    lines += [f"# cstbatch: {what} per element; element i runs element {array.first} + i of the submission",
+              f"# (keys [e*{per_job}, (e+1)*{per_job}) of {sub_dir / KEYS_FILE})",
               *_environment(res),
               f"exec {shlex.quote(sys.executable)} -m cstbatch.cluster.slurm run-session {shlex.quote(str(sub_dir))} "
-              '"$SLURM_ARRAY_TASK_ID"', ""]
+              f'"$(({array.first} + SLURM_ARRAY_TASK_ID))"' + (f" --sessions-per-job {per_job}" if per_job > 1 else ""),
+              ""]
     return "\n".join(lines)
 
 
-def aggregate_script(sub_dir: Path, out_dir: Path, array_job_id: str, res: Resources, study_name: str) -> str:
+def aggregate_script(sub_dir: Path, out_dir: Path, array_job_ids: list[str], res: Resources, study_name: str) -> str:
+    """The aggregation job, after every array has ended (``afterany``: failed elements too)."""
     lines = ["#!/bin/bash",
-             f"#SBATCH --job-name={_job_name(study_name)}-aggregate",
-             f"#SBATCH --dependency=afterany:{array_job_id}",
-             f"#SBATCH --output={out_dir}/logs/slurm-%j-aggregate.out"]
+             f"#SBATCH --job-name={_job_name(study_name)}-aggregate"]
+    if array_job_ids:
+        lines.append(f"#SBATCH --dependency=afterany:{':'.join(array_job_ids)}")
+    lines.append(f"#SBATCH --output={aggregate_log_dir(out_dir, sub_dir.name)}/aggregate-%j.out")
     agg = Resources(res.partition, res.time, res.mem, 1)
     _header(lines, agg, out_dir)
     lines += ["# cstbatch: group outputs from the saved state, once every array element has ended",
@@ -338,7 +395,13 @@ def _submit_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem-per-job", default="4G", help="memory of each job (default 4G)")
     p.add_argument("--cpus", type=int, default=1, help="CPUs of each session's job (default 1); also the "
                    "thread count of numerical libraries")
-    p.add_argument("--throttle", type=int, help="at most K array elements running at once (--array=…%%K)")
+    p.add_argument("--throttle", type=int, help="at most K array elements running at once (--array=…%%K; "
+                   "with several arrays, each waits for the previous one, so K holds for the whole submission)")
+    p.add_argument("--sessions-per-job", type=int, default=1, metavar="K",
+                   help="sessions run one after the other by each array element (default 1): fewer, longer "
+                   "jobs for studies of many small sessions")
+    p.add_argument("--array-size", type=int, help="elements per array (default and maximum: the cluster's "
+                   "MaxArraySize - 1, read from `scontrol show config`, 1000 when it cannot be read)")
     p.add_argument("--dry-run", action="store_true", help="print the scripts; submit and write nothing")
     return p
 
@@ -392,50 +455,68 @@ def cmd_submit(argv: list[str]) -> int:
         print("nothing to submit")
         return 0
 
+    arrays = plan_arrays(len(keys), args.sessions_per_job, slurm_limits(), args.array_size) if keys else []
+    if len(arrays) > 1:
+        print(f"{len(keys)} session(s) in {len(arrays)} arrays of at most {max(a.count for a in arrays)} elements"
+              f" ({args.sessions_per_job} session(s) per element)")
     if args.dry_run:
-        sub_dir = _next_submission_dir_name(out_dir)
-        print(f"# would write {sub_dir}/ ({STUDY_FILE}, {KEYS_FILE}) and submit with sbatch --parsable:")
-        if keys:
-            print(f"# --- {ARRAY_SCRIPT}")
-            print(array_script(sub_dir, out_dir, len(keys), res, study.config.name), end="")
-        print(f"# --- {AGGREGATE_SCRIPT}")
-        text = aggregate_script(sub_dir, out_dir, ARRAY_ID_PLACEHOLDER, res, study.config.name)
-        if not keys:
-            text = "\n".join(l for l in text.splitlines() if "--dependency" not in l) + "\n"
-        print(text, end="")
+        _print_dry_run(_next_submission_dir_name(out_dir), out_dir, arrays, res, study.config.name,
+                       args.sessions_per_job)
         return 0
 
-    (out_dir / "logs").mkdir(parents=True, exist_ok=True)  # SLURM opens --output before the job starts
     sub_dir = _new_submission_dir(out_dir)
     write_json_file(sub_dir / STUDY_FILE, study_to_saved(study))
     write_json_file(sub_dir / KEYS_FILE, keys)
     info: dict[str, Any] = {"keys": keys, "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             "submitted_epoch": time.time(),
                             "host": socket.gethostname(), "array_job_id": None, "aggregate_job_id": None,
+                            "sessions_per_job": args.sessions_per_job, "arrays": [],
                             "resources": res.__dict__, "argv": argv}
     try:
-        array_id = None
-        if keys:
-            (sub_dir / ARRAY_SCRIPT).write_text(array_script(sub_dir, out_dir, len(keys), res, study.config.name))
-            array_id = sbatch(sub_dir / ARRAY_SCRIPT)
-            info["array_job_id"] = array_id
-        agg_text = aggregate_script(sub_dir, out_dir, array_id or "", res, study.config.name)
-        if array_id is None:
-            agg_text = "\n".join(l for l in agg_text.splitlines() if "--dependency" not in l) + "\n"
-        (sub_dir / AGGREGATE_SCRIPT).write_text(agg_text)
+        previous = None
+        for array in arrays:
+            log_dir(out_dir, sub_dir.name, array).mkdir(parents=True, exist_ok=True)  # SLURM opens --output first
+            script = sub_dir / f"{array.name}.sh"
+            script.write_text(array_script(sub_dir, out_dir, array, res, study.config.name, args.sessions_per_job,
+                                           after=previous if res.throttle else None))
+            array.job_id = previous = sbatch(script)
+            info["arrays"].append(array.to_json())
+            info["array_job_id"] = info["array_job_id"] or array.job_id
+        aggregate_log_dir(out_dir, sub_dir.name).mkdir(parents=True, exist_ok=True)
+        (sub_dir / AGGREGATE_SCRIPT).write_text(aggregate_script(sub_dir, out_dir, [a.job_id for a in arrays], res,
+                                                                 study.config.name))
         info["aggregate_job_id"] = sbatch(sub_dir / AGGREGATE_SCRIPT)
     finally:
-        if info["array_job_id"] or info["aggregate_job_id"]:
+        if info["arrays"] or info["aggregate_job_id"]:
             write_json_file(sub_dir / SUBMISSION_FILE, info)
         else:
             shutil.rmtree(sub_dir, ignore_errors=True)
-    if array_id:
-        print(f"submitted {len(keys)} session(s) as array job {array_id} "
-              f"(logs: {out_dir}/logs/slurm-{array_id}_<i>.out)")
+    for array in arrays:
+        print(f"submitted elements {array.first}-{array.first + array.count - 1} as array job {array.job_id} "
+              f"(logs: {log_dir(out_dir, sub_dir.name, array)}/{array.job_id}_<i>.out)")
     print(f"submitted aggregation job {info['aggregate_job_id']}"
-          + (f" (after array job {array_id})" if array_id else ""))
+          + (f" (after array job{'s' if len(arrays) > 1 else ''} {', '.join(a.job_id for a in arrays)})"
+             if arrays else ""))
     print(f"follow with: cstbatch status {out_dir}")
     return 0
+
+
+def _print_dry_run(sub_dir: Path, out_dir: Path, arrays: list[ArrayPlan], res: Resources, name: str,
+                   per_job: int) -> None:
+    """The first array's script in full, one line per further array, then the aggregation's."""
+    print(f"# would write {sub_dir}/ ({STUDY_FILE}, {KEYS_FILE}) and submit with sbatch --parsable:")
+    for i, array in enumerate(arrays):
+        after = "<ARRAY_JOB_ID>" if res.throttle and i else None
+        text = array_script(sub_dir, out_dir, array, res, name, per_job, after=after)
+        if i == 0:
+            print(f"# --- {array.name}.sh")
+            print(text, end="")
+        else:
+            spec = next(line for line in text.splitlines() if line.startswith("#SBATCH --array="))
+            print(f"# --- {array.name}.sh: the same with {spec.split()[1]}, elements {array.first}-"
+                  f"{array.first + array.count - 1}" + (", after the previous array" if after else ""))
+    print(f"# --- {AGGREGATE_SCRIPT}")
+    print(aggregate_script(sub_dir, out_dir, [ARRAY_ID_PLACEHOLDER] * len(arrays), res, name), end="")
 
 
 # -- the jobs' entry points -------------------------------------------------------------------
@@ -457,31 +538,45 @@ def _clear_orphaned_lock(out_dir: Path, key: str) -> None:
         lock.path.unlink(missing_ok=True)
 
 
-def run_session(sub_dir: Path, index: int) -> int:
-    """Array element: run one session's chain (every step task, up-to-date ones skipped)."""
+def run_session(sub_dir: Path, index: int, per_job: int = 1) -> int:
+    """Array element ``index``: run its sessions' chains one after the other (every step task,
+    up-to-date ones skipped); a failed session does not stop the next one."""
     from cstbatch.engine.runner import run_doit
     from cstbatch.outputs.results import session_result
     from cstbatch.study.options import STEPS
 
     sub_dir = Path(sub_dir)
     keys = read_json(sub_dir / KEYS_FILE)
-    if not 0 <= index < len(keys):
-        raise CstBatchError(f"array index {index} outside 0..{len(keys) - 1}")
-    key = keys[index]
-    study = study_from_saved(read_json(sub_dir / STUDY_FILE), only=[key])
-    if not study.subjects:
-        raise CstBatchError(f"{key}: not in {sub_dir / STUDY_FILE}")
+    mine = element_keys(keys, per_job, index) if index >= 0 else []
+    if not mine:
+        raise CstBatchError(f"array element {index} outside 0..{(len(keys) - 1) // per_job}")
+    study = study_from_saved(read_json(sub_dir / STUDY_FILE), only=mine)
+    specs = {s.key: s for s in study.subjects}
+    missing = [k for k in mine if k not in specs]
+    if missing:
+        raise CstBatchError(f"{', '.join(missing)}: not in {sub_dir / STUDY_FILE}")
     out_dir = study.config.output_dir
-    print(f"cstbatch: session {key} (submission {sub_dir.name}, element {index}) on {socket.gethostname()}",
-          flush=True)
-    _clear_orphaned_lock(out_dir, key)
-    # the step tasks, not the group task: a group task's state would go to the study-wide shard
-    # that every element shares
-    code = run_doit(study, ["run", "--verbosity", "1", *[f"{key}:{step}" for step in STEPS]], lock_name=key)
-    result = session_result(study.subjects[0], out_dir)
-    print(f"cstbatch: {key}: {result.status}"
-          + (f" at {result.failed_step}: {result.error}" if result.status == "failed" else ""), flush=True)
-    return code or (0 if result.status == "success" else 1)
+    worst = 0
+    for key in mine:
+        print(f"cstbatch: session {key} (submission {sub_dir.name}, element {index}) on {socket.gethostname()}",
+              flush=True)
+        _clear_orphaned_lock(out_dir, key)
+        one = study_from_saved_subset(study, [specs[key]])
+        # the step tasks, not the group task: a group task's state would go to the study-wide shard
+        # that every element shares
+        code = run_doit(one, ["run", "--verbosity", "1", *[f"{key}:{step}" for step in STEPS]], lock_name=key)
+        result = session_result(specs[key], out_dir)
+        print(f"cstbatch: {key}: {result.status}"
+              + (f" at {result.failed_step}: {result.error}" if result.status == "failed" else ""), flush=True)
+        worst = worst or code or (0 if result.status == "success" else 1)
+    return worst
+
+
+def study_from_saved_subset(study, specs: list):
+    """The same study restricted to ``specs`` (one doit run per session, each under its own lock)."""
+    from cstbatch.study import Study
+
+    return Study(list(specs), study.config, [], study.kind, study.plugins_dir)
 
 
 def run_aggregate(sub_dir: Path) -> int:
@@ -500,13 +595,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     rs = sub.add_parser("run-session")
     rs.add_argument("submission", type=Path)
-    rs.add_argument("index", type=int)
+    rs.add_argument("index", type=int, help="the element of the submission (not the array's task id)")
+    rs.add_argument("--sessions-per-job", type=int, default=1)
     ag = sub.add_parser("aggregate")
     ag.add_argument("submission", type=Path)
     args = p.parse_args(argv)
     try:
         if args.command == "run-session":
-            return run_session(args.submission, args.index)
+            return run_session(args.submission, args.index, args.sessions_per_job)
         return run_aggregate(args.submission)
     except CstBatchError as exc:
         print(f"cstbatch: error: {exc}", file=sys.stderr)

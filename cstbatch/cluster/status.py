@@ -13,7 +13,8 @@ only reads what runs leave behind, each of which is written atomically:
   folder's lock (a local run) held by a live process means *running*;
 * the latest submission: a session it submitted whose records all predate it, and that no job
   holds, is *pending* (queued, not started) — or *failed* when its job's log
-  (``logs/slurm-<array>_<i>.out``) shows that the job ran and ended without writing a record.
+  (``logs/slurm/<NNNN>/array-<j>/<array job>_<i>.out``) shows that the job ran and ended without
+  writing a record.
 
 States: ``success`` · ``failed`` · ``running`` · ``pending`` (not started, or unfinished and not
 running).
@@ -121,7 +122,7 @@ def session_states(out_dir: Path) -> list[SessionStatus]:
     folder_holder = RunLock(out_dir / STATE_DIR).live_holder()
     subs = submissions(out_dir)
     latest = subs[-1] if subs else None
-    latest_keys = {k: i for i, k in enumerate(latest.keys)} if latest else {}
+    latest_keys = set(latest.keys) if latest else set()
     latest_time = _submission_time(latest) if latest else None
     rows = []
     for key, spec in sessions.items():
@@ -139,14 +140,17 @@ def session_states(out_dir: Path) -> list[SessionStatus]:
         if holder:
             row.state = "running"
             row.detail = f"job on {holder.get('host')} (pid {holder.get('pid')}, since {holder.get('started')})"
-        elif key in latest_keys and not started_after_submit and latest.array_job_id:
-            element = f"{latest.array_job_id}_{latest_keys[key]}"
-            job_log = out_dir / "logs" / f"slurm-{element}.out"
+        elif key in latest_keys and not started_after_submit and (where := latest.element_of(key)) \
+                and where[0].job_id:
+            array, task = where
+            element = f"{array.job_id}_{task}"
+            job_log = latest.log_of(out_dir, array, task)
             log_time = job_log.stat().st_mtime if job_log.exists() else None
             # (a job that just started has a fresh log and takes its lock within seconds)
             if log_time is not None and latest_time <= log_time < time.time() - STALE_JOB_LOG_S:
                 row.state = "failed"  # its job started and ended without writing a record
-                row.detail = f"array job {element} ended without updating its records (see logs/{job_log.name})"
+                row.detail = (f"array job {element} ended without updating its records "
+                              f"(see {job_log.relative_to(out_dir).as_posix()})")
             else:
                 row.state = "pending"
                 row.detail = f"queued: array job {element} (submission {latest.folder.name})"

@@ -66,7 +66,9 @@ class ProgressReporter(ConsoleReporter):
         except LockError as exc:
             raise InvalidTask(str(exc)) from None
         self.start = time.monotonic()
-        self._action_tasks = sum(1 for task in tasks.values() if task.actions)
+        # doit's ``actions`` builds Action objects on first use; its list of action specs
+        # (``_actions``) says the same without building 9 per session before the first task
+        self._action_tasks = sum(1 for task in tasks.values() if getattr(task, "_actions", None) or task.actions)
         self._targets = [target for task in tasks.values() for target in task.targets]
         if self.fingerprint is not None:
             try:

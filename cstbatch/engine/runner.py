@@ -5,6 +5,7 @@ Also adds one doit command, ``plan``: which tasks would run and why, without run
 """
 from __future__ import annotations
 
+import gc
 import io
 import sys
 from contextlib import redirect_stdout
@@ -65,7 +66,8 @@ class Plan(DoitCmdBase):
                 continue
             status = self.dep_manager.get_status(task, tasks, get_log=True)
             upstream = sorted({target_owner[str(f)] for f in task.file_dep if target_owner.get(str(f)) in will_run}
-                              | {d for d in task.task_dep if d in will_run})
+                              | {d for d in task.task_dep if d in will_run}
+                              | {(task.meta or {}).get("upstream_elsewhere")} - {None})
             if status.status == "run" or upstream:
                 will_run.add(task.name)
                 if status.status != "run":
@@ -74,25 +76,36 @@ class Plan(DoitCmdBase):
                     why = "not run before"
                 else:
                     why = explain(status.reasons)
-                lines.append(f"run  {task.name:<32} {why}")
+                lines.append(plan_line(task.name, why))
             elif status.status == "error":
-                lines.append(f"run  {task.name:<32} {status.get_error_message()}")
+                lines.append(plan_line(task.name, status.get_error_message()))
                 will_run.add(task.name)
-        lines.append(f"{len(will_run)} of {sum(1 for t in self.task_list if t.actions)} tasks would run; "
-                     "the rest are up to date.")
+        lines.append(plan_total(len(will_run), sum(1 for t in self.task_list if t.actions)))
         self.outstream.write("\n".join(lines) + "\n")
         return 0
 
 
+def plan_line(task_name: str, why: str) -> str:
+    return f"run  {task_name:<32} {why}"
+
+
+def plan_total(will_run: int, tasks: int) -> str:
+    return f"{will_run} of {tasks} tasks would run; the rest are up to date."
+
+
 def run_doit(study: Study, argv: list[str], jobs: int = 1, stop_on_first_crash: bool = False,
-             lock_name: str | None = None) -> int:
+             lock_name: str | None = None, aggregate: dict | None = None) -> int:
     """Run a doit command line (``["run"]``, ``["list"]``, ``["plan"]``…) over the study's tasks.
 
     ``lock_name``: take ``.cstbatch/locks/<lock_name>/lock`` instead of the output folder's lock.
+    ``aggregate``: the aggregation task to use instead of the study's own (a plan of some sessions).
     """
-    namespace = doit_namespace(study, jobs, stop_on_first_crash, lock_name)
+    namespace = doit_namespace(study, jobs, stop_on_first_crash, lock_name, aggregate)
     namespace["DOIT_CONFIG"]["outfile"] = sys.stdout  # doit binds sys.stdout at import time
-    return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
+    try:
+        return DoitMain(ModuleTaskLoader(namespace), config_filenames=()).run(argv)
+    finally:
+        gc.unfreeze()  # the tasks frozen while generated (engine.tasks.FREEZE_EVERY) may go now
 
 
 def run_batch(subjects: list[SubjectSpec], config: BatchConfig, verbose: bool = False, *,
@@ -114,10 +127,16 @@ def run_batch(subjects: list[SubjectSpec], config: BatchConfig, verbose: bool = 
     return collect_results(study.subjects, config.output_dir)
 
 
-def plan_text(study: Study) -> str:
+def doit_plan_text(study: Study, aggregate: dict | None = None) -> str:
+    """doit's ``plan`` of every task (``cstbatch.engine.plan.plan_text`` spares it the sessions
+    that never ran)."""
+    from cstbatch.errors import CstBatchError
+
     sink = io.StringIO()
     with redirect_stdout(sink):
-        run_doit(study, ["plan"])
+        code = run_doit(study, ["plan"], aggregate=aggregate)
+    if code != 0:
+        raise CstBatchError(f"doit could not plan the study (exit status {code}; see the messages above)")
     return sink.getvalue()
 
 

@@ -283,6 +283,7 @@ class Document:
     title: str
     blocks: list[Block]
     footer: str = ""
+    script: str = ""  # inline JavaScript at the end of the HTML page (the PDF ignores it)
 
 
 CSS = """
@@ -305,6 +306,11 @@ figcaption{font-size:.88em;color:#444;max-width:900px}
 .meta{color:#555}
 .footer{margin-top:2em;font-size:.85em;color:#666;border-top:1px solid #ccc;padding-top:.5em}
 caption{caption-side:top;text-align:left;font-weight:bold;padding:.2em 0}
+table.sortable{display:block;max-height:75vh;overflow:auto}
+table.sortable td:first-child{white-space:nowrap}
+table.sortable th{cursor:pointer;position:sticky;top:0;user-select:none}
+table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
+table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 """
 
 
@@ -367,6 +373,8 @@ def render_html(doc: Document, dpi: int = HTML_DPI) -> str:
             out.append(f'<figure><img src="{data_uri(b.figure_png(dpi))}" alt="{alt}">{cap}</figure>')
     if doc.footer:
         out.append(f'<div class="footer">{html.escape(doc.footer)}</div>')
+    if doc.script:
+        out.append(f"<script>{doc.script}</script>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -1,8 +1,10 @@
 """The group report: one self-contained HTML page for the whole study.
 
-Cohort table (with links to each session's report), FA distributions per side, laterality
-scatter plots, the longitudinal section (:mod:`cstbatch.outputs.longitudinal_report`), QC
-flags, robust outliers and failed sessions (step, category, message, log).
+FA distributions per side and laterality scatter plots first (they summarise any number of
+sessions), then the cohort table (links to each session's report; sortable by any column, in
+a scrolling box with a fixed header, so 5000 sessions stay usable: ~2 MB), QC flags, robust
+outliers and failed sessions (step, category, message, log); the longitudinal section
+(:mod:`cstbatch.outputs.longitudinal_report`) after the plots.
 
 Inputs are what the aggregation already has: ``summary`` from
 :func:`cstbatch.outputs.aggregate.generate_batch_summary` and ``rows``, the rows of
@@ -49,6 +51,56 @@ OUTLIER_METRICS = tuple(f"{side}_{m}" for side in ("left", "right") for m in BAS
     tuple(f"laterality_{m}" for m in BASE_METRICS)
 QC_MIN_STREAMLINES = 10
 QC_MIN_REGISTRATION_R = 0.5
+#: Outlying points named on a plot, largest |z| first: beyond a dozen the names hide the data
+#: (a 5000-session study has ~100 outlying values); the outlier table lists them all.
+MAX_PLOT_LABELS = 12
+
+#: Click (or Enter on) a column header of the cohort table to sort by it, again to reverse.
+#: Numbers sort as numbers (the report writes minus as U+2212), "n/a" and empty cells last;
+#: ties keep the current order. Plain DOM, no library, nothing logged.
+SORT_SCRIPT = r"""(function () {
+function key(text) {
+  var t = text.trim();
+  if (t === "" || t === "n/a") return null;
+  var x = Number(t.replace(/\u2212/g, "-").replace(/^\+/, "").replace(/,/g, ""));
+  return isNaN(x) ? t.toLowerCase() : x;
+}
+function sortBy(table, col, th) {
+  var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+  var asc = th.getAttribute("aria-sort") !== "ascending";
+  var items = rows.map(function (r, i) { return {row: r, i: i, k: key(r.cells[col].textContent)}; });
+  var numeric = items.every(function (a) { return a.k === null || typeof a.k === "number"; });
+  items.sort(function (a, b) {
+    if (a.k === null || b.k === null) return (a.k === null) - (b.k === null) || a.i - b.i;
+    var x = numeric ? a.k : String(a.k), y = numeric ? b.k : String(b.k);
+    var c = x < y ? -1 : x > y ? 1 : 0;
+    return (asc ? c : -c) || a.i - b.i;
+  });
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { h.removeAttribute("aria-sort"); });
+  th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+  var frag = document.createDocumentFragment();
+  items.forEach(function (a) { frag.appendChild(a.row); });
+  body.appendChild(frag);
+}
+Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+    th.tabIndex = 0;
+    th.title = "sort by this column";
+    th.addEventListener("click", function () { sortBy(table, col, th); });
+    th.addEventListener("keydown", function (e) { if (e.key === "Enter") sortBy(table, col, th); });
+  });
+});
+})();"""
+
+
+def _labelled(keys: Sequence[str], metrics: Sequence[str], z_of: Mapping[tuple[str, str], float]) -> set[int]:
+    """Indices of the points to name: the :data:`MAX_PLOT_LABELS` with the largest |z|."""
+    scored = []
+    for i, k in enumerate(keys):
+        z = max((abs(z_of[(k, m)]) for m in metrics if (k, m) in z_of), default=None)
+        if z is not None:
+            scored.append((-z, k, i))
+    return {i for _, _, i in sorted(scored)[:MAX_PLOT_LABELS]}
 
 
 def robust_z(values: Iterable[Any]) -> np.ndarray:
@@ -152,11 +204,15 @@ def _flags(entry: Mapping[str, Any], reg_q: float) -> list[str]:
     return flags
 
 
-def fa_distribution_figure(entries: Sequence[Mapping[str, Any]], outliers: set[tuple[str, str]]):
+def fa_distribution_figure(entries: Sequence[Mapping[str, Any]], outliers: Mapping[tuple[str, str], float]):
     """Box plot + strip of FA per side, sessions joined left–right; outlying values ringed.
 
-    ``outliers``: (key, metric) pairs; a side's point is ringed when ``<side>_fa_mean`` is one.
+    ``outliers``: (key, metric) → robust z; a side's point is ringed when ``<side>_fa_mean`` is
+    one, and the largest few are named. The joining lines are one collection and fade as the
+    cohort grows, so thousands of sessions draw quickly and still show the distribution.
     """
+    from matplotlib.collections import LineCollection
+
     fig = new_figure(4.6, 3.4)
     ax = fig.add_subplot(1, 1, 1)
     keys = [e["key"] for e in entries]
@@ -166,18 +222,20 @@ def fa_distribution_figure(entries: Sequence[Mapping[str, Any]], outliers: set[t
                medianprops={"color": "black"})
     n = len(entries)
     jitter = (np.arange(n) - (n - 1) / 2) / max(n, 1) * 0.3 if n else np.zeros(0)
-    for i in range(n):
-        a, b = vals["left"][i], vals["right"][i]
-        if np.isfinite(a) and np.isfinite(b):
-            ax.plot([1 + jitter[i], 2 + jitter[i]], [a, b], color="#999", lw=0.5, zorder=1)
+    both = np.isfinite(vals["left"]) & np.isfinite(vals["right"])
+    segments = np.stack([np.c_[1 + jitter, vals["left"]], np.c_[2 + jitter, vals["right"]]], axis=1)[both]
+    fade = min(1.0, 30.0 / max(n, 1) ** 0.5)  # 1 up to 900 sessions, 0.42 at 5000
+    ax.add_collection(LineCollection(segments, colors="#999", linewidths=0.5 * fade, alpha=fade, zorder=1))
     for pos, side in ((1, "left"), (2, "right")):
         v = vals[side]
         ok = np.isfinite(v)
-        ax.scatter(pos + jitter[ok], v[ok], s=14, color=SIDE_COLORS[side], zorder=2, edgecolors="none")
-        out = np.array([(k, f"{side}_fa_mean") in outliers for k in keys], bool) & ok
+        ax.scatter(pos + jitter[ok], v[ok], s=14 * fade, color=SIDE_COLORS[side], zorder=2, edgecolors="none",
+                   alpha=max(fade, 0.5))
+        metric = f"{side}_fa_mean"
+        out = np.array([(k, metric) in outliers for k in keys], bool) & ok
         if out.any():
             ax.scatter(pos + jitter[out], v[out], s=60, facecolors="none", edgecolors="black", lw=1.0, zorder=3)
-            for i in np.nonzero(out)[0]:
+            for i in sorted(_labelled(keys, [metric], outliers) & set(np.nonzero(out)[0].tolist())):
                 ax.annotate(keys[i], (pos + jitter[i], v[i]), xytext=(5, 0), textcoords="offset points",
                             fontsize=6, va="center")
     ax.set_xticks([1, 2])
@@ -190,10 +248,11 @@ def fa_distribution_figure(entries: Sequence[Mapping[str, Any]], outliers: set[t
     return fig
 
 
-def laterality_figure(entries: Sequence[Mapping[str, Any]], outliers: set[tuple[str, str]]):
+def laterality_figure(entries: Sequence[Mapping[str, Any]], outliers: Mapping[tuple[str, str], float]):
     """FA left vs right (identity line) and FA laterality vs volume laterality.
 
-    A point is highlighted when one of the metrics it plots is an outlier (``(key, metric)`` pairs).
+    A point is highlighted when one of the metrics it plots is an outlier (``(key, metric)`` →
+    robust z); the few most outlying are named.
     """
     fig = new_figure(8.6, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
@@ -205,11 +264,13 @@ def laterality_figure(entries: Sequence[Mapping[str, Any]], outliers: set[tuple[
     def scatter(ax, x, y, metrics):
         out = np.array([any((k, m) in outliers for m in metrics) for k in keys], bool)
         ok = np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[ok & ~out], y[ok & ~out], s=16, color="#444", edgecolors="none", label="session")
+        fade = min(1.0, 30.0 / max(len(keys), 1) ** 0.5)
+        ax.scatter(x[ok & ~out], y[ok & ~out], s=16 * max(fade, 0.4), color="#444", edgecolors="none",
+                   alpha=max(fade, 0.3), label="session")
         if (ok & out).any():
             ax.scatter(x[ok & out], y[ok & out], s=30, color="#e07b00", edgecolors="black", lw=0.6,
                        label="outlier (|robust z| > 3)")
-            for i in np.nonzero(ok & out)[0]:
+            for i in sorted(_labelled(keys, metrics, outliers) & set(np.nonzero(ok & out)[0].tolist())):
                 ax.annotate(keys[i], (x[i], y[i]), xytext=(4, 3), textcoords="offset points", fontsize=6)
         return ok
 
@@ -286,16 +347,9 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
                       fmt(e.get("laterality_fa_mean"), 3, signed=True),
                       fmt(e.get("laterality_volume_mm3"), 3, signed=True), fmt(reg_q, 2),
                       "; ".join(flags), RowClass(css)])
-    b.append(H2("Cohort"))
-    b.append(Table(["Session (report)", "Participant", "Session", "Status", "Whole-brain streamlines",
-                    "Left CST streamlines", "Right CST streamlines", "Left FA", "Right FA", "FA LI", "Volume LI",
-                    "Registration r", "Flags"], table))
-    b.append(P("LI: laterality index (L − R)/(L + R), negative when the left value is lower. "
-               "Registration r: correlation of the subject's FA with the warped template.", css="meta"))
-
     b.append(H2("Distributions"))
     if good:
-        pairs = {(o["key"], o["metric"]) for o in outliers}
+        pairs = {(o["key"], o["metric"]): o["z"] for o in outliers}
         b.append(Fig(fa_distribution_figure(good, pairs),
                      "Mean FA of the left (red) and right (blue) CST per session; boxes: median and quartiles; "
                      "ringed: sessions with an outlying metric."))
@@ -305,6 +359,14 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
     else:
         b.append(P("No successful sessions yet.", css="warn"))
     b += longitudinal_blocks(output_dir, repeated)
+
+    b.append(H2("Cohort"))
+    b.append(Table(["Session (report)", "Participant", "Session", "Status", "Whole-brain streamlines",
+                    "Left CST streamlines", "Right CST streamlines", "Left FA", "Right FA", "FA LI", "Volume LI",
+                    "Registration r", "Flags"], table, css="sortable"))
+    b.append(P("Click a column header to sort by it (again to reverse). "
+               "LI: laterality index (L − R)/(L + R), negative when the left value is lower. "
+               "Registration r: correlation of the subject's FA with the warped template.", css="meta"))
 
     b.append(H2("QC flags and outliers", anchor="qc"))
     b.append(H3("QC flags"))
@@ -345,7 +407,7 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
                      + (f" (last step {e['_summary'].get('last_step')})" if e["_summary"].get("last_step") else "")
                      for e in other]))
     return Document(title=f"cstbatch group report — {study}", blocks=b,
-                    footer=f"cstbatch {version}. Automated research output; not a diagnosis.")
+                    footer=f"cstbatch {version}. Automated research output; not a diagnosis.", script=SORT_SCRIPT)
 
 
 def write_group_report(output_dir: Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],

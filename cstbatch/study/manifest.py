@@ -31,13 +31,43 @@ def _json_path(parts) -> str:
     return text or "(root)"
 
 
+_ENTRY_PATHS = ("nifti", "dicom", "bval", "bvec")
+_ENTRY_KEYS = frozenset(("id", "session", "options") + _ENTRY_PATHS)
+
+
+def _plainly_valid(entry: Any) -> bool:
+    """True when a subject entry obviously satisfies the schema's ``subjects.items`` (checked
+    here in ~1 µs; jsonschema takes ~100 µs an entry, 2 s for 20 000 sessions)."""
+    return (type(entry) is dict and entry.keys() <= _ENTRY_KEYS
+            and type(entry.get("id")) is str and entry["id"] != ""
+            and "session" in entry and (entry["session"] is None or type(entry["session"]) is str)
+            and all(type(entry[k]) is str and entry[k] != "" for k in _ENTRY_PATHS if k in entry)
+            and type(entry.get("options", {})) is dict)
+
+
 def validate_manifest_schema(data: Any) -> list[str]:
-    """Every structural problem of a manifest, one line each, prefixed with its JSON path."""
+    """Every structural problem of a manifest, one line each, prefixed with its JSON path.
+
+    jsonschema sees the manifest with only the subject entries that are not plainly valid
+    (:func:`_plainly_valid`), and its error paths are mapped back to the entries' indices.
+    """
     import jsonschema  # imported here: it is slow to load and only manifests need it
 
     validator = jsonschema.Draft202012Validator(manifest_schema())
-    problems = [f"{_json_path(e.absolute_path)}: {e.message}"
-                for e in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))]
+    checked, index = data, None
+    if isinstance(data, dict) and type(data.get("subjects")) is list and data["subjects"]:
+        index = [i for i, e in enumerate(data["subjects"]) if not _plainly_valid(e)]
+        checked = {**data, "subjects": [data["subjects"][i] for i in index]}
+
+    def path(error) -> list:
+        parts = list(error.absolute_path)
+        if index is not None and len(parts) > 1 and parts[0] == "subjects" and isinstance(parts[1], int):
+            parts[1] = index[parts[1]]
+        return parts
+
+    errors = [(path(e), e.message) for e in validator.iter_errors(checked)
+              if not (index is not None and list(e.absolute_path) == ["subjects"] and e.validator == "minItems")]
+    problems = [f"{_json_path(parts)}: {message}" for parts, message in sorted(errors, key=lambda e: list(map(str, e[0])))]
     if not isinstance(data, dict):
         return problems
     if isinstance(data.get("options"), dict):
