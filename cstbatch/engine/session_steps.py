@@ -13,7 +13,7 @@ import numpy as np
 
 from cstbatch.atomic import save_nifti, write_json
 from cstbatch.engine.context import StepContext, implementation_for
-from cstbatch.errors import InputError, PluginError
+from cstbatch.errors import InputError, OptionError, PluginError
 from cstbatch.engine.chain import ROI_FILES
 from cstbatch.outputs.layout import TENSOR_PARAMS
 
@@ -136,14 +136,18 @@ def track(ctx: StepContext) -> dict[str, Any]:
 
 
 def _save_trx(streamlines, img, target: Path) -> None:
+    """The tractogram as TRX too (RAS+ mm, the DWI as reference), through the trx extra."""
     from dipy.io.stateful_tractogram import Space, StatefulTractogram
-    from trx.trx_file_memmap import TrxFile, save
 
     from cstbatch.atomic import atomic_path
+    from cstbatch.study.options import extra_error
+    try:
+        from trx.trx_file_memmap import TrxFile, save
+    except ImportError:  # planning checks this too; a job started elsewhere may lack it
+        raise OptionError(extra_error("save_trx")) from None
     sft = StatefulTractogram(streamlines, img, Space.RASMM)
     with atomic_path(target) as tmp:
         save(TrxFile.from_sft(sft), str(tmp))
-
 
 
 def _atlas(ctx: StepContext):
