@@ -27,6 +27,14 @@ Conventions: dipy's optimised affine maps *static world → moving world*, i.e. 
 mm → MNI mm; that is stored as ``Registration.subject_to_mni``. ROIs are pulled from the
 template grid to the subject grid by nearest neighbour; streamlines (RAS+ mm) are pushed from
 subject to MNI mm through the same transform.
+
+On disk (:func:`save_itk_affine`) that affine is an ITK text transform in LPS+ coordinates, the
+file ANTs, SimpleITK and nitransforms read: in ITK's resampling convention it maps points of the
+subject grid into the template, so it resamples template images onto the subject
+(``from-<template>_to-dwi_mode-image_xfm.txt``). The affine is the whole transform for the default
+``registration_method=affine``; with ``syn`` the nonlinear part (dipy's displacement fields) is
+kept only in cstbatch's .npz (:func:`save_registration`), and the ITK file holds its affine
+start, not the whole mapping.
 """
 from __future__ import annotations
 
