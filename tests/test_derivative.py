@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from cstbatch.outputs.records import content_digest
 from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
-from conftest import write_tiny_dwi
+from conftest import bids_errors, bids_validate, write_tiny_dwi
 
 
 
@@ -71,26 +69,10 @@ def test_pybids_indexes_maps_and_sessions(two_runs):
     assert len(fa) == 4 and {f.get_entities()["model"] for f in fa} == {"tensor"}
 
 
-def _validate(dataset: Path) -> dict:
-    """bids-validator 3.x (schema-based; PyPI bids-validator-deno, runs offline): its JSON report."""
-    validator = shutil.which("bids-validator-deno")
-    if validator is None:
-        if os.environ.get("CI"):
-            pytest.fail("bids-validator-deno must be installed in CI (test extras)")
-        pytest.skip("bids-validator-deno not installed (pip install -e '.[test]')")
-    result = subprocess.run([validator, str(dataset), "--format", "json"], capture_output=True, text=True,
-                            timeout=600)
-    return json.loads(result.stdout)
-
-
-def _errors(report: dict) -> list[tuple[str, str]]:
-    return [(i["code"], i.get("location", "")) for i in report["issues"]["issues"] if i["severity"] == "error"]
-
-
 def test_bids_validator_accepts_the_output_and_bidsignore_hides_only_what_the_spec_lacks(two_runs, tmp_path):
     out = two_runs[0] / "a"  # two sessions and a failed one
-    report = _validate(out)
-    assert _errors(report) == []
+    report = bids_validate(out)
+    assert bids_errors(report) == []
     assert sorted(report["summary"]["subjects"]) == ["01", "02", "03"]
     # the same dataset without .bidsignore: every error is about a file the specification has
     # no rule for (NOT_INCLUDED, or a JSON beside nothing the spec knows), and the ignore file
@@ -98,10 +80,10 @@ def test_bids_validator_accepts_the_output_and_bidsignore_hides_only_what_the_sp
     bare = tmp_path / "bare"
     shutil.copytree(out, bare, ignore=shutil.ignore_patterns(".cstbatch"))
     (bare / ".bidsignore").unlink()
-    full = _validate(bare)
-    uncovered = {loc for code, loc in _errors(full) if code == "NOT_INCLUDED" and not loc.endswith("/")}
-    assert {code for code, _ in _errors(full)} <= {"NOT_INCLUDED", "SIDECAR_WITHOUT_DATAFILE"}
-    assert {loc for _, loc in _errors(full)} <= uncovered | {loc for code, loc in _errors(full) if loc.endswith("/")}
+    full = bids_validate(bare)
+    uncovered = {loc for code, loc in bids_errors(full) if code == "NOT_INCLUDED" and not loc.endswith("/")}
+    assert {code for code, _ in bids_errors(full)} <= {"NOT_INCLUDED", "SIDECAR_WITHOUT_DATAFILE"}
+    assert {loc for _, loc in bids_errors(full)} <= uncovered | {loc for code, loc in bids_errors(full) if loc.endswith("/")}
     assert report["summary"]["totalFiles"] == full["summary"]["totalFiles"] - len(uncovered)
     checked_by_spec = ["sub-02/dwi/sub-02_desc-preproc_dwi.nii.gz", "sub-02/dwi/sub-02_dwi.bval",
                        "sub-02/dwi/sub-02_desc-brain_mask.nii.gz", "sub-02/dwi/sub-02_label-brainstem_mask.nii.gz",

@@ -73,6 +73,8 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
                        "BIDS convention of this image, in the session's dwi.bval/dwi.bvec); not "
                        "otherwise processed.",
         "SkullStripped": False})
+    for old in layout.superseded("ingest"):
+        old.unlink(missing_ok=True)
     from cstbatch.outputs.records import sha256
     info["inputs"] = {str(p): sha256(Path(p)) for p in (nifti, bval, bvec)}
     info["shape"] = list(checked.img.shape)
@@ -175,10 +177,13 @@ def register(ctx: StepContext) -> dict[str, Any]:
     fa_img = nib.load(str(layout.tensor_map("fa")))
     reg = register_template(fa_img, atlas, ctx.options)
     transform = save_itk_affine(reg.subject_to_mni, layout.transform(atlas_option))
+    current = {transform}
     if reg.mapping is not None:  # SyN: the displacement fields only cstbatch reads
-        save_registration(reg, layout.registration_cache(atlas_option))
-    else:
-        layout.registration_cache(atlas_option).unlink(missing_ok=True)
+        current.add(save_registration(reg, layout.registration_cache(atlas_option)))
+    # another atlas's or method's transforms, and 0.1's names, would look current
+    for old in [*transform.parent.glob(f"{layout.key}_from-*_xfm.*"), *layout.superseded("register")]:
+        if old not in current:
+            old.unlink(missing_ok=True)
     rois = reg.warp_rois(atlas, fa_img)
     for name, short in ROI_FILES.items():
         save_nifti(_like(fa_img, rois[name], np.uint8), layout.roi(short))

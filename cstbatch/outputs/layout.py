@@ -184,6 +184,16 @@ class SessionLayout:
     def report_pdf(self) -> Path:
         return self._f("metrics", "report.pdf")
 
+    def superseded(self, step: str) -> list[Path]:
+        """Files ``step`` wrote under cstbatch 0.1's names, which it now removes so that a rerun
+        into an older output folder leaves no stale copy (nor a file the validator rejects)."""
+        if step == "ingest":
+            return [self._f("dwi", "desc-preproc_dwi.bval"), self._f("dwi", "desc-preproc_dwi.bvec")]
+        if step == "register":
+            return [self._f("xfm", "from-dwi_to-MNI_xfm.npz")] + [
+                self._f("xfm", f"desc-{roi}_mask.nii.gz") for roi in ("brainstem", "motorL", "motorR")]
+        return []
+
     # bookkeeping
     def record(self, step: str) -> Path:
         """The step record: status, output checksums, duration, peak memory (always written)."""
