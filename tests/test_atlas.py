@@ -1,7 +1,9 @@
 """Atlases (ICBM ROIs, FSL licence gate, custom atlas) and template registration."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -183,3 +185,56 @@ def test_syn_registration_maps_points_and_survives_save_load(atlas, tmp_path):
     back = load_registration(save_registration(reg, tmp_path / "syn.npz"))
     np.testing.assert_allclose(streamlines_to_mni([pts], back)[0], est, atol=1e-4)
     assert all(m.any() for m in back.warp_rois(atlas, fa_img).values())
+
+
+def test_itk_transform_file_resamples_rois_like_cstbatch(registered, atlas, tmp_path):
+    """The saved ITK text affine is in ITK's LPS convention, lossless, and nitransforms (NiPreps)
+    applying it puts every atlas ROI on exactly the voxels cstbatch's own resampling does."""
+    if importlib.util.find_spec("nitransforms") is None:
+        if os.environ.get("CI"):
+            pytest.fail("nitransforms must be installed in CI (test extras)")
+        pytest.skip("nitransforms not installed (pip install -e '.[test]')")
+    from nitransforms.linear import load as load_transform
+    from nitransforms.resampling import apply
+
+    from cstbatch.steps.register import load_itk_affine, save_itk_affine
+
+    fa_img, _, reg = registered
+    path = save_itk_affine(reg.subject_to_mni, tmp_path / "sub-1_from-MNI152NLin2009aSym_to-dwi_mode-image_xfm.txt")
+    # read by hand: ITK maps LPS points; a RAS point is the LPS one with x and y negated
+    params = np.array(next(line for line in path.read_text().splitlines()
+                           if line.startswith("Parameters:")).split()[1:], float)
+    point_ras = np.array([12.0, -30.0, 25.0])
+    flip = np.array([-1.0, -1.0, 1.0])
+    mapped_ras = (params[:9].reshape(3, 3) @ (point_ras * flip) + params[9:]) * flip
+    np.testing.assert_allclose(mapped_ras, reg.subject_to_mni[:3, :3] @ point_ras + reg.subject_to_mni[:3, 3],
+                               atol=1e-9)
+    np.testing.assert_array_equal(load_itk_affine(path), reg.subject_to_mni)  # what extract/metrics read
+    transform = load_transform(path, fmt="itk")
+    np.testing.assert_allclose(transform.matrix, reg.subject_to_mni, atol=1e-5)
+    ours = reg.warp_rois(atlas, fa_img)
+    for name, roi in atlas.rois().items():
+        theirs = apply(transform, nib.Nifti1Image(roi.astype(np.uint8), atlas.affine), reference=fa_img, order=0)
+        theirs = np.asarray(theirs.dataobj) > 0.5
+        assert ours[name].sum() > 100, name
+        assert np.array_equal(theirs, ours[name]), (name, int((theirs != ours[name]).sum()))
+
+
+def test_itk_reader_applies_the_centre_and_rejects_other_transforms(tmp_path):
+    from cstbatch.steps.register import load_itk_affine
+
+    # an ANTs-style file with a centre of rotation: y = A (x - c) + t + c, in LPS
+    path = tmp_path / "ants.txt"
+    path.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: MatrixOffsetTransformBase_double_3_3\n"
+                    "Parameters: 0 -1 0 1 0 0 0 0 1 1 2 3\nFixedParameters: 10 20 30\n")
+    m = load_itk_affine(path)
+    x_lps = np.array([4.0, 5.0, 6.0])
+    a = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float)
+    y_lps = a @ (x_lps - [10, 20, 30]) + [1, 2, 3] + [10, 20, 30]
+    flip = np.array([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(m[:3, :3] @ (x_lps * flip) + m[:3, 3], y_lps * flip)
+    path.write_text("#Insight Transform File V1.0\nTransform: BSplineTransform_double_3_3\nParameters: 1\n")
+    with pytest.raises(InputError, match="not a 3-D ITK affine"):
+        load_itk_affine(path)
+    with pytest.raises(InputError, match="not found"):
+        load_itk_affine(tmp_path / "absent.txt")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from cstbatch.outputs.records import content_digest
 from cstbatch.engine.runner import run_doit
 from cstbatch.study import load_study
-from conftest import write_tiny_dwi
+from conftest import bids_errors, bids_validate, write_tiny_dwi
 
 
 
@@ -71,15 +69,51 @@ def test_pybids_indexes_maps_and_sessions(two_runs):
     assert len(fa) == 4 and {f.get_entities()["model"] for f in fa} == {"tensor"}
 
 
-def test_bids_validator_accepts_the_output(two_runs):
-    validator = shutil.which("bids-validator")
-    if validator is None:
-        if os.environ.get("CI"):
-            pytest.fail("bids-validator must be installed in CI (.ci/run installs it)")
-        pytest.skip("bids-validator (npm bids-validator@1) not installed")
-    result = subprocess.run([validator, str(two_runs[0] / "a"), "--json"], capture_output=True, text=True)
-    issues = json.loads(result.stdout)["issues"]["errors"]
-    assert result.returncode == 0, [(i["key"], i["reason"]) for i in issues]
+def test_bids_validator_accepts_the_output_and_bidsignore_hides_only_what_the_spec_lacks(two_runs, tmp_path):
+    out = two_runs[0] / "a"  # two sessions and a failed one
+    report = bids_validate(out)
+    assert bids_errors(report) == []
+    assert sorted(report["summary"]["subjects"]) == ["01", "02", "03"]
+    # the same dataset without .bidsignore: every error is about a file the specification has
+    # no rule for (NOT_INCLUDED, or a JSON beside nothing the spec knows), and the ignore file
+    # hides exactly those, no spec-covered file
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare, ignore=shutil.ignore_patterns(".cstbatch"))
+    (bare / ".bidsignore").unlink()
+    full = bids_validate(bare)
+    uncovered = {loc for code, loc in bids_errors(full) if code == "NOT_INCLUDED" and not loc.endswith("/")}
+    assert {code for code, _ in bids_errors(full)} <= {"NOT_INCLUDED", "SIDECAR_WITHOUT_DATAFILE"}
+    assert {loc for _, loc in bids_errors(full)} <= uncovered | {loc for code, loc in bids_errors(full) if loc.endswith("/")}
+    assert report["summary"]["totalFiles"] == full["summary"]["totalFiles"] - len(uncovered)
+    checked_by_spec = ["sub-02/dwi/sub-02_desc-preproc_dwi.nii.gz", "sub-02/dwi/sub-02_dwi.bval",
+                       "sub-02/dwi/sub-02_desc-brain_mask.nii.gz", "sub-02/dwi/sub-02_label-brainstem_mask.nii.gz",
+                       "sub-01/ses-01/dwi/sub-01_ses-01_desc-preproc_dwi.json"]
+    for rel in checked_by_spec:
+        assert (out / rel).exists() and "/" + rel not in uncovered, rel
+    assert "/sub-02/xfm/sub-02_from-MNI152NLin2009aSym_to-dwi_mode-image_xfm.txt" in uncovered  # BEP014
+
+
+def test_denoiser_none_stores_no_second_dwi_and_the_transform_is_itk(two_runs):
+    out = two_runs[0] / "a"
+    dwi = out / "sub-02" / "dwi"
+    assert sorted(p.name for p in dwi.glob("*_dwi.nii.gz")) == ["sub-02_desc-preproc_dwi.nii.gz"]
+    record = json.loads((out / "sub-02/steps/sub-02_step-denoise.json").read_text())
+    assert record["status"] == "success" and record["outputs"] == {}
+    assert record["info"]["dwi"] == "sub-02/dwi/sub-02_desc-preproc_dwi.nii.gz"
+    register = json.loads((out / "sub-02/steps/sub-02_step-register.json").read_text())
+    xfm = out / register["info"]["transform"]
+    assert xfm.parent.name == "xfm" and xfm.read_text().startswith("#Insight Transform File V1.0")
+    assert register["outputs"][register["info"]["transform"]]
+
+
+def test_pybids_indexes_maps_sessions_and_inherited_gradients(two_runs):
+    bids = pytest.importorskip("bids")
+    layout = bids.BIDSLayout(two_runs[0] / "a", validate=False)
+    preproc = layout.get(subject="01", session="01", desc="preproc", suffix="dwi", extension=".nii.gz")
+    assert len(preproc) == 1
+    assert Path(layout.get_bval(preproc[0].path)).name == "sub-01_ses-01_dwi.bval"
+    rois = layout.get(subject="02", suffix="mask", label="brainstem", extension=".nii.gz")
+    assert len(rois) == 1 and rois[0].get_metadata()["Type"] == "ROI"
 
 
 def test_two_clean_runs_are_identical_except_documented_volatile_fields(two_runs):

@@ -24,6 +24,7 @@ from cstbatch.outputs.layout import STATE_DIR
 from cstbatch.engine.runner import run_doit
 from cstbatch.sample.accuracy import check_study, failures
 from cstbatch.study import SAMPLE_MANIFEST, load_study
+from conftest import bids_errors, bids_validate
 
 BROKEN = "sub-05_ses-01"
 
@@ -106,6 +107,12 @@ def test_every_output_exists_and_parses(sample_run):
             trk = nib.streamlines.load(str(base / "tractography" / f"{spec.key}_desc-cst{side}_tractogram.trk"))
             assert len(trk.streamlines) >= 20
         assert (base / "figures" / f"{spec.key}_desc-registration_qc.png").stat().st_size > 0
+
+
+def test_bids_validator_finds_no_error_in_the_sample_output(sample_run):
+    report = bids_validate(sample_run["out"])
+    assert bids_errors(report) == []
+    assert sorted(report["summary"]["subjects"]) == ["01", "02", "03", "04", "05"]
 
 
 def test_failed_session_is_reported_everywhere(sample_run):

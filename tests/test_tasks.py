@@ -68,9 +68,21 @@ def test_changing_one_sessions_denoiser_reruns_only_that_chain(tmp_path):
     data = json.loads(manifest.read_text())
     data["subjects"][1]["options"] = {"denoise_method": "nlmeans"}
     manifest.write_text(json.dumps(data))
+    denoised = out / "sub-02/dwi/sub-02_desc-denoised_dwi.nii.gz"
+    assert not denoised.exists()  # denoiser none: the later steps read desc-preproc, no copy
     code, third = doit(manifest, out, "run", *UP_TO_TRACK)
     assert code == 0
     assert executed(third) == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:track"]
+    assert denoised.exists() and denoised.with_name("sub-02_desc-denoised_dwi.json").exists()
+    record = json.loads((out / "sub-02/steps/sub-02_step-denoise.json").read_text())
+    assert set(record["outputs"]) == {"sub-02/dwi/sub-02_desc-denoised_dwi.nii.gz",
+                                      "sub-02/dwi/sub-02_desc-denoised_dwi.json"}
+    # and back: the denoised files go, and mask/model/track read the preprocessed DWI again
+    data["subjects"][1]["options"] = {"denoise_method": "none"}
+    manifest.write_text(json.dumps(data))
+    code, fourth = doit(manifest, out, "run", *UP_TO_TRACK)
+    assert code == 0 and executed(fourth) == executed(third)
+    assert not denoised.exists() and not denoised.with_name("sub-02_desc-denoised_dwi.json").exists()
 
 
 def test_failed_session_does_not_stop_others_and_reruns(tmp_path):

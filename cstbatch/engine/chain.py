@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from cstbatch.outputs.layout import TENSOR_PARAMS, SessionLayout
+from cstbatch.outputs.layout import NO_DENOISING, TENSOR_PARAMS, SessionLayout
 from cstbatch.study.options import STEP_SELECTOR, STEPS  # noqa: F401  (STEP_SELECTOR: part of the chain's table)
 
 #: step -> earlier steps whose outputs it reads (its records are the task's file_dep).
@@ -24,8 +24,14 @@ STEP_INPUTS: dict[str, tuple[str, ...]] = {
     "report": ("mask", "model", "register", "extract", "metrics"),
 }
 
+#: File label of each atlas ROI (``label-<name>_mask``), by the atlas's ROI name.
+ROI_FILES = {"brainstem": "brainstem", "motor_left": "motorL", "motor_right": "motorR"}
+ROI_NAMES = tuple(ROI_FILES.values())
+
 #: Version of each step's built-in code: bump when the output of that step changes.
 BUILTIN_STEP_VERSION: dict[str, str] = {step: "1" for step in STEPS}
+# ingest 2: BIDS-valid names (session-level gradients, a sidecar); it reruns every later step
+BUILTIN_STEP_VERSION["ingest"] = "2"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's
@@ -37,18 +43,22 @@ STEP_CODE_VERSION: dict[str, str] = {"register": "2"}
 def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Path]:
     """Files ``step`` writes (besides its record) — the task's targets."""
     if step == "ingest":
-        return [layout.dwi, layout.bval, layout.bvec]
-    if step == "denoise":
-        return [layout.denoised]
+        return [layout.dwi, layout.dwi_json, layout.bval, layout.bvec]
+    if step == "denoise":  # denoiser "none": the next steps read ingest's DWI, nothing is written
+        if options.get("denoise_method", NO_DENOISING) == NO_DENOISING:
+            return []
+        return [layout.denoised, layout.denoised_json]
     if step == "mask":
-        return [layout.mask]
+        return [layout.mask, layout.mask_json]
     if step == "model":
         return [layout.tensor_map(p) for p in TENSOR_PARAMS]
     if step == "track":
         return [layout.tractogram] + ([layout.tractogram_trx] if options.get("save_trx") else [])
     if step == "register":
-        return [layout.transform, layout.registration_qc] + [
-            layout.roi(r) for r in ("brainstem", "motorL", "motorR")]
+        atlas = options.get("atlas", "icbm2009a")
+        syn = [layout.registration_cache(atlas)] if options.get("registration_method") == "syn" else []
+        return [layout.transform(atlas), *syn, layout.registration_qc] + [
+            path for r in ROI_NAMES for path in (layout.roi(r), layout.roi_json(r))]
     if step == "extract":
         return [layout.cst("left"), layout.cst("right")]
     if step == "metrics":

@@ -11,20 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from cstbatch.atomic import copy_file, save_nifti
+from cstbatch.atomic import save_nifti, write_json
 from cstbatch.engine.context import StepContext, implementation_for
-from cstbatch.errors import InputError, PluginError
+from cstbatch.errors import InputError, OptionError, PluginError
+from cstbatch.engine.chain import ROI_FILES
 from cstbatch.outputs.layout import TENSOR_PARAMS
 
 
-def load_dwi(layout, which: str = "denoised"):
-    """(image, float32 data (X,Y,Z,N), dipy GradientTable in voxel axes) of a session."""
+def load_dwi(layout, path: Path | None = None):
+    """(image, float32 data (X,Y,Z,N), dipy GradientTable in voxel axes) of the session's DWI at
+    ``path`` (default: the preprocessed one); the gradients are the session's."""
     import nibabel as nib
     from dipy.core.gradients import gradient_table
 
     from cstbatch.steps.gradients import bids_to_voxel_axes, read_bvals_bvecs
 
-    img = nib.load(str(layout.denoised if which == "denoised" else layout.dwi))
+    img = nib.load(str(path or layout.dwi))
     data = np.asarray(img.dataobj, dtype=np.float32)
     bvals, bvecs = read_bvals_bvecs(layout.bval, layout.bvec, data.shape[-1])
     gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, img.affine), b0_threshold=50)
@@ -66,6 +68,13 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
         bval, bvec = spec.bval, spec.bvec
     checked = check_nifti_dwi(Path(nifti), Path(bval), Path(bvec))
     write_preproc(checked, layout.dwi, layout.bval, layout.bvec)
+    write_json(layout.dwi_json, {
+        "Description": "The input DWI as accepted by cstbatch (checked; float32; gradients in the "
+                       "BIDS convention of this image, in the session's dwi.bval/dwi.bvec); not "
+                       "otherwise processed.",
+        "SkullStripped": False})
+    for old in layout.superseded("ingest"):
+        old.unlink(missing_ok=True)
     from cstbatch.outputs.records import sha256
     info["inputs"] = {str(p): sha256(Path(p)) for p in (nifti, bval, bvec)}
     info["shape"] = list(checked.img.shape)
@@ -75,32 +84,41 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
 
 
 def denoise(ctx: StepContext) -> dict[str, Any]:
-    img, data, gtab = load_dwi(ctx.layout, which="preproc")
+    layout = ctx.layout
+    if layout.analysis_dwi(ctx.options) == layout.dwi:
+        # denoiser "none": the later steps read the preprocessed DWI; no second copy of it
+        for stale in (layout.denoised, layout.denoised_json):  # from an earlier denoiser
+            stale.unlink(missing_ok=True)
+        return {"dwi": str(layout.dwi.relative_to(layout.out_dir))}
+    img, data, gtab = load_dwi(layout)
     result = ctx.implementation.func(data, gtab, ctx.options)
     if not isinstance(result, np.ndarray) or result.shape != data.shape:
         raise PluginError(f"denoiser {ctx.implementation.name} returned "
                           f"{getattr(result, 'shape', type(result).__name__)}, expected shape {data.shape}")
-    if result is data and img.get_data_dtype() == np.float32:
-        # nothing changed (denoiser "none"): copy the file rather than re-encode 100 MB of gzip
-        copy_file(ctx.layout.dwi, ctx.layout.denoised)
-    else:
-        save_nifti(_like(img, result), ctx.layout.denoised)
-    return {}
+    save_nifti(_like(img, result), layout.denoised)
+    write_json(layout.denoised_json, {
+        "Description": f"The preprocessed DWI denoised by {ctx.implementation.name} "
+                       f"{ctx.implementation.version}; gradients in the session's dwi.bval/dwi.bvec.",
+        "SkullStripped": False})
+    return {"dwi": str(layout.denoised.relative_to(layout.out_dir))}
 
 
 def mask(ctx: StepContext) -> dict[str, Any]:
-    img, data, gtab = load_dwi(ctx.layout)
+    img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options))
     brain = np.asarray(ctx.implementation.func(data, gtab, ctx.options)).astype(bool)
     if brain.shape != data.shape[:3] or not brain.any():
         raise PluginError(f"mask {ctx.implementation.name} gave an empty or mis-shaped mask")
     save_nifti(_like(img, brain, np.uint8), ctx.layout.mask)
+    write_json(ctx.layout.mask_json, {
+        "Description": f"Brain mask by {ctx.implementation.name} {ctx.implementation.version}.",
+        "Type": "Brain"})
     return {"mask_voxels": int(brain.sum())}
 
 
 def model(ctx: StepContext) -> dict[str, Any]:
     from cstbatch.steps.model import fit_tensor_maps
 
-    img, data, gtab = load_dwi(ctx.layout)
+    img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options))
     maps = fit_tensor_maps(data, gtab, _load_mask(ctx.layout))
     for param in TENSOR_PARAMS:
         save_nifti(_like(img, np.nan_to_num(maps[param])), ctx.layout.tensor_map(param))
@@ -110,7 +128,7 @@ def model(ctx: StepContext) -> dict[str, Any]:
 def track(ctx: StepContext) -> dict[str, Any]:
     from cstbatch.steps.track import save_trk
 
-    img, data, gtab = load_dwi(ctx.layout)
+    img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options))
     streamlines = ctx.implementation.func(data, gtab, _load_mask(ctx.layout), _load_maps(ctx.layout),
                                           img.affine, ctx.options)
     save_trk(streamlines, img, ctx.layout.tractogram)
@@ -120,16 +138,18 @@ def track(ctx: StepContext) -> dict[str, Any]:
 
 
 def _save_trx(streamlines, img, target: Path) -> None:
+    """The tractogram as TRX too (RAS+ mm, the DWI as reference), through the trx extra."""
     from dipy.io.stateful_tractogram import Space, StatefulTractogram
-    from trx.trx_file_memmap import TrxFile, save
 
     from cstbatch.atomic import atomic_path
+    from cstbatch.study.options import extra_error
+    try:
+        from trx.trx_file_memmap import TrxFile, save
+    except ImportError:  # planning checks this too; a job started elsewhere may lack it
+        raise OptionError(extra_error("save_trx")) from None
     sft = StatefulTractogram(streamlines, img, Space.RASMM)
     with atomic_path(target) as tmp:
         save(TrxFile.from_sft(sft), str(tmp))
-
-
-ROI_FILES = {"brainstem": "brainstem", "motor_left": "motorL", "motor_right": "motorR"}
 
 
 def _atlas(ctx: StepContext):
@@ -150,29 +170,55 @@ def _load_streamlines(path: Path) -> list[np.ndarray]:
 def register(ctx: StepContext) -> dict[str, Any]:
     import nibabel as nib
 
-    from cstbatch.steps.register import qc_figure, register_template, save_registration
+    from cstbatch.steps.register import qc_figure, register_template, save_itk_affine, save_registration
 
+    layout, atlas_option = ctx.layout, ctx.options.get("atlas", "icbm2009a")
     atlas = ctx.implementation.func(ctx.options)
-    fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
+    fa_img = nib.load(str(layout.tensor_map("fa")))
     reg = register_template(fa_img, atlas, ctx.options)
-    save_registration(reg, ctx.layout.transform)
+    transform = save_itk_affine(reg.subject_to_mni, layout.transform(atlas_option))
+    current = {transform}
+    if reg.mapping is not None:  # SyN: the displacement fields only cstbatch reads
+        current.add(save_registration(reg, layout.registration_cache(atlas_option)))
+    # another atlas's or method's transforms, and 0.1's names, would look current
+    for old in [*transform.parent.glob(f"{layout.key}_from-*_xfm.*"), *layout.superseded("register")]:
+        if old not in current:
+            old.unlink(missing_ok=True)
     rois = reg.warp_rois(atlas, fa_img)
     for name, short in ROI_FILES.items():
-        save_nifti(_like(fa_img, rois[name], np.uint8), ctx.layout.roi(short))
-    qc_figure(fa_img, reg.warp_template(atlas.registration_template, fa_img), ctx.layout.registration_qc,
+        save_nifti(_like(fa_img, rois[name], np.uint8), layout.roi(short))
+        write_json(layout.roi_json(short), {
+            "Description": f"{name.replace('_', ' ')} ROI of the {atlas.name} atlas ({atlas.version}) "
+                           f"resampled onto the DWI grid (nearest neighbour) through "
+                           f"xfm/{transform.name}" + (" and the SyN warp" if reg.mapping is not None else "") + ".",
+            "Type": "ROI"})
+    qc_figure(fa_img, reg.warp_template(atlas.registration_template, fa_img), layout.registration_qc,
               rois=rois, title=f"{ctx.spec.key}: {atlas.name} template on FA")
     return {"atlas": atlas.name, "atlas_version": atlas.version, "quality": reg.quality,
-            "quality_metric": reg.quality_metric, "roi_voxels": {k: int(v.sum()) for k, v in rois.items()}}
+            "quality_metric": reg.quality_metric, "roi_voxels": {k: int(v.sum()) for k, v in rois.items()},
+            "transform": str(transform.relative_to(layout.out_dir)),
+            "transform_kind": "affine" if reg.mapping is None else "affine (ITK file) + SyN warp (cstbatch .npz)"}
+
+
+def load_session_registration(ctx: StepContext):
+    """The session's template registration as the register step saved it: the ITK affine, or
+    cstbatch's .npz (affine and warp) for SyN."""
+    from cstbatch.steps.register import Registration, load_itk_affine, load_registration
+
+    atlas = ctx.options.get("atlas", "icbm2009a")
+    if ctx.options.get("registration_method") == "syn":
+        return load_registration(ctx.layout.registration_cache(atlas))
+    return Registration(subject_to_mni=load_itk_affine(ctx.layout.transform(atlas)))
 
 
 def extract(ctx: StepContext) -> dict[str, Any]:
     import nibabel as nib
 
-    from cstbatch.steps.register import load_registration, streamlines_to_mni
+    from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track import save_trk
 
     atlas = _atlas(ctx)
-    reg = load_registration(ctx.layout.transform)
+    reg = load_session_registration(ctx)
     streamlines = _load_streamlines(ctx.layout.tractogram)
     selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas, ctx.options)
     fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
@@ -193,13 +239,11 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
         metrics_to_rows,
         profiles_to_rows,
     )
-    from cstbatch.steps.register import load_registration
-
     fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
     brainstem = np.asarray(nib.load(str(ctx.layout.roi("brainstem"))).dataobj) > 0
     result = compute_metrics(_load_streamlines(ctx.layout.cst("left")), _load_streamlines(ctx.layout.cst("right")),
                              _load_maps(ctx.layout), fa_img.affine, ctx.options,
-                             mni=load_registration(ctx.layout.transform), brainstem_mask=brainstem)
+                             mni=load_session_registration(ctx), brainstem_mask=brainstem)
     from cstbatch.atomic import write_json
     from cstbatch.outputs.provenance import session_provenance
 

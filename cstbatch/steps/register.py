@@ -27,6 +27,14 @@ Conventions: dipy's optimised affine maps *static world → moving world*, i.e. 
 mm → MNI mm; that is stored as ``Registration.subject_to_mni``. ROIs are pulled from the
 template grid to the subject grid by nearest neighbour; streamlines (RAS+ mm) are pushed from
 subject to MNI mm through the same transform.
+
+On disk (:func:`save_itk_affine`) that affine is an ITK text transform in LPS+ coordinates, the
+file ANTs, SimpleITK and nitransforms read: in ITK's resampling convention it maps points of the
+subject grid into the template, so it resamples template images onto the subject
+(``from-<template>_to-dwi_mode-image_xfm.txt``). The affine is the whole transform for the default
+``registration_method=affine``; with ``syn`` the nonlinear part (dipy's displacement fields) is
+kept only in cstbatch's .npz (:func:`save_registration`), and the ITK file holds its affine
+start, not the whole mapping.
 """
 from __future__ import annotations
 
@@ -304,8 +312,67 @@ def points_to_mni(points: np.ndarray, reg: Registration) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+#: ITK (and ANTs, SimpleITK, nitransforms reading ITK files) works in LPS+ physical coordinates,
+#: nibabel and dipy in RAS+: an affine changes convention by flipping x and y on both sides.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_ITK_AFFINE_TYPES = ("AffineTransform_double_3_3", "AffineTransform_float_3_3",
+                     "MatrixOffsetTransformBase_double_3_3", "MatrixOffsetTransformBase_float_3_3")
+
+
+def save_itk_affine(subject_to_template: np.ndarray, path) -> Path:
+    """Write a subject RAS+ mm → template mm affine as an ITK text transform, atomically.
+
+    ITK's resampling convention maps each point of the output grid to the input image, so this
+    transform resamples template images onto the subject grid: in NiPreps' naming it goes
+    ``from-<template>_to-dwi``. Written here rather than by nitransforms, whose writer stores
+    6 significant digits (``AffineTransform_float_3_3``): cstbatch reads the file back for the
+    later steps, so the 17 digits of a double are kept and the round trip is exact.
+    """
+    m = _RAS_TO_LPS @ np.asarray(subject_to_template, float) @ _RAS_TO_LPS
+    values = [*m[:3, :3].ravel(), *m[:3, 3]]
+    text = ("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+            f"Parameters: {' '.join(format(float(v) + 0.0, '.17g') for v in values)}\n"
+            "FixedParameters: 0 0 0\n")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def load_itk_affine(path) -> np.ndarray:
+    """The RAS+ 4x4 affine of an ITK text affine transform (any centre), e.g. one from ANTs."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "transform file not found")
+    fields = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("#"):
+            fields[key.strip()] = value.split()
+    kind = (fields.get("Transform") or ["?"])[0]
+    if kind not in _ITK_AFFINE_TYPES:
+        raise InputError(path, f"not a 3-D ITK affine transform (Transform: {kind})")
+    try:
+        params = np.array(fields["Parameters"], float)
+        centre = np.array(fields.get("FixedParameters", ["0", "0", "0"]), float)
+    except (KeyError, ValueError) as exc:
+        raise InputError(path, f"cannot read the transform's parameters: {exc}") from exc
+    if params.size != 12 or centre.size != 3:
+        raise InputError(path, f"expected 12 parameters and a 3-D centre, got {params.size} and {centre.size}")
+    m = np.eye(4)
+    m[:3, :3] = params[:9].reshape(3, 3)
+    # ITK: y = A (x - c) + t + c
+    m[:3, 3] = params[9:] + centre - m[:3, :3] @ centre
+    return _RAS_TO_LPS @ m @ _RAS_TO_LPS
+
+
+# ---------------------------------------------------------------------------------------
 def save_registration(reg: Registration, path) -> Path:
-    """Write ``reg`` to ``path`` (.npz; the SyN fields included), atomically."""
+    """Write ``reg`` to ``path`` (.npz; the SyN fields included), atomically.
+
+    cstbatch's own format, kept for SyN registrations: their displacement fields are dipy's
+    and have no ITK file here. The affine part is also in the ITK file (:func:`save_itk_affine`).
+    """
     path = Path(path)
     meta = {
         "method": reg.method, "quality": None if not np.isfinite(reg.quality) else float(reg.quality),

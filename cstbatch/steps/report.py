@@ -49,7 +49,7 @@ class SessionReportInput:
         return cls(
             key=spec.key, subject=spec.subject_id, session=spec.session_id, options=dict(options),
             fa=layout.tensor_map("fa"), maps={p: layout.tensor_map(p) for p in TENSOR_PARAMS},
-            mask=layout.mask, dwi=layout.denoised, cst_left=layout.cst("left"), cst_right=layout.cst("right"),
+            mask=layout.mask, dwi=layout.analysis_dwi(options), cst_left=layout.cst("left"), cst_right=layout.cst("right"),
             rois={"brainstem": layout.roi("brainstem"), "motor_left": layout.roi("motorL"),
                   "motor_right": layout.roi("motorR")},
             registration_qc=layout.registration_qc, metrics_json=layout.metrics_json,

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 from cstbatch.study.discover import discover_study
 from cstbatch.study.manifest import load_manifest
-from cstbatch.study.options import STEP_SELECTOR
+from cstbatch.study.options import OPTION_EXTRAS, STEP_SELECTOR, missing_extra
 from cstbatch.study.spec import BatchConfig, SubjectSpec
 
 #: the ``cstbatch`` package folder
@@ -90,9 +90,11 @@ def load_study(*, bids_dir: Path | None = None, manifest: Path | None = None, ou
 
 
 def check_implementations(study: "Study", registry) -> list[str]:
-    """One line per session option naming an unknown implementation (checked before doit)."""
+    """One line per session option naming an unknown implementation, or switching on an extra
+    that is not installed (checked before doit)."""
     problems = []
     for spec in study.subjects:
+        problems += [m for option in OPTION_EXTRAS if (m := missing_extra(option, spec.options))]
         for step, (kind, option) in STEP_SELECTOR.items():
             if spec.options[option] not in registry.implementations.get(kind, {}):
                 problems.append(f"{spec.origin or spec.key}: {option} {spec.options[option]!r} is not a known "

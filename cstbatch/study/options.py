@@ -71,7 +71,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees."),
     _opt("track_min_length", 20.0, _NUM, "track", "Streamlines shorter than this (mm) are dropped."),
     _opt("track_random_seed", 42, int, "track", "Seed of the seeding jitter: same seed, same tractogram."),
-    _opt("save_trx", False, bool, "track", "Also save the whole-brain tractogram as TRX."),
+    _opt("save_trx", False, bool, "track",
+         "Also save the whole-brain tractogram as TRX (needs the extra: pip install 'cstbatch[trx]')."),
     _opt("atlas", "icbm2009a", str, "register extract metrics",
          "Atlas provider giving the MNI template and CST ROIs.", kind="atlas"),
     _opt("accept_fsl_license", False, bool, "register extract metrics",
@@ -109,6 +110,30 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "Seconds a session's whole chain may run; the step running when it is spent fails "
          "with category timeout (None: no limit)."),
 ]}
+
+
+#: option -> (module it needs, the package giving it, the cstbatch extra that installs it), for
+#: options that switch on an optional dependency.
+OPTION_EXTRAS: dict[str, tuple[str, str, str]] = {"save_trx": ("trx", "trx-python", "trx")}
+
+
+def extra_error(option: str) -> str:
+    """The one-line error for ``option`` switched on without the package it needs."""
+    _, package, extra = OPTION_EXTRAS[option]
+    return f"{option}=true needs {package}, which is not installed: pip install 'cstbatch[{extra}]'"
+
+
+def missing_extra(option: str, options: Mapping[str, Any]) -> str | None:
+    """:func:`extra_error` when ``option`` is on and its package cannot be found, else None."""
+    import importlib.util
+
+    if option not in OPTION_EXTRAS or not options.get(option):
+        return None
+    try:
+        found = importlib.util.find_spec(OPTION_EXTRAS[option][0]) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        found = False
+    return None if found else extra_error(option)
 
 
 def defaults() -> dict[str, Any]:
