@@ -119,7 +119,11 @@ def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
 
-    opts = {**options, "extraction_method": method}
+    from cstbatch.steps.extract_corridor import coverage_z
+
+    # what the extract step passes: how low the image reaches in MNI space
+    cover = coverage_z(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni)
+    opts = {**options, "extraction_method": method, "coverage_z": cover}
     atlas = implementation_for("register", opts, None).func(opts)
     sl = subj["streamlines"]
     t = time.perf_counter()
@@ -169,7 +173,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     limit_threads()
     options = defaults()
-    # seeds per mm³ as at 2 mm: the density is per voxel
     if args.track:
         options["track_method"] = args.track
     for item in args.option:
