@@ -20,11 +20,11 @@ Here a streamline is CST of side s (MNI mm, left is x < 0) when
       capsule and the vertex (no corpus callosum), does not cross the midline above the
       brainstem, and is 40–250 mm long (the ``extract_min/max_length`` options).
 Then strays are removed per side (``extract_core_filter``, default on; :func:`clean_fan`).
-Every streamline is oriented brainstem → cortex and resampled to 20 nodes; the nodes at
-MNI z ≤ ``FAN_Z`` (brainstem, peduncle, internal capsule: one compact bundle) are scored as
-the ``passthrough`` core filter scores all nodes: density of the side's streamlines around the
-node (2 mm cells, 3×3×3 neighbourhood) over the highest density at that node, lowest value
-kept, at least ``extract_core_threshold``. The part above ``FAN_Z`` (corona radiata →
+Every streamline is oriented brainstem → cortex; below MNI z = ``FAN_Z`` (brainstem, peduncle,
+internal capsule: one compact bundle) it is scored at every 2 mm z level it spans: density
+of the side's streamlines crossing the level around its crossing point (2 mm cells, 3×3
+neighbourhood) over the level's highest density, lowest value kept, at least
+``extract_core_threshold`` (:func:`_trunk_scores`). The part above ``FAN_Z`` (corona radiata →
 cortex, where the tract fans out) is resampled to 10 nodes and grouped into branches by
 QuickBundles (``QB_MM``); branches with fewer than ``FAN_SUPPORT`` streamlines (or 3 % of the
 side) go, and in each remaining branch the same density score, against that branch's own
@@ -219,27 +219,60 @@ def _masked_density_scores(res: np.ndarray, use: np.ndarray, groups: np.ndarray)
     return score
 
 
+def _trunk_scores(sl: list[np.ndarray]) -> np.ndarray:
+    """Per streamline (oriented upwards), the lowest over the z levels it spans below
+    ``FAN_Z`` of the density of the side's streamlines around it at that level, relative to
+    the level's highest density.
+
+    Levels, not nodes at a fraction of the length: the branches of a fan have different
+    lengths, so the k-th of 20 nodes lies at a different height on each and would be compared
+    with another part of the tract.
+    """
+    from scipy import ndimage
+
+    levels = np.arange(-70.0, FAN_Z + 1e-6, 2.0)
+    xy = np.full((len(sl), len(levels), 2), np.nan)
+    for i, s in enumerate(sl):
+        z = np.maximum.accumulate(s[:, 2])  # first point at or above each level
+        k = np.searchsorted(z, levels)
+        ok = (k < len(s)) & (levels >= s[0, 2])
+        xy[i, ok] = s[k[ok], :2]
+    score = np.ones(len(sl))
+    for j in range(len(levels)):
+        have = np.isfinite(xy[:, j, 0])
+        if have.sum() < 2:
+            continue
+        p = xy[have, j]
+        cell = np.floor((p - p.min(axis=0)) / 2.0).astype(np.int64) + 1
+        grid = np.zeros(tuple(cell.max(axis=0) + 2))
+        np.add.at(grid, tuple(cell.T), 1.0)
+        dens = (ndimage.uniform_filter(grid, size=3, mode="constant") * 9.0)[tuple(cell.T)]
+        score[have] = np.minimum(score[have], dens / dens.max())
+    return score
+
+
 def clean_fan(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, options) -> np.ndarray:
     """The side's streamlines ``idx`` without strays (see module doc)."""
     from dipy.segment.clustering import QuickBundles
+    from dipy.tracking.streamline import set_number_of_points
 
-    from cstbatch.steps.metrics import _resample, orient_streamlines
+    from cstbatch.steps.metrics import densify, orient_streamlines
 
     if len(idx) < MIN_STREAMLINES:
         return idx
     thr = float(options.get("extract_core_threshold", 0.35))
     sl = orient_streamlines([np.asarray(streamlines_mni[i], np.float64) for i in idx], np.eye(4))
-    res = _resample(sl, 20)
-    trunk = res[:, :, 2] <= FAN_Z
-    ok = _masked_density_scores(res, trunk, np.zeros(len(idx), int)) >= thr
+    sl = [densify(s, 1.0) for s in sl]
+    ok = _trunk_scores(sl) >= thr
     if not ok.any():
         return idx[:0]
-    upper = [r[~t] if (~t).sum() >= 2 else r[-2:] for r, t in zip(res, trunk)]
-    from dipy.tracking.streamline import set_number_of_points
-
-    up = np.asarray(set_number_of_points([u.astype(np.float32) for u in upper], nb_points=10))
+    upper = []
+    for s in sl:
+        u = s[s[:, 2] > FAN_Z]
+        upper.append((u if len(u) >= 2 else s[-2:]).astype(np.float32))
+    up = np.asarray(set_number_of_points(upper, nb_points=10), np.float64)
     labels = np.full(len(idx), -1)
-    clusters = QuickBundles(threshold=QB_MM).cluster([u for u in up[ok]])
+    clusters = QuickBundles(threshold=QB_MM).cluster(list(up[ok].astype(np.float32)))
     small = max(FAN_SUPPORT, int(np.ceil(0.03 * ok.sum())))
     where = np.flatnonzero(ok)
     for c_id, c in enumerate(clusters):
