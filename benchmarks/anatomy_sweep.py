@@ -116,10 +116,9 @@ def _points_in(sl, mask, inv) -> int:
 def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.engine.context import implementation_for
     from cstbatch.sample.accuracy import dice
+    from cstbatch.steps.extract_corridor import coverage_z
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
-
-    from cstbatch.steps.extract_corridor import coverage_z
 
     # what the extract step passes: how low the image reaches in MNI space
     cover = coverage_z(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni)

@@ -1,17 +1,19 @@
 """The corridor extraction (issue 14): fanning CST kept, distractors out, truncated field of view."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from cstbatch.steps.atlas import icbm_atlas
+from cstbatch.steps.extract import point_codes
 from cstbatch.steps.extract_corridor import (
     coverage_z,
     extract_corridor,
     inferior_levels,
     precentral_rois,
 )
-from cstbatch.steps.extract import point_codes
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def atlas():
 def _polyline(*ctrl, step=1.0):
     ctrl = [np.asarray(c, float) for c in ctrl]
     out = []
-    for a, b in zip(ctrl[:-1], ctrl[1:]):
+    for a, b in itertools.pairwise(ctrl):
         n = max(int(np.ceil(np.linalg.norm(b - a) / step)), 1)
         out.append(a + (b - a) * (np.arange(n)[:, None] / n))
     out.append(ctrl[-1][None])
