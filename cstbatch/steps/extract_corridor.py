@@ -163,7 +163,7 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
         n = len(lens)
         first, last = off, off + np.maximum(lens, 1) - 1
         flip = pts[last, 2] < pts[first, 2]
-        lo_end, hi_end = np.where(flip, last, first), np.where(flip, first, last)
+        hi_end = np.where(flip, first, last)  # the superior (cortical) end
         # inferior: points in the brainstem ROI at or below top_z (or, truncated, any point
         # below top_z in the brainstem column / capsule when the ROI is not covered at all)
         bs = (point_codes(pts, bcode, atlas.affine) & BRAINSTEM) > 0
@@ -190,7 +190,6 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
         side = np.zeros(n, np.int8)
         side[left & ~right] = 1
         side[right & ~left] = -1
-        del lo_end
         sides.append(side)
     side = np.concatenate(sides) if sides else np.zeros(0, np.int8)
     info = {"inferior_levels": used, "inferior_top_z_mni": top_z, "fov_truncated": bool(truncated),
