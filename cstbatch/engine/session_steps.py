@@ -214,20 +214,28 @@ def load_session_registration(ctx: StepContext):
 def extract(ctx: StepContext) -> dict[str, Any]:
     import nibabel as nib
 
+    from cstbatch.steps.extract_corridor import coverage_z
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track import save_trk
 
     atlas = _atlas(ctx)
     reg = load_session_registration(ctx)
     streamlines = _load_streamlines(ctx.layout.tractogram)
-    selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas, ctx.options)
     fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
+    # how low the image reaches in MNI space: an extractor may start the tract at the lowest
+    # brainstem level covered when the field of view stops above the medulla
+    cover = coverage_z(np.asarray(fa_img.dataobj), fa_img.affine, reg.subject_to_mni)
+    selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas,
+                                       {**ctx.options, "coverage_z": cover})
     counts = {}
     for side in ("left", "right"):
         idx = np.asarray(selected[side], dtype=int)
         save_trk([streamlines[i] for i in idx], fa_img, ctx.layout.cst(side))
-        counts[side] = int(len(idx))
-    return {"whole_brain": len(streamlines), "cst_streamlines": counts}
+        counts[side] = len(idx)
+    out = {"whole_brain": len(streamlines), "cst_streamlines": counts, "coverage_z_mni": cover}
+    if isinstance(selected.get("info"), dict):  # e.g. which inferior levels were used
+        out["extraction"] = selected["info"]
+    return out
 
 
 def metrics(ctx: StepContext) -> dict[str, Any]:
@@ -249,6 +257,13 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
 
     # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
     # them as entity values conflicting with the file name
+    from cstbatch.outputs.records import read_record
+
+    extract_info = ((read_record(ctx.layout.record("extract")) or {}).get("info") or {})
+    result["extraction"] = {"method": ctx.options.get("extraction_method"),
+                            "cst_streamlines": extract_info.get("cst_streamlines"),
+                            "coverage_z_mni": extract_info.get("coverage_z_mni"),
+                            **(extract_info.get("extraction") or {})}
     write_json(ctx.layout.metrics_json, {"key": ctx.spec.key, "participant_id": ctx.spec.subject_id,
                                          "session_id": ctx.spec.session_id, "metrics": result,
                                          "provenance": session_provenance(ctx)})

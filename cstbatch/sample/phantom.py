@@ -312,7 +312,13 @@ def _catmull_rom(ctrl: np.ndarray, samples: int = 40) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def centreline(name: str) -> Centreline:
     """Smooth centre line of bundle ``name`` resampled every 0.5 mm (MNI mm)."""
-    ctrl = np.array(BUNDLES[name], float)
+    return centreline_of(tuple(tuple(float(v) for v in p) for p in BUNDLES[name]))
+
+
+@functools.lru_cache(maxsize=256)
+def centreline_of(control: tuple) -> Centreline:
+    """Smooth centre line through ``control`` points (x, y, z, radius), every 0.5 mm."""
+    ctrl = np.array(control, float)
     dense = _catmull_rom(ctrl)  # columns x, y, z, radius interpolated together
     seg = np.linalg.norm(np.diff(dense[:, :3], axis=0), axis=1)
     s = np.concatenate([[0.0], np.cumsum(seg)])
@@ -350,7 +356,7 @@ class SubjectGeometry:
 
 
 def subject_geometry(seed, voxel_mm: float = 2.0, orientation: str = "LAS",
-                     margin: int = 2) -> SubjectGeometry:
+                     margin: int = 2, extra_scale=None) -> SubjectGeometry:
     """The random anatomy and image grid of one subject (cheap: no image data is computed).
 
     All random draws come from ``numpy.random.default_rng(seed)`` in a fixed order, so the
@@ -364,6 +370,8 @@ def subject_geometry(seed, voxel_mm: float = 2.0, orientation: str = "LAS",
     scale = rng.uniform(0.9, 1.1, size=3)
     shift = rng.uniform(-5.0, 5.0, size=3)
     m2s = np.eye(4)
+    if extra_scale is not None:  # another brain size / shape (anatomy sweep), same draws
+        scale = scale * np.asarray(extra_scale, float)
     m2s[:3, :3] = rot @ np.diag(scale)
     m2s[:3, 3] = shift
     obl_axis = rng.normal(size=3)
@@ -536,7 +544,7 @@ def fit_fa(signal: np.ndarray, bvals: np.ndarray, bvecs_voxel: np.ndarray,
 def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
                          orientation: str = "LAS", lesion: str | None = None,
                          noise_seed=None, compute_fa: bool = True, n_b0: int = N_B0,
-                         n_directions: int = N_DIRS) -> PhantomSession:
+                         n_directions: int = N_DIRS, anatomy=None) -> PhantomSession:
     """Simulate one DWI session of the MNI-shaped phantom.
 
     Parameters
@@ -560,9 +568,21 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
         Fit the noise-free FA with dipy (a few seconds at 2 mm); False leaves it None.
     n_b0, n_directions
         Gradient scheme (:func:`gradient_scheme`); the default is the sample study's 5 + 32.
+    anatomy
+        None (the fixed bundles of :data:`BUNDLES`, the sample study), or a
+        :class:`cstbatch.sample.anatomy.Anatomy`: its own bundles (several tubes may form one
+        truth mask, e.g. the branches of a fanning CST), eigenvalues, crossing yields and an
+        extra brain scaling.
     """
     lesion = resolve_lesion(lesion)
-    geo = subject_geometry(seed, voxel_mm, orientation)
+    if anatomy is None:
+        bundles = {n: tuple(tuple(p) for p in v) for n, v in BUNDLES.items()}
+        groups = {n: n for n in BUNDLES}
+        eigs, yields, extra_scale = BUNDLE_EIG, CROSSING_YIELD, None
+    else:
+        bundles, groups = anatomy.bundles, anatomy.groups
+        eigs, yields, extra_scale = anatomy.eigenvalues, anatomy.crossing_yield, anatomy.scale
+    geo = subject_geometry(seed, voxel_mm, orientation, extra_scale=extra_scale)
     aff = geo.affine
     shape = geo.shape
     s2m = np.linalg.inv(geo.mni_to_subject)
@@ -592,7 +612,7 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     bundle_f: dict[str, np.ndarray] = {}
     bundle_dir: dict[str, np.ndarray] = {}
     bundle_z: dict[str, np.ndarray] = {}
-    for name, cl in ((n, centreline(n)) for n in BUNDLES):
+    for name, cl in ((n, centreline_of(bundles[n])) for n in bundles):
         rmax = float(cl.radius.max()) + TAPER_MM
         d, idx = cl.tree.query(p_mni, k=1, distance_upper_bound=rmax)
         hit = np.isfinite(d)
@@ -608,13 +628,13 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     # where a yielding bundle (the corpus callosum) crosses the others it keeps only part of
     # its share, so the CST stays the dominant population (2:1 at the crossing's core), as in
     # the corona radiata, and a tensor model can still follow it through the crossing
-    dominant = np.minimum(1.0, np.sum([bundle_f[n] for n in BUNDLES if n not in CROSSING_YIELD],
+    dominant = np.minimum(1.0, np.sum([bundle_f[n] for n in bundles if n not in yields],
                                       axis=0))
-    weight = {n: bundle_f[n] * (1.0 - CROSSING_YIELD.get(n, 0.0) * dominant) for n in BUNDLES}
-    fsum = np.sum([weight[n] for n in BUNDLES], axis=0)
+    weight = {n: bundle_f[n] * (1.0 - yields.get(n, 0.0) * dominant) for n in bundles}
+    fsum = np.sum([weight[n] for n in bundles], axis=0)
     share = np.minimum(fsum, 1.0)
     norm = np.maximum(fsum, 1.0)
-    frac = {name: (weight[name] / norm * tissue).astype(np.float32) for name in BUNDLES}
+    frac = {name: (weight[name] / norm * tissue).astype(np.float32) for name in bundles}
     frac["gm"] = (gm * (1.0 - share)).astype(np.float32)
     frac["wm"] = (wm * (1.0 - share)).astype(np.float32)
     frac["csf"] = csf.astype(np.float32)
@@ -631,20 +651,24 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     sig[sel] += (frac["wm"][sel] * S0["wm"])[:, None] * _cyl_signal(g, b, wm_dir[sel], WM_EIG)
 
     lesion_w = np.zeros(n_in, np.float32)
+    lesion_ws = {}
     if lesion is not None:
         lb, (z0, z1), _ = LESIONS[lesion]
-        zc = bundle_z[lb]
-        ok = np.isfinite(zc)
-        # smooth 2 mm ramps at both ends of the damaged segment
-        ramp = np.clip(np.minimum(zc[ok] - (z0 - 1.0), (z1 + 1.0) - zc[ok]) / 2.0, 0.0, 1.0)
-        lesion_w[ok] = ramp
-    for name in BUNDLES:
+        for name in (n for n in bundles if groups[n] == lb):
+            zc = bundle_z[name]
+            ok = np.isfinite(zc)
+            # smooth 2 mm ramps at both ends of the damaged segment
+            ramp = np.clip(np.minimum(zc[ok] - (z0 - 1.0), (z1 + 1.0) - zc[ok]) / 2.0, 0.0, 1.0)
+            lesion_ws[name] = np.zeros(n_in, np.float32)
+            lesion_ws[name][ok] = ramp
+            lesion_w = np.maximum(lesion_w, lesion_ws[name])
+    for name in bundles:
         sel = frac[name] > 0
         if not sel.any():
             continue
-        lpar, lperp = BUNDLE_EIG[name]
-        if lesion is not None and LESIONS[lesion][0] == name:
-            w = lesion_w[sel]
+        lpar, lperp = eigs[name]
+        if name in lesion_ws:
+            w = lesion_ws[name][sel]
             eig = (lpar + w * (LESION_EIG[0] - lpar), lperp + w * (LESION_EIG[1] - lperp))
         else:
             eig = (lpar, lperp)
@@ -676,16 +700,20 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
 
     fractions = {k: to_vol(v) for k, v in frac.items()}
     directions = {}
-    for name in BUNDLES:
+    for name in bundles:
         dv = np.zeros((nvox, 3), np.float32)
         dv[inside] = bundle_dir[name]
         directions[name] = dv.reshape(shape + (3,))
     tissue_vol = to_vol(tissue)
     brain = to_vol(gm + wm + csf) >= 0.5
     masks = {}
-    for name in BUNDLES:
-        masks[name] = (to_vol(bundle_f[name]) >= 0.5) & (tissue_vol >= 0.5)
-    masks["distractor"] = masks["distractor_left"] | masks["distractor_right"]
+    for name in bundles:  # a truth mask is the union of its group's tubes
+        m = (to_vol(bundle_f[name]) >= 0.5) & (tissue_vol >= 0.5)
+        masks[groups[name]] = masks[groups[name]] | m if groups[name] in masks else m
+    masks["distractor"] = np.zeros(shape, bool)
+    for g in sorted(set(groups.values())):
+        if g.startswith("distractor"):
+            masks["distractor"] |= masks[g]
     masks["brain"] = brain
     if lesion is not None:
         masks["lesion"] = masks[LESIONS[lesion][0]] & (to_vol(lesion_w) >= 0.5)
@@ -702,4 +730,5 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
         subject_to_mni=s2m, mni_to_subject=geo.mni_to_subject.copy(), orientation=orientation,
         lesion=lesion, snr=float(snr), sigma=float(sigma), seed=seed, noise_seed=noise_seed,
         voxel_mm=float(voxel_mm),
+        info={} if anatomy is None else {"anatomy": anatomy.describe()},
     )

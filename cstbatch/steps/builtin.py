@@ -63,6 +63,9 @@ def register_extractors(register):
              "Passes brainstem and one motor ROI; no midline crossing."), version="2")
     register("endpoint", _lazy(".extract", "extract_endpoint",
              "One end in the brainstem, the other in a motor ROI."), version="2")
+    register("corridor", _lazy(".extract_corridor", "extract_corridor",
+             "Pons (or lowest covered level) + posterior limb of the internal capsule + "
+             "whole precentral gyrus; fan-aware cleaning."), version="1")
 
 
 @hookimpl

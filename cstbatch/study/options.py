@@ -87,7 +87,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "custom atlas: label ids of right motor cortex."),
     _opt("registration_method", "affine", str, "register", "Template→subject registration: affine or syn."),
     _opt("extraction_method", "passthrough", str, "extract",
-         "CST selection: passthrough (brainstem + one motor ROI) or endpoint.", kind="extract"),
+         "CST selection: passthrough (brainstem + one motor ROI), endpoint, or corridor (pons or "
+         "lowest covered level + posterior limb of the internal capsule + whole precentral gyrus).", kind="extract"),
     _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm)."),
     _opt("extract_max_length", 250.0, _NUM, "extract", "Longest CST streamline kept (mm)."),
     _opt("extract_core_filter", True, bool, "extract",

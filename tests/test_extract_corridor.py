@@ -1,0 +1,114 @@
+"""The corridor extraction (issue 14): fanning CST kept, distractors out, truncated field of view."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cstbatch.steps.atlas import icbm_atlas
+from cstbatch.steps.extract import point_codes
+from cstbatch.steps.extract_corridor import (
+    coverage_z,
+    extract_corridor,
+    inferior_levels,
+    precentral_rois,
+)
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    return icbm_atlas({})
+
+
+def _polyline(*ctrl, step=1.0):
+    ctrl = [np.asarray(c, float) for c in ctrl]
+    out = []
+    for a, b in itertools.pairwise(ctrl):
+        n = max(int(np.ceil(np.linalg.norm(b - a) / step)), 1)
+        out.append(a + (b - a) * (np.arange(n)[:, None] / n))
+    out.append(ctrl[-1][None])
+    return np.vstack(out)
+
+
+TRUNK = [(-5, -33, -45), (-8, -25, -25), (-12, -19, -12), (-20, -15, 2), (-24, -16, 12), (-27, -18, 25)]
+ENDS = {"hand": [(-33, -20, 48), (-37, -22, 66)], "leg": [(-18, -26, 50), (-10, -32, 70)],
+        "face": [(-42, -14, 34), (-56, -7, 28)]}
+
+
+def _jittered(points, rng, n, sd=0.8, sign=-1):
+    """``n`` copies of the polyline through ``points`` (left side; mirrored for sign +1), each
+    shifted by a random offset."""
+    mirror = np.array([-sign, 1.0, 1.0])  # sign -1: unchanged
+    return [_polyline(*[np.array(p, float) * mirror + off for p in points])
+            for off in rng.normal(0.0, sd, (n, 3))]
+
+
+def _fan(rng, sign):
+    """A CST of side ``sign`` (-1 left) fanning to leg, hand and face: 30 + 20 + 15 streamlines."""
+    out = []
+    for branch, n in (("hand", 30), ("leg", 20), ("face", 15)):
+        out += _jittered(TRUNK + ENDS[branch], rng, n, sign=sign)
+    return out
+
+
+def test_precentral_target_spans_leg_hand_and_face():
+    code, aff = precentral_rois()
+    pts = np.array([p[-1] for p in ENDS.values()], float)
+    assert list(point_codes(pts, code, aff)) == [1, 1, 1]
+    mirrored = pts * [-1, 1, 1]
+    assert list(point_codes(mirrored, code, aff)) == [2, 2, 2]
+    # prefrontal cortex and the deep grey matter at the face level are not targets
+    assert list(point_codes(np.array([[-27.0, 49, 33], [-25.0, -5, 28]]), code, aff)) == [0, 0]
+
+
+def test_corridor_keeps_every_branch_and_drops_distractors(atlas):
+    rng = np.random.default_rng(0)
+    left, right = _fan(rng, -1), _fan(rng, +1)
+    frontopontine = _jittered([(-9, -29, -38), (-11, -24, -27), (-10, -15, -12), (-16, 8, 6), (-24, 36, 26),
+                               (-27, 49, 33)], rng, 10)
+    # up the CST trunk, then through the corpus callosum to the other hemisphere's motor cortex
+    callosal = _jittered(TRUNK + [(-12, -17, 28), (0, -16, 26), (20, -18, 40), (37, -22, 66)], rng, 5)
+    # a thalamocortical stub: starts above the pons
+    stub = _jittered([(-14, -20, -4), (-24, -16, 12), (-33, -20, 48), (-37, -22, 66)], rng, 5)
+    streamlines = left + right + frontopontine + callosal + stub
+    out = extract_corridor(streamlines, atlas, {})
+    nl = len(left)
+    kept_left = set(out["left"].tolist())
+    kept_right = {i - nl for i in out["right"].tolist()}
+    assert kept_left <= set(range(nl)) and kept_right <= set(range(len(right)))
+    for lo, hi, name in ((0, 30, "hand"), (30, 50, "leg"), (50, 65, "face")):
+        got = len([i for i in kept_left if lo <= i < hi])
+        assert got >= 0.6 * (hi - lo), f"left {name} branch: {got} of {hi - lo} kept"
+        got = len([i for i in kept_right if lo <= i < hi])
+        assert got >= 0.6 * (hi - lo), f"right {name} branch: {got} of {hi - lo} kept"
+    assert out["info"]["fov_truncated"] is False
+    assert out["info"]["inferior_levels"][:2] == ["medulla", "pons"]
+
+
+def test_truncated_field_of_view_starts_at_the_lowest_level_covered(atlas):
+    rng = np.random.default_rng(1)
+    # the image stops at MNI z = 0: every streamline starts in the internal capsule
+    cut = [_polyline(*[np.array(p, float) + rng.normal(0, 0.8, 3)
+                       for p in [(-22, -15, 1), (-24, -16, 12), (-27, -18, 25)] + ENDS["hand"]])
+           for _ in range(25)]
+    assert len(extract_corridor(cut, atlas, {})["left"]) == 0  # full coverage assumed: none
+    out = extract_corridor(cut, atlas, {"coverage_z": 0.0})
+    assert len(out["left"]) >= 20 and len(out["right"]) == 0
+    assert out["info"]["fov_truncated"] is True
+    assert out["info"]["inferior_levels"] == ["internal_capsule"]
+    top, levels, truncated = inferior_levels(-30.0)
+    assert truncated and levels == ["pons"] and top == -18.0
+    assert inferior_levels(-75.0)[2] is False
+
+
+def test_coverage_z_maps_the_lowest_covered_voxel_to_mni():
+    fa = np.zeros((10, 10, 10), np.float32)
+    fa[4:6, 4:6, 3:] = 0.5
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-10, -30, -20]
+    assert coverage_z(fa, affine, np.eye(4)) == pytest.approx(-14.0)
+    shift = np.eye(4)
+    shift[2, 3] = -5.0
+    assert coverage_z(fa, affine, shift) == pytest.approx(-19.0)
+    assert coverage_z(np.zeros_like(fa), affine, np.eye(4)) is None
