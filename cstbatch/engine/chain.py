@@ -43,7 +43,7 @@ def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Pat
     if step == "mask":
         return [layout.mask]
     if step == "model":
-        return [layout.tensor_map(p) for p in TENSOR_PARAMS]
+        return [layout.tensor_map(p) for p in TENSOR_PARAMS] + [layout.bvec_checked]
     if step == "track":
         return [layout.tractogram] + ([layout.tractogram_trx] if options.get("save_trx") else [])
     if step == "register":

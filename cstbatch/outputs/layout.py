@@ -57,6 +57,12 @@ class SessionLayout:
     def mask(self) -> Path:
         return self._f("dwi", "desc-brain_mask.nii.gz")
 
+    @property
+    def bvec_checked(self) -> Path:
+        """The b-vectors every step after ``model`` uses: the preprocessed ones, or with
+        ``gradient_check=fix`` the corrected table (see ``cstbatch.steps.gradcheck``)."""
+        return self._f("dwi", "desc-checked_dwi.bvec")
+
     def tensor_map(self, param: str) -> Path:
         return self._f("dwi", f"model-tensor_param-{param}_dwimap.nii.gz")
 
