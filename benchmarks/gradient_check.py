@@ -59,10 +59,13 @@ def run_one(path: str) -> list[dict]:
         rows.append({"scan": os.path.basename(stem), "table": label, "flagged": res.suspect, "best": res.best,
                      "ratio": round(res.ratio, 3), "given_mm": round(res.mean_length_mm.get("identity", 0), 1),
                      "best_mm": round(max(res.mean_length_mm.values(), default=0), 1), "seeds": res.n_seeds,
+                     # best other table over the given one: how far an intact table is from a flag
+                     "next_ratio": round(max((v for k, v in res.mean_length_mm.items() if k != "identity"),
+                                             default=0) / max(res.mean_length_mm.get("identity", 0), 1e-3), 3),
                      "check_s": round(t2 - t1, 2), "fit_s": round(t1 - t0, 2)})
         r = rows[-1]
         print(f"{r['scan']:28s} {label:8s} flagged={str(r['flagged']):5s} best={r['best']:22s} "
-              f"ratio={r['ratio']:.3f} given={r['given_mm']:.1f}mm best={r['best_mm']:.1f}mm "
+              f"ratio={r['ratio']:.3f} next={r['next_ratio']:.3f} given={r['given_mm']:.1f}mm best={r['best_mm']:.1f}mm "
               f"seeds={r['seeds']} check={r['check_s']:.2f}s fit={r['fit_s']:.2f}s", flush=True)
     return rows
 
@@ -78,6 +81,8 @@ def main(argv=None) -> int:
     broken = [r for r in rows if r["table"] != "intact"]
     print(f"\nbroken tables flagged: {sum(r['flagged'] for r in broken)}/{len(broken)}; "
           f"intact tables flagged: {sum(r['flagged'] for r in intact)}/{len(intact)}; "
+          f"largest other/given ratio on intact tables: {max(r['next_ratio'] for r in intact):.3f}; "
+          f"smallest best/given ratio on broken ones: {min(r['ratio'] for r in broken):.3f}; "
           f"check cost per session: median {np.median([r['check_s'] for r in rows]):.2f} s, "
           f"max {max(r['check_s'] for r in rows):.2f} s")
     if args.json:

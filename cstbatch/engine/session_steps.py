@@ -219,11 +219,15 @@ def register(ctx: StepContext) -> dict[str, Any]:
     qc_figure(fa_img, reg.warp_template(atlas.registration_template, fa_img), ctx.layout.registration_qc,
               rois=rois, title=f"{ctx.spec.key}: {atlas.name} template on FA")
     from cstbatch.steps.coverage import coverage, describe
+    from cstbatch.steps.qc import MIN_REGISTRATION_R
     cov = coverage(fa_img.shape, fa_img.affine, reg.subject_to_mni)
-    if not cov["usable"]:
+    # only a registration that lines up can say where the image is; a poor one leaves flags
+    # (fov_truncated, registration_poor) instead of a verdict that may be wrong
+    if not cov["usable"] and reg.quality >= MIN_REGISTRATION_R:
         raise InputError(ctx.spec.input_path, "the image covers too little to find any CST (no brainstem level and "
                          "no internal capsule); it covers "
-                         + (describe(cov["covered"]) if cov["covered"] else "none of the CST levels"))
+                         + (describe(cov["covered"]) if cov["covered"] else "none of the CST levels")
+                         + f" (registration r = {reg.quality:.2f})")
     return {"atlas": atlas.name, "atlas_version": atlas.version, "quality": reg.quality,
             "quality_metric": reg.quality_metric, "roi_voxels": {k: int(v.sum()) for k, v in rois.items()},
             "coverage": cov}
