@@ -252,3 +252,62 @@ def test_too_few_directions_is_an_input_error_naming_the_count(tmp_path):
     ctx = SimpleNamespace(spec=spec, layout=layout, options={}, log=logging.getLogger("test"))
     with pytest.raises(InputError, match=r"sub-01_dwi\.bvec: only 5 non-collinear diffusion directions"):
         ingest(ctx)
+
+
+def test_dcm2niix_warnings_that_matter_become_a_flag():
+    log = ("Chris Rorden's dcm2niiX version v1.0\nWarning: Bvecs from the DICOM images may be flipped\n"
+           "Warning: Unable to determine manufacturer\nWarning: Bvecs from the DICOM images may be flipped\n"
+           "Convert 21 DICOM as /tmp/x\n")
+    warnings = qc.conversion_warnings(log)
+    assert warnings == ["Warning: Bvecs from the DICOM images may be flipped", "Warning: Unable to determine manufacturer"]
+    flags = qc.session_flags({"left": 50, "right": 50}, {}, ingest={"dcm2niix_warnings": warnings})
+    assert [f["code"] for f in flags] == ["dicom_conversion"] and "Bvecs" in flags[0]["message"]
+    assert "manufacturer" not in flags[0]["message"]
+    assert qc.session_flags({"left": 50, "right": 50}, {}, ingest={"dcm2niix_warnings": warnings[1:]}) == []
+
+
+def test_qc_failure_is_recorded_with_its_flags(tmp_path):
+    """qc_fail: the metrics step's failure has category qc and carries the flags, which the
+    aggregation reports for the session although metrics.json was removed."""
+    from cstbatch.engine.step_runner import _describe
+    from cstbatch.errors import QcFailure
+    from cstbatch.outputs.aggregate import session_qc_flags
+    from cstbatch.outputs.layout import SessionLayout
+    from cstbatch.outputs.records import write_record
+
+    flags = [qc.flag("cst_not_found", "CST not found: streamlines left 0")]
+    error = _describe(QcFailure(flags), "metrics", {"name": "builtin", "source": "built-in"})
+    assert error["category"] == "qc" and error["qc_flags"] == flags and "cst_not_found" in error["message"]
+    spec = SimpleNamespace(key="sub-01", relative_dir=tmp_path.relative_to(tmp_path) / "sub-01")
+    layout = SessionLayout.of(tmp_path, spec)
+    write_record(layout.record("metrics"), {"step": "metrics", "status": "failed", "error": error})
+    assert session_qc_flags(tmp_path, spec) == flags
+
+
+def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp_path):
+    """A 'slab' with isotropic signal only: the CSD response cannot be estimated; the user
+    gets the input image and the reason, not dipy's ValueError."""
+    import nibabel as nib
+
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.engine.session_steps import track
+    from cstbatch.outputs.layout import TENSOR_PARAMS, SessionLayout
+    from cstbatch.study.options import defaults
+
+    bvals, bvecs = tiny_gradients(n_dirs=30, n_b0=1)
+    layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
+    layout.denoised.parent.mkdir(parents=True)
+    data = np.broadcast_to(1000 * np.exp(-bvals * 0.8e-3), (6, 6, 3, len(bvals))).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, LAS), str(layout.denoised))
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 3), np.uint8), LAS), str(layout.mask))
+    for p in TENSOR_PARAMS:
+        nib.save(nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), LAS), str(layout.tensor_map(p)))
+    layout.bval.write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+    layout.bvec_checked.write_text("".join(" ".join(f"{v:.6f}" for v in bvecs[:, a]) + "\n" for a in range(3)))
+    options = defaults()
+    spec = SimpleNamespace(input_path="/data/sub-01_dwi.nii.gz")
+    ctx = SimpleNamespace(spec=spec, layout=layout, options=options, log=logging.getLogger("test"),
+                          implementation=implementation_for("track", options, None))
+    with pytest.raises(InputError, match=r"^/data/sub-01_dwi\.nii\.gz: no white matter to estimate the CSD fibre "
+                                         r"response from \(0 voxels with FA > 0"):
+        track(ctx)
