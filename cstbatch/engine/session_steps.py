@@ -58,6 +58,10 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
     if spec.input_type == "dicom":
         conversion = convert_dicom(spec.input_path, layout.work_dir, series=ctx.options.get("series"))
         ctx.log.info("ingest: %s", conversion.log_message)
+        from cstbatch.steps.qc import conversion_warnings
+        info["dcm2niix_warnings"] = conversion_warnings(conversion.log_message)
+        for warning in info["dcm2niix_warnings"]:
+            ctx.log.warning("ingest: dcm2niix: %s", warning)
         info["dicom_series"] = conversion.series_description
         nifti, bval, bvec = conversion.nifti, conversion.bval, conversion.bvec
     else:

@@ -45,7 +45,13 @@ QC_CODES: dict[str, str] = {
     "registration_poor": f"template-to-subject FA correlation below {MIN_REGISTRATION_R}: ROIs may be misplaced",
     "few_directions": f"fewer than {FEW_DIRECTIONS} diffusion directions: CSD cannot resolve crossings (SH order 2)",
     "low_snr": f"white-matter SNR of the b0 below {MIN_SNR}: FA is biased upwards by noise",
+    "dicom_conversion": "dcm2niix warned about gradients, slice geometry or orientation while converting "
+                        "(every dcm2niix warning is in the session log)",
 }
+#: dcm2niix warnings that can change the gradient table or the geometry (lower case substrings);
+#: others (e.g. about private tags or file names) only go to the session log.
+CONVERSION_WARNINGS_THAT_MATTER = ("bvec", "bval", "b-val", "b-vec", "gradient", "slice", "mirror", "flip",
+                                   "orient", "gantry", "tilt", "oblique", "interpolat", "mosaic", "inconsistent")
 
 
 def flag(code: str, message: str) -> dict[str, str]:
@@ -71,6 +77,16 @@ def shells(bvals, b0_threshold: float = 50.0) -> list[int]:
     """Distinct b-values of the diffusion-weighted volumes, rounded to 100 s/mm²."""
     b = np.asarray(bvals, float)
     return sorted({int(round(v / 100.0) * 100) for v in b[b > b0_threshold]})
+
+
+def conversion_warnings(log: str) -> list[str]:
+    """dcm2niix's warning lines ("Warning: ...") from its output, in order, without repeats."""
+    seen: list[str] = []
+    for line in (log or "").splitlines():
+        line = " ".join(line.split())
+        if line.lower().startswith("warning") and line not in seen:
+            seen.append(line)
+    return seen
 
 
 def parse_codes(value: Any) -> list[str]:
@@ -118,6 +134,11 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     if isinstance(n_dirs, int) and n_dirs < FEW_DIRECTIONS:
         flags.append(flag("few_directions", f"{n_dirs} diffusion directions (< {FEW_DIRECTIONS}): fibre "
                                             "crossings cannot be resolved, the CST may be incomplete"))
+    matter = [w for w in ingest.get("dcm2niix_warnings") or []
+              if any(k in w.lower() for k in CONVERSION_WARNINGS_THAT_MATTER)]
+    if matter:
+        flags.append(flag("dicom_conversion", "dcm2niix: " + " | ".join(matter[:3])
+                          + (f" (+{len(matter) - 3} more in the session log)" if len(matter) > 3 else "")))
     snr = model.get("snr")
     if isinstance(snr, (int, float)) and np.isfinite(snr) and snr < MIN_SNR:
         flags.append(flag("low_snr", f"white-matter b0 SNR about {snr:.1f} (< {MIN_SNR:g}): FA is biased upwards"))
