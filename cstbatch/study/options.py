@@ -74,7 +74,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("save_trx", False, bool, "track", "Also save the whole-brain tractogram as TRX."),
     _opt("gradient_check", "flag", str, "model",
          "Gradient-table check (steps/gradcheck.py): off, flag (flag gradient_table_suspect when a flipped or "
-         "permuted b-vector table tracks 15 % longer) or fix (also use that table, flag gradient_table_fixed)."),
+         "permuted b-vector table tracks 25 % longer) or fix (also use that table, flag gradient_table_fixed)."),
     _opt("atlas", "icbm2009a", str, "register extract metrics",
          "Atlas provider giving the MNI template and CST ROIs.", kind="atlas"),
     _opt("accept_fsl_license", False, bool, "register extract metrics",
