@@ -160,9 +160,7 @@ def model(ctx: StepContext) -> dict[str, Any]:
 
 
 def track(ctx: StepContext) -> dict[str, Any]:
-    from cstbatch.steps.track import save_trk
-
-    from cstbatch.steps.track import ResponseError
+    from cstbatch.steps.track import ResponseError, save_trk
 
     img, data, gtab = load_dwi(ctx.layout, checked=True)
     brain = _load_mask(ctx.layout)
