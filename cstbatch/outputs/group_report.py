@@ -47,7 +47,7 @@ BASE_METRICS = ("streamline_count", "volume_mm3", "mean_length_mm", "fa_mean", "
 OUTLIER_METRICS = tuple(f"{side}_{m}" for side in ("left", "right") for m in BASE_METRICS) + \
     tuple(f"laterality_{m}" for m in BASE_METRICS)
 QC_MIN_STREAMLINES = 10
-QC_MIN_REGISTRATION_R = 0.5
+QC_MIN_REGISTRATION_R = 0.35  # = cstbatch.steps.qc.MIN_REGISTRATION_R (measured there)
 
 
 def robust_z(values: Iterable[Any]) -> np.ndarray:

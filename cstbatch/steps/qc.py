@@ -21,10 +21,12 @@ from cstbatch.errors import OptionError
 #: A side with fewer CST streamlines than this (option ``min_cst_streamlines``) is "not found".
 DEFAULT_MIN_CST_STREAMLINES = 10
 #: Registration quality (Pearson r of subject FA and warped template FA, see
-#: :class:`cstbatch.steps.register.Registration`) below this: ``registration_poor``. At 0.5 the
-#: template no longer lines up with the subject's white matter (the sample phantom and real
-#: whole-brain scans register at 0.6–0.8).
-MIN_REGISTRATION_R = 0.5
+#: :class:`cstbatch.steps.register.Registration`) below this: ``registration_poor``. Measured:
+#: the shared real scans register at r 0.50–0.53 (noisy FA against a smooth template; the sample
+#: phantom at 0.9); moving the template of the registered Philips scan 10 mm along z or turning
+#: it 10° drops r to 0.35–0.37, 20 mm / 20° to 0.24; tiny test cubes that match nothing give
+#: r ≤ 0.2. Below 0.35 the ROIs are likely a centimetre or more off.
+MIN_REGISTRATION_R = 0.35
 #: Fewer diffusion directions than this: ``few_directions``. CSD needs 15 for SH order 4
 #: (:func:`cstbatch.steps.track.sh_order_for`); below it tracking cannot resolve fibre crossings.
 FEW_DIRECTIONS = 15

@@ -66,7 +66,7 @@ class SessionReportInput:
 # =======================================================================================
 #: QC thresholds (heuristics for flags, not normative values).
 QC_MIN_STREAMLINES = 10
-QC_MIN_REGISTRATION_R = 0.5
+QC_MIN_REGISTRATION_R = 0.35  # = cstbatch.steps.qc.MIN_REGISTRATION_R (measured there)
 #: Relative left–right profile difference worth a sentence in the summary.
 PROFILE_DIFF_NOTE = 0.10
 #: Half-thickness (mm) of the slab of tract voxels projected onto each FA slice.
