@@ -311,3 +311,18 @@ def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp
     with pytest.raises(InputError, match=r"^/data/sub-01_dwi\.nii\.gz: no white matter to estimate the CSD fibre "
                                          r"response from \(0 voxels with FA > 0"):
         track(ctx)
+
+
+def test_screen_lists_successful_sessions_with_flags(tmp_path):
+    import io
+
+    from cstbatch.engine.progress import ProgressReporter
+
+    (tmp_path / "batch_summary.json").write_text(json.dumps({"sessions": [
+        {"key": "sub-01", "status": "success", "qc_flags": [qc.flag("cst_not_found", "m"), qc.flag("low_snr", "m")]},
+        {"key": "sub-02", "status": "success", "qc_flags": []},
+        {"key": "sub-03", "status": "failed", "qc_flags": [qc.flag("cst_not_found", "m")]}]}))
+    screen = io.StringIO()
+    ProgressReporter(tmp_path, {}, outstream=screen, tty=False)._write_qc_flags()
+    assert screen.getvalue() == ("QC flags on 1 successful session(s) (batch_summary.json, group_report.html):\n"
+                                 "  sub-01: cst_not_found, low_snr\n")
