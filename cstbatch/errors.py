@@ -2,7 +2,7 @@
 
 Every error that reaches a user is one line naming the file (or JSON path) and the cause, so a
 study of hundreds of sessions can be triaged from the summary alone. The `category` attribute is
-what `batch_summary.json` reports (input, dependency, processing, timeout, system, plugin).
+what `batch_summary.json` reports (input, dependency, processing, timeout, system, plugin, qc).
 """
 from __future__ import annotations
 
@@ -54,6 +54,16 @@ class DependencyError(CstBatchError):
     """An external tool or package the step needs is missing or failed (e.g. dcm2niix)."""
 
     category = "dependency"
+
+
+class QcFailure(CstBatchError):
+    """QC flags the user chose to fail on (option ``qc_fail``); ``qc_flags`` lists them."""
+
+    category = "qc"
+
+    def __init__(self, flags):
+        self.qc_flags = [dict(f) for f in flags]
+        super().__init__("qc_fail: " + "; ".join(f"{f['code']}: {f['message']}" for f in self.qc_flags))
 
 
 class UpstreamFailed(CstBatchError):

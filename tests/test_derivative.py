@@ -47,15 +47,22 @@ def test_group_files_exist_parse_and_show_the_failed_session(two_runs):
     failed = status["sub-03_ses-01"]
     assert failed["status"] == "failed" and failed["failed_step"] == "ingest" and failed["error_category"] == "input"
     assert failed["log"] == "logs/sub-03_ses-01_error.log" and (out / failed["log"]).exists()
-    assert summary["totals"] == {"sessions": 3, "success": 2, "failed": 1, "skipped": 0, "pending": 0}
+    # the tiny 20 mm cubes hold no CST: "success", but flagged (issue 15), never a plain result
+    assert summary["totals"] == {"sessions": 3, "success": 2, "failed": 1, "skipped": 0, "pending": 0, "flagged": 2}
+    codes = [f["code"] for f in status["sub-02"]["qc_flags"]]
+    assert "cst_not_found" in codes and "fov_truncated" in codes and "few_directions" in codes
     rows = {r["key"]: r for r in csv.DictReader(open(out / "batch_metrics.csv"))}
     assert rows["sub-03_ses-01"]["status"] == "failed" and rows["sub-02"]["status"] == "success"
     assert rows["sub-02"]["left_streamline_count"] != ""
+    assert rows["sub-02"]["qc_flags"] == ";".join(codes) and rows["sub-03_ses-01"]["qc_flags"] == ""
     participants = (out / "participants.tsv").read_text().splitlines()
     assert participants[0].split("\t")[0] == "participant_id"
     group = (out / "group_report.html").read_text()
     assert "sub-03_ses-01" in group and "sub-01/ses-01/metrics/sub-01_ses-01_report.html" in group
+    assert "cst_not_found: CST not found" in group and "success + QC flags" in group
+    assert "[cst_not_found]" in (out / "sub-02/metrics/sub-02_report.html").read_text()
     metrics = json.loads((out / "sub-02/metrics/sub-02_metrics.json").read_text())
+    assert [f["code"] for f in metrics["qc_flags"]] == codes
     prov = metrics["provenance"]
     assert prov["options"]["denoise_method"] == "none" and prov["steps"]["track"]["implementation"]["name"]
     assert any(p.endswith("s1_dwi.nii.gz") for p in prov["input_sha256"])

@@ -32,12 +32,15 @@ ROI_NAMES = tuple(ROI_FILES.values())
 BUILTIN_STEP_VERSION: dict[str, str] = {step: "1" for step in STEPS}
 # ingest 2: BIDS-valid names (session-level gradients, a sidecar); it reruns every later step
 BUILTIN_STEP_VERSION["ingest"] = "2"
+# 2: model fits b <= 1500, checks the gradient table, writes bvec_checked; metrics adds qc_flags
+BUILTIN_STEP_VERSION.update(model="2", metrics="2")
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's
 #: own code. Part of the step's up-to-date check; bump when that code's output changes.
-#: (2: rigid → affine from the centre of mass, without the translation stage.)
-STEP_CODE_VERSION: dict[str, str] = {"register": "2"}
+#: (2: rigid → affine from the centre of mass, without the translation stage. 3: CST level
+#: coverage in the record; an image without brainstem and internal capsule fails.)
+STEP_CODE_VERSION: dict[str, str] = {"register": "3"}
 
 
 def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Path]:
@@ -51,7 +54,7 @@ def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Pat
     if step == "mask":
         return [layout.mask, layout.mask_json]
     if step == "model":
-        return [layout.tensor_map(p) for p in TENSOR_PARAMS]
+        return [layout.tensor_map(p) for p in TENSOR_PARAMS] + [layout.bvec_checked]
     if step == "track":
         return [layout.tractogram] + ([layout.tractogram_trx] if options.get("save_trx") else [])
     if step == "register":

@@ -103,6 +103,24 @@ class ProgressReporter(ConsoleReporter):
             self.write(f"cstbatch: {self.executed} tasks run, {self.uptodate} up to date; sessions: "
                        f"{len(self.done)} finished this run, {len(self.failed)} failed, {total} in study "
                        f"({elapsed:.1f} s)\n")
+        self._write_qc_flags()
+
+    def _write_qc_flags(self) -> None:
+        """Successful sessions with QC flags, on screen: a "success" with an empty CST side
+        must not pass unnoticed (the flags themselves are in batch_summary.json)."""
+        import json
+
+        from cstbatch.outputs.layout import group_paths
+        try:
+            sessions = json.loads(group_paths(self.out_dir)["batch_summary"].read_text()).get("sessions") or []
+        except (OSError, ValueError, AttributeError):
+            return
+        flagged = [s for s in sessions if s.get("status") == "success" and s.get("qc_flags")]
+        if flagged:
+            self.write(f"QC flags on {len(flagged)} successful session(s) (batch_summary.json, group_report.html):\n"
+                       + "".join(f"  {s['key']}: {', '.join(str(f.get('code')) for f in s['qc_flags'])}\n"
+                                 for s in flagged[:20])
+                       + (f"  … and {len(flagged) - 20} more\n" if len(flagged) > 20 else ""))
 
     def _complete(self) -> bool:
         """Every task visited and up to date or successful, every record read a success."""

@@ -18,9 +18,11 @@ from cstbatch.engine.chain import ROI_FILES
 from cstbatch.outputs.layout import TENSOR_PARAMS
 
 
-def load_dwi(layout, path: Path | None = None):
+def load_dwi(layout, path: Path | None = None, checked: bool = False):
     """(image, float32 data (X,Y,Z,N), dipy GradientTable in voxel axes) of the session's DWI at
-    ``path`` (default: the preprocessed one); the gradients are the session's."""
+    ``path`` (default: the preprocessed one); the gradients are the session's.
+
+    ``checked``: use the b-vectors the model step's gradient check left (steps after model)."""
     import nibabel as nib
     from dipy.core.gradients import gradient_table
 
@@ -28,7 +30,7 @@ def load_dwi(layout, path: Path | None = None):
 
     img = nib.load(str(path or layout.dwi))
     data = np.asarray(img.dataobj, dtype=np.float32)
-    bvals, bvecs = read_bvals_bvecs(layout.bval, layout.bvec, data.shape[-1])
+    bvals, bvecs = read_bvals_bvecs(layout.bval, layout.bvec_checked if checked else layout.bvec, data.shape[-1])
     gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, img.affine), b0_threshold=50)
     return img, data, gtab
 
@@ -58,6 +60,10 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
     if spec.input_type == "dicom":
         conversion = convert_dicom(spec.input_path, layout.work_dir, series=ctx.options.get("series"))
         ctx.log.info("ingest: %s", conversion.log_message)
+        from cstbatch.steps.qc import conversion_warnings
+        info["dcm2niix_warnings"] = conversion_warnings(conversion.log_message)
+        for warning in info["dcm2niix_warnings"]:
+            ctx.log.warning("ingest: dcm2niix: %s", warning)
         info["dicom_series"] = conversion.series_description
         nifti, bval, bvec = conversion.nifti, conversion.bval, conversion.bvec
     else:
@@ -67,6 +73,11 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
             raise InputError(nifti, f"no .{kind} file found (same name, or inherited by BIDS rules)")
         bval, bvec = spec.bval, spec.bvec
     checked = check_nifti_dwi(Path(nifti), Path(bval), Path(bvec))
+    from cstbatch.steps.qc import MIN_DIRECTIONS, shells, unique_directions
+    n_dirs = unique_directions(checked.bvals, checked.bvecs_bids)
+    if n_dirs < MIN_DIRECTIONS:
+        raise InputError(bvec, f"only {n_dirs} non-collinear diffusion directions; a tensor needs at least "
+                               f"{MIN_DIRECTIONS}")
     write_preproc(checked, layout.dwi, layout.bval, layout.bvec)
     write_json(layout.dwi_json, {
         "Description": "The input DWI as accepted by cstbatch (checked; float32; gradients in the "
@@ -80,6 +91,7 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
     info["shape"] = list(checked.img.shape)
     info["voxel_mm"] = [round(float(z), 4) for z in checked.img.header.get_zooms()[:3]]
     info["n_b0"] = int(np.sum(checked.bvals <= 50))
+    info["n_directions"], info["shells"] = n_dirs, shells(checked.bvals)
     return info
 
 
@@ -116,21 +128,68 @@ def mask(ctx: StepContext) -> dict[str, Any]:
 
 
 def model(ctx: StepContext) -> dict[str, Any]:
-    from cstbatch.steps.model import fit_tensor_maps
+    """Tensor fit on b ≤ 1500, the gradient-table check, and the b-vectors later steps use.
 
+    With ``gradient_check=fix`` the maps need no refit: a flip/permutation of the table only
+    rotates the tensor (same FA/MD/RD/AD, see ``steps.gradcheck``); the corrected table is
+    written to ``bvec_checked``, which track (and anything after) reads.
+    """
+    from dipy.core.gradients import gradient_table
+
+    from cstbatch.atomic import write_text
+    from cstbatch.steps.model import TENSOR_MAX_B, fit_tensor_maps, tensor_volumes, white_matter_snr
+
+    mode = str(ctx.options.get("gradient_check", "flag"))
+    if mode not in ("off", "flag", "fix"):
+        from cstbatch.errors import OptionError
+        raise OptionError(f"gradient_check: {mode!r} is not one of off, flag, fix")
     img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options))
-    maps = fit_tensor_maps(data, gtab, _load_mask(ctx.layout))
+    keep = tensor_volumes(gtab.bvals)
+    info: dict[str, Any] = {"tensor_max_b": TENSOR_MAX_B, "tensor_volumes": int(keep.size)}
+    if keep.size != data.shape[-1]:
+        data = data[..., keep]
+        gtab = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep], b0_threshold=50)
+    brain = _load_mask(ctx.layout)
+    maps = fit_tensor_maps(data, gtab, brain)
     for param in TENSOR_PARAMS:
         save_nifti(_like(img, np.nan_to_num(maps[param])), ctx.layout.tensor_map(param))
-    return {}
+    info["snr"] = white_matter_snr(data, gtab, maps["fa"], brain)
+    applied = None
+    if mode != "off":
+        from cstbatch.steps.gradcheck import candidate_by_name, check_gradients
+
+        check = check_gradients(maps["evecs"], maps["fa"], brain, img.affine)
+        info["gradient_check"] = {"mode": mode, **check.to_json()}
+        if check.suspect:
+            ctx.log.warning("model: gradient table suspect: %s gives %.2fx longer streamlines%s", check.best,
+                            check.ratio, " (applied)" if mode == "fix" else "")
+            if mode == "fix":
+                applied = candidate_by_name(check.best)
+                info["gradient_check"]["applied"] = check.best
+    if applied is None:
+        copy_file(ctx.layout.bvec, ctx.layout.bvec_checked)
+    else:
+        from cstbatch.steps.gradients import read_bvals_bvecs
+        _, bvecs = read_bvals_bvecs(ctx.layout.bval, ctx.layout.bvec, img.shape[-1])
+        fixed = applied.apply_bids(bvecs) + 0.0  # + 0.0: no "-0"
+        write_text(ctx.layout.bvec_checked, "".join(" ".join(f"{v:.6g}" for v in fixed[:, ax]) + "\n"
+                                                    for ax in range(3)))
+    return info
 
 
 def track(ctx: StepContext) -> dict[str, Any]:
-    from cstbatch.steps.track import save_trk
+    from cstbatch.steps.track import ResponseError, save_trk
 
-    img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options))
-    streamlines = ctx.implementation.func(data, gtab, _load_mask(ctx.layout), _load_maps(ctx.layout),
-                                          img.affine, ctx.options)
+    img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options), checked=True)
+    brain = _load_mask(ctx.layout)
+    maps = _load_maps(ctx.layout)
+    try:
+        streamlines = ctx.implementation.func(data, gtab, brain, maps, img.affine, ctx.options)
+    except ResponseError as exc:
+        raise InputError(ctx.spec.input_path, f"no white matter to estimate the CSD fibre response from ({exc}; "
+                         f"brain mask {int(brain.sum())} voxels, {int((maps['fa'][brain] > 0.4).sum())} with "
+                         "FA > 0.4): the image covers too little brain (a thin slab?) or the b-values/vectors "
+                         "do not match it") from exc
     save_trk(streamlines, img, ctx.layout.tractogram)
     if ctx.options.get("save_trx"):
         _save_trx(streamlines, img, ctx.layout.tractogram_trx)
@@ -194,10 +253,21 @@ def register(ctx: StepContext) -> dict[str, Any]:
             "Type": "ROI"})
     qc_figure(fa_img, reg.warp_template(atlas.registration_template, fa_img), layout.registration_qc,
               rois=rois, title=f"{ctx.spec.key}: {atlas.name} template on FA")
+    from cstbatch.steps.coverage import coverage, describe
+    from cstbatch.steps.qc import MIN_REGISTRATION_R
+    cov = coverage(fa_img.shape, fa_img.affine, reg.subject_to_mni)
+    # only a registration that lines up can say where the image is; a poor one leaves flags
+    # (fov_truncated, registration_poor) instead of a verdict that may be wrong
+    if not cov["usable"] and reg.quality >= MIN_REGISTRATION_R:
+        raise InputError(ctx.spec.input_path, "the image covers too little to find any CST (no brainstem level and "
+                         "no internal capsule); it covers "
+                         + (describe(cov["covered"]) if cov["covered"] else "none of the CST levels")
+                         + f" (registration r = {reg.quality:.2f})")
     return {"atlas": atlas.name, "atlas_version": atlas.version, "quality": reg.quality,
             "quality_metric": reg.quality_metric, "roi_voxels": {k: int(v.sum()) for k, v in rois.items()},
             "transform": str(transform.relative_to(layout.out_dir)),
-            "transform_kind": "affine" if reg.mapping is None else "affine (ITK file) + SyN warp (cstbatch .npz)"}
+            "transform_kind": "affine" if reg.mapping is None else "affine (ITK file) + SyN warp (cstbatch .npz)",
+            "coverage": cov}
 
 
 def load_session_registration(ctx: StepContext):
@@ -254,7 +324,11 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
                              mni=load_session_registration(ctx), brainstem_mask=brainstem)
     from cstbatch.atomic import write_json
     from cstbatch.outputs.provenance import session_provenance
+    from cstbatch.outputs.records import read_record
+    from cstbatch.steps.qc import failing, session_flags
 
+    infos = {s: (read_record(ctx.layout.record(s)) or {}).get("info") or {} for s in ("ingest", "model", "register")}
+    flags = session_flags({s: result[s]["streamline_count"] for s in ("left", "right")}, ctx.options, **infos)
     # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
     # them as entity values conflicting with the file name
     from cstbatch.outputs.records import read_record
@@ -266,11 +340,17 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
                             **(extract_info.get("extraction") or {})}
     write_json(ctx.layout.metrics_json, {"key": ctx.spec.key, "participant_id": ctx.spec.subject_id,
                                          "session_id": ctx.spec.session_id, "metrics": result,
-                                         "provenance": session_provenance(ctx)})
+                                         "qc_flags": flags, "provenance": session_provenance(ctx)})
     write_csv(ctx.layout.metrics_csv, metrics_to_rows(result))
     write_csv(ctx.layout.profiles_csv, profiles_to_rows(result))
+    for f in flags:
+        ctx.log.warning("QC %s: %s", f["code"], f["message"])
+    chosen = failing(flags, ctx.options.get("qc_fail"))
+    if chosen:
+        from cstbatch.errors import QcFailure
+        raise QcFailure(chosen)
     return {"fa_mean": {s: result[s]["fa_mean"] for s in ("left", "right")},
-            "fa_laterality": result["laterality"].get("fa_mean")}
+            "fa_laterality": result["laterality"].get("fa_mean"), "qc_flags": [f["code"] for f in flags]}
 
 
 def report(ctx: StepContext) -> dict[str, Any]:

@@ -158,6 +158,8 @@ def _describe(exc: BaseException, step: str, impl: dict | None) -> dict[str, Any
     else:
         category, message = "processing", f"{type(exc).__name__}: {exc}"
     error = {"category": category, "message": " ".join(message.split()), "step": step}
+    if getattr(exc, "qc_flags", None):
+        error["qc_flags"] = exc.qc_flags
     if impl and impl.get("source") != "built-in":
         error["plugin"] = f"{impl['name']} ({impl['source']})"
         if category == "processing":

@@ -50,7 +50,7 @@ BASE_METRICS = ("streamline_count", "volume_mm3", "mean_length_mm", "fa_mean", "
 OUTLIER_METRICS = tuple(f"{side}_{m}" for side in ("left", "right") for m in BASE_METRICS) + \
     tuple(f"laterality_{m}" for m in BASE_METRICS)
 QC_MIN_STREAMLINES = 10
-QC_MIN_REGISTRATION_R = 0.5
+QC_MIN_REGISTRATION_R = 0.35  # = cstbatch.steps.qc.MIN_REGISTRATION_R (measured there)
 #: Outlying points named on a plot, largest |z| first: beyond a dozen the names hide the data
 #: (a 5000-session study has ~100 outlying values); the outlier table lists them all.
 MAX_PLOT_LABELS = 12
@@ -204,6 +204,14 @@ def _flags(entry: Mapping[str, Any], reg_q: float) -> list[str]:
     return flags
 
 
+def _qc_flags(entry: Mapping[str, Any]) -> list[dict]:
+    """The session's QC flags (steps/qc.py): from batch_summary.json, else codes from the CSV row."""
+    qc = [f for f in (entry["_summary"].get("qc_flags") or []) if isinstance(f, Mapping)]
+    if not qc and entry.get("qc_flags"):
+        qc = [{"code": c, "message": ""} for c in str(entry["qc_flags"]).split(";") if c]
+    return qc
+
+
 def fa_distribution_figure(entries: Sequence[Mapping[str, Any]], outliers: Mapping[tuple[str, str], float]):
     """Box plot + strip of FA per side, sessions joined left–right; outlying values ringed.
 
@@ -325,6 +333,10 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
     b = [H1(f"cstbatch group report — {study}"),
          P(f"{n_total} sessions: {t.get('success', len(good))} succeeded, {t.get('failed', 0)} failed, "
            f"{t.get('skipped', 0)} skipped, {t.get('pending', 0)} pending. cstbatch {version}.", css="summary")]
+    n_qc = sum(bool(_qc_flags(e)) for e in good)
+    if n_qc:
+        b.append(P(f"{n_qc} of {len(good)} successful sessions carry QC flags (see QC flags below): their numbers "
+                   "may describe no tract or a partial one.", css="warn"))
 
     # cohort table
     table, flagged = [], []
@@ -333,15 +345,18 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
         reg = _record_info(output_dir, rel, e["key"], "register")
         track = _record_info(output_dir, rel, e["key"], "track")
         reg_q = to_float(reg.get("quality"))
-        flags = _flags(e, reg_q) + [f"outlier: {o['metric']} (z = {fmt(o['z'], 1, signed=True)})"
-                                    for o in out_by_key.get(e["key"], [])]
+        qc = _qc_flags(e)
+        flags = [f["code"] for f in qc] + _flags(e, reg_q) + [
+            f"outlier: {o['metric']} (z = {fmt(o['z'], 1, signed=True)})" for o in out_by_key.get(e["key"], [])]
         if flags:
-            flagged.append((e["key"], flags))
+            flagged.append((e["key"], [f"{f['code']}: {f['message']}" if f["message"] else f["code"] for f in qc]
+                            + flags[len(qc):]))
         href = report_href(e["subject"], e["session"], e["key"])
         has_report = e["status"] == "success" or (output_dir / href).exists()
         css = e["status"] if e["status"] != "success" else ("flagged" if flags else "")
         table.append([Link(e["key"], href) if has_report else e["key"], e["subject"], e["session"] or "",
-                      e["status"], fmt(track.get("streamlines"), 0),
+                      e["status"] + (" + QC flags" if qc and e["status"] == "success" else ""),
+                      fmt(track.get("streamlines"), 0),
                       fmt(e.get("left_streamline_count"), 0), fmt(e.get("right_streamline_count"), 0),
                       fmt(e.get("left_fa_mean")), fmt(e.get("right_fa_mean")),
                       fmt(e.get("laterality_fa_mean"), 3, signed=True),

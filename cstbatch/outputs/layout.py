@@ -44,6 +44,8 @@ BIDSIGNORE = "\n".join([
     "# BEP016 diffusion-model maps (model-/param- entities, dwimap suffix)",
     # not "*_model-…": bids-validator 3.0.2 then misses sub-X_ses-Y_model-… (tested)
     "*model-*_param-*_dwimap.nii.gz",
+    "# the b-vectors after the gradient-table check (no image of their own: the spec has no rule)",
+    "*_desc-checked_dwi.bvec",
     "# tractograms (tractography/), transforms (xfm/, BEP014), QC figures, metrics tables and",
     "# reports, step records: no datatype folder in the specification",
     *[f"sub-*/{level}{folder}" for folder in NON_BIDS_SESSION_DIRS for level in ("", "ses-*/")],
@@ -123,6 +125,12 @@ class SessionLayout:
     @property
     def mask_json(self) -> Path:
         return self._f("dwi", "desc-brain_mask.json")
+
+    @property
+    def bvec_checked(self) -> Path:
+        """The b-vectors every step after ``model`` uses: the preprocessed ones, or with
+        ``gradient_check=fix`` the corrected table (see ``cstbatch.steps.gradcheck``)."""
+        return self._f("dwi", "desc-checked_dwi.bvec")
 
     def tensor_map(self, param: str) -> Path:
         return self._f("dwi", f"model-tensor_param-{param}_dwimap.nii.gz")

@@ -63,3 +63,51 @@ def fit_tensor_maps(data: np.ndarray, gtab, mask: np.ndarray | None) -> dict[str
             rd_f[sel] = np.nan_to_num(evals[:, 1:].mean(-1), nan=0.0, posinf=0.0, neginf=0.0)
             ev_f[sel] = np.nan_to_num(fit.evecs, nan=0.0, posinf=0.0, neginf=0.0)
     return out
+
+
+#: The tensor is fitted on volumes with b ≤ this (s/mm²) only. Above ~1500 the signal is no
+#: longer mono-exponential (restricted diffusion, kurtosis), so a tensor fitted on b 3000 shells
+#: underestimates MD and shifts FA; b ≤ 1500 keeps FA/MD comparable with single-shell b 1000
+#: studies. Data with no shell at or below it are fitted on the lowest shell instead.
+TENSOR_MAX_B = 1500.0
+
+
+def tensor_volumes(bvals: np.ndarray, b0_threshold: float = 50.0) -> np.ndarray:
+    """Indices of the volumes the tensor is fitted on: b0s plus shells ≤ :data:`TENSOR_MAX_B`."""
+    bvals = np.asarray(bvals, float)
+    b0 = bvals <= b0_threshold
+    keep = b0 | (bvals <= TENSOR_MAX_B + 50.0)  # +50: shells are nominal (1500 is often 1495–1505)
+    if not (keep & ~b0).any() and (~b0).any():
+        lowest = bvals[~b0].min()
+        keep = b0 | (np.abs(bvals - lowest) <= 50.0)
+    return np.flatnonzero(keep)
+
+
+def white_matter_snr(data: np.ndarray, gtab, fa: np.ndarray, mask: np.ndarray, n_voxels: int = 2000) -> float | None:
+    """b0 SNR in white matter: median b0 over the noise left by a tensor fit, in high-FA voxels.
+
+    Why residuals: real scans often have one b0 and a zero-filled or masked background, so
+    neither b0 differences nor the background give the noise; the tensor explains white-matter
+    signal at b ≤ 1500 well, so its residual RMS (corrected for the 7 fitted parameters) is
+    close to the noise σ (an upper bound: model error adds to it, so the SNR is a lower
+    bound). Up to ``n_voxels`` voxels with FA ≥ 0.3, evenly spaced: cheap and deterministic.
+    None when fewer than 20 such voxels or too few volumes.
+    """
+    from dipy.reconst.dti import TensorModel
+
+    idx = np.argwhere(np.asarray(mask, bool) & (np.asarray(fa) >= 0.3))
+    n_vol = data.shape[-1]
+    if len(idx) < 20 or n_vol <= 7:
+        return None
+    if len(idx) > n_voxels:
+        idx = idx[np.linspace(0, len(idx) - 1, n_voxels).round().astype(int)]
+    sig = np.asarray(data[tuple(idx.T)], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        fit = TensorModel(gtab, fit_method="WLS").fit(sig)
+        s0 = sig[:, gtab.b0s_mask].mean(axis=1)
+        pred = fit.predict(gtab, S0=s0)
+        rms = np.sqrt(((sig - pred) ** 2).sum(axis=1) / (n_vol - 7))
+    ok = np.isfinite(rms) & (rms > 0) & np.isfinite(s0) & (s0 > 0)
+    if ok.sum() < 20:
+        return None
+    return round(float(np.median(s0[ok]) / np.median(rms[ok])), 2)

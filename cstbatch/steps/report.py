@@ -42,6 +42,8 @@ class SessionReportInput:
     metrics: dict[str, Any]
     provenance: dict[str, Any]
     records: dict[str, dict] = field(default_factory=dict)
+    #: metrics.json's ``qc_flags`` ({"code", "message"}, see ``cstbatch.steps.qc``)
+    pipeline_qc: list = field(default_factory=list)
 
     @classmethod
     def from_layout(cls, spec, layout, options) -> "SessionReportInput":
@@ -55,6 +57,7 @@ class SessionReportInput:
             registration_qc=layout.registration_qc, metrics_json=layout.metrics_json,
             metrics=data.get("metrics", {}), provenance=data.get("provenance", {}),
             records={s: r for s in STEPS if (r := read_record(layout.record(s))) is not None},
+            pipeline_qc=list(data.get("qc_flags") or []),
         )
 
 
@@ -63,7 +66,7 @@ class SessionReportInput:
 # =======================================================================================
 #: QC thresholds (heuristics for flags, not normative values).
 QC_MIN_STREAMLINES = 10
-QC_MIN_REGISTRATION_R = 0.5
+QC_MIN_REGISTRATION_R = 0.35  # = cstbatch.steps.qc.MIN_REGISTRATION_R (measured there)
 #: Relative left–right profile difference worth a sentence in the summary.
 PROFILE_DIFF_NOTE = 0.10
 #: Half-thickness (mm) of the slab of tract voxels projected onto each FA slice.
@@ -204,13 +207,14 @@ def qc_flags(session: SessionReportInput) -> list[str]:
     """Automatic QC warnings (empty when nothing looks wrong)."""
     from cstbatch.outputs.figures import fmt
 
-    flags = []
+    flags = [f"[{f.get('code')}] {f.get('message')}" for f in session.pipeline_qc]
+    codes = {f.get("code") for f in session.pipeline_qc}
     reg = (session.records.get("register") or {}).get("info") or {}
     q = _num(reg.get("quality"))
-    if q == q and q < QC_MIN_REGISTRATION_R:
+    if q == q and q < QC_MIN_REGISTRATION_R and "registration_poor" not in codes:
         flags.append(f"Registration quality is low (r = {fmt(q, 2)} < {QC_MIN_REGISTRATION_R}): check the registration "
                      "figure; the CST selection may be wrong.")
-    for side in SIDES:
+    for side in SIDES if "cst_not_found" not in codes else ():
         count = _num(_side(session.metrics, side).get("streamline_count"))
         n = int(count) if count == count else 0
         if n == 0:
@@ -497,8 +501,11 @@ def build_session_document(session: SessionReportInput, options: dict):
 
     b = [H1(title),
          P(f"Subject {session.subject}" + (f", session {session.session}" if session.session else "")
-           + f" (key {session.key}). Produced by cstbatch {version}.", css="meta"),
-         H2("Summary")]
+           + f" (key {session.key}). Produced by cstbatch {version}.", css="meta")]
+    if session.pipeline_qc:
+        b.append(P(f"QC flags: {', '.join(str(f.get('code')) for f in session.pipeline_qc)} — this session's numbers "
+                   "may describe no tract or a partial one; read the quality-control flags below first.", css="warn"))
+    b.append(H2("Summary"))
     b += [P(s, css="summary") for s in summary_sentences(metrics)]
     flags = qc_flags(session)
     b.append(H3("Quality-control flags"))

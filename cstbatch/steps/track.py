@@ -149,6 +149,10 @@ def sh_order_for(n_directions: int) -> int:
     return 2
 
 
+class ResponseError(ValueError):
+    """No voxels to estimate the fibre response from (the session step names the image)."""
+
+
 def _response(gtab, data, fa, mask):
     """Single-fibre response from the most anisotropic voxels of our own FA map.
 
@@ -166,7 +170,7 @@ def _response(gtab, data, fa, mask):
         vals = np.where(mask if mask is not None else True, fa, 0.0).ravel()
         n = min(300, int((vals > 0).sum()))
         if n < 5:
-            raise ValueError("too few anisotropic voxels to estimate a fibre response")
+            raise ResponseError(f"{n} voxels with FA > 0 in the mask, at least 5 needed")
         thr = np.partition(vals, -n)[-n]
         cand = (fa >= thr) & (fa > 0)
         if mask is not None:

@@ -1,0 +1,97 @@
+"""Which levels of the CST an image covers, from its field of view mapped to MNI space.
+
+Partial slabs (a 20 mm 7 T slab, an 84 mm high-resolution block) cannot contain the whole
+CST; without this check they end as "success" with an empty or truncated tract. The levels are
+defined once here (MNI mm, ICBM 2009 space, left side; the right side mirrors x) so other code —
+extraction starting from the lowest covered level, reports, metrics — uses the same numbers.
+
+Each level is a stretch of the tract: an MNI z range and the tract's (x, y) there, taken from
+the course of the pyramidal tract in MNI atlases (pyramids of the medulla → basis pontis →
+cerebral peduncle → posterior limb of the internal capsule → centrum semiovale → precentral
+gyrus). A level is *covered* when at least :data:`MIN_LEVEL_FRACTION` of its points (every 2 mm
+along z, both sides) fall inside the image grid (half a voxel of tolerance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    label: str
+    z_min: float
+    z_max: float
+    x: float  # left side, MNI mm (negative = left); the right side is -x
+    y: float
+    brainstem: bool = False
+
+
+#: Inferior → superior.
+CST_LEVELS: tuple[Level, ...] = (
+    Level("medulla", "medulla", -58.0, -42.0, -5.0, -40.0, brainstem=True),
+    Level("pons", "pons", -40.0, -16.0, -9.0, -28.0, brainstem=True),
+    Level("peduncle", "cerebral peduncle", -14.0, -4.0, -16.0, -18.0, brainstem=True),
+    Level("internal_capsule", "internal capsule", 0.0, 18.0, -22.0, -14.0),
+    Level("centrum_semiovale", "centrum semiovale", 24.0, 40.0, -25.0, -18.0),
+    Level("precentral", "precentral gyrus", 46.0, 66.0, -32.0, -20.0),
+)
+LEVELS = {lv.name: lv for lv in CST_LEVELS}
+#: Share of a level's points that must lie inside the image for the level to count as covered.
+MIN_LEVEL_FRACTION = 0.5
+Z_STEP_MM = 2.0
+
+
+def level_points(level: Level) -> np.ndarray:
+    """(n, 3) MNI mm points along the level, both sides."""
+    z = np.arange(level.z_min, level.z_max + 1e-6, Z_STEP_MM)
+    left = np.column_stack([np.full_like(z, level.x), np.full_like(z, level.y), z])
+    right = left * np.array([-1.0, 1.0, 1.0])
+    return np.vstack([left, right])
+
+
+def level_fractions(shape, affine, subject_to_mni) -> dict[str, float]:
+    """Share of each level's points inside the image grid (``shape``, voxel → RAS+ mm ``affine``),
+    given the subject RAS+ mm → MNI mm 4x4 transform (the registration's affine part)."""
+    to_vox = np.linalg.inv(np.asarray(affine, float)) @ np.linalg.inv(np.asarray(subject_to_mni, float))
+    hi = np.asarray(shape[:3], float) - 0.5
+    out = {}
+    for level in CST_LEVELS:
+        pts = level_points(level)
+        ijk = pts @ to_vox[:3, :3].T + to_vox[:3, 3]
+        inside = np.all((ijk >= -0.5) & (ijk <= hi), axis=1)
+        out[level.name] = round(float(inside.mean()), 3)
+    return out
+
+
+def covered_levels(shape, affine, subject_to_mni, min_fraction: float = MIN_LEVEL_FRACTION) -> list[str]:
+    """Names of the covered levels, inferior → superior (see module doc)."""
+    frac = level_fractions(shape, affine, subject_to_mni)
+    return [lv.name for lv in CST_LEVELS if frac[lv.name] >= min_fraction]
+
+
+def lowest_covered_level(covered: Iterable[str]) -> Level | None:
+    """The most inferior covered level (where a tract search can start), or None."""
+    covered = set(covered)
+    return next((lv for lv in CST_LEVELS if lv.name in covered), None)
+
+
+def describe(names: Iterable[str]) -> str:
+    """'pons (MNI z -40 to -16 mm), internal capsule (MNI z 0 to 18 mm)'."""
+    return ", ".join(f"{LEVELS[n].label} (MNI z {LEVELS[n].z_min:g} to {LEVELS[n].z_max:g} mm)" for n in names)
+
+
+def coverage(shape, affine, subject_to_mni) -> dict:
+    """JSON-ready summary: fractions per level, covered and missing levels, and the verdict.
+
+    ``usable`` is False when the image holds neither a brainstem level nor the internal
+    capsule: no CST can be identified there (the session fails with an input error).
+    """
+    frac = level_fractions(shape, affine, subject_to_mni)
+    covered = [lv.name for lv in CST_LEVELS if frac[lv.name] >= MIN_LEVEL_FRACTION]
+    missing = [lv.name for lv in CST_LEVELS if lv.name not in covered]
+    usable = any(LEVELS[n].brainstem for n in covered) or "internal_capsule" in covered
+    return {"fractions": frac, "covered": covered, "missing": missing, "usable": usable}

@@ -1,0 +1,153 @@
+"""Quality-control flags: what a session's numbers cannot be trusted for, as data.
+
+A session can run every step and still say nothing about its CST: a partial slab, an empty
+side, a flipped gradient table, a failed registration. Each such finding becomes a flag
+``{"code": ..., "message": ...}`` in metrics.json, batch_summary.json (per session),
+batch_metrics.csv (``qc_flags``: codes joined by ``;``) and both reports. The option
+``qc_fail`` turns chosen codes into failures of category ``qc``.
+
+The codes (:data:`QC_CODES`) and their thresholds are documented here; the inputs are the
+step records' ``info`` (ingest, model, register) and the extracted streamline counts, so the
+flags are computed from saved state and never need the images again.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from cstbatch.errors import OptionError
+
+#: A side with fewer CST streamlines than this (option ``min_cst_streamlines``) is "not found".
+DEFAULT_MIN_CST_STREAMLINES = 10
+#: Registration quality (Pearson r of subject FA and warped template FA, see
+#: :class:`cstbatch.steps.register.Registration`) below this: ``registration_poor``. Measured:
+#: the shared real scans register at r 0.50–0.53 (noisy FA against a smooth template; the sample
+#: phantom at 0.9); moving the template of the registered Philips scan 10 mm along z or turning
+#: it 10° drops r to 0.35–0.37, 20 mm / 20° to 0.24; tiny test cubes that match nothing give
+#: r ≤ 0.2. Below 0.35 the ROIs are likely a centimetre or more off.
+MIN_REGISTRATION_R = 0.35
+#: Fewer diffusion directions than this: ``few_directions``. CSD needs 15 for SH order 4
+#: (:func:`cstbatch.steps.track.sh_order_for`); below it tracking cannot resolve fibre crossings.
+FEW_DIRECTIONS = 15
+#: A tensor needs 6 non-collinear directions; fewer is an input error.
+MIN_DIRECTIONS = 6
+#: Directions closer than this angle (degrees, either sign) count as one.
+COLLINEAR_DEG = 3.0
+#: White-matter SNR (b0 over the tensor fit's residual noise, see ``model`` step) below this: ``low_snr``.
+MIN_SNR = 8.0
+
+QC_CODES: dict[str, str] = {
+    "cst_not_found": "a side has fewer than min_cst_streamlines CST streamlines: its metrics describe no tract",
+    "fov_truncated": "the image does not cover every CST level (medulla → precentral gyrus, MNI z ranges in "
+                     "cstbatch.steps.coverage): the tract is cut and its metrics are partial",
+    "gradient_table_suspect": "another sign flip / axis permutation of the b-vectors gives clearly longer "
+                              "streamlines than the given table (gradient_check=flag)",
+    "gradient_table_fixed": "the b-vectors were replaced by a better flip/permutation (gradient_check=fix)",
+    "registration_poor": f"template-to-subject FA correlation below {MIN_REGISTRATION_R}: ROIs may be misplaced",
+    "few_directions": f"fewer than {FEW_DIRECTIONS} diffusion directions: CSD cannot resolve crossings (SH order 2)",
+    "low_snr": f"white-matter SNR of the b0 below {MIN_SNR}: FA is biased upwards by noise",
+    "dicom_conversion": "dcm2niix warned about gradients, slice geometry or orientation while converting "
+                        "(every dcm2niix warning is in the session log)",
+}
+#: dcm2niix warnings that can change the gradient table or the geometry (lower case substrings);
+#: others (e.g. about private tags or file names) only go to the session log.
+CONVERSION_WARNINGS_THAT_MATTER = ("bvec", "bval", "b-val", "b-vec", "gradient", "slice", "mirror", "flip",
+                                   "orient", "gantry", "tilt", "oblique", "interpolat", "mosaic", "inconsistent")
+
+
+def flag(code: str, message: str) -> dict[str, str]:
+    if code not in QC_CODES:
+        raise KeyError(code)
+    return {"code": code, "message": message}
+
+
+def unique_directions(bvals, bvecs, b0_threshold: float = 50.0) -> int:
+    """Number of non-collinear diffusion directions (opposite vectors are the same axis)."""
+    dirs = np.asarray(bvecs, float)[np.asarray(bvals, float) > b0_threshold]
+    norms = np.linalg.norm(dirs, axis=1)
+    dirs = dirs[norms > 0] / norms[norms > 0, None]
+    cos = np.cos(np.deg2rad(COLLINEAR_DEG))
+    kept: list[np.ndarray] = []
+    for d in dirs:
+        if not kept or np.max(np.abs(np.asarray(kept) @ d)) < cos:
+            kept.append(d)
+    return len(kept)
+
+
+def shells(bvals, b0_threshold: float = 50.0) -> list[int]:
+    """Distinct b-values of the diffusion-weighted volumes, rounded to 100 s/mm²."""
+    b = np.asarray(bvals, float)
+    return sorted({int(round(v / 100.0) * 100) for v in b[b > b0_threshold]})
+
+
+def conversion_warnings(log: str) -> list[str]:
+    """dcm2niix's warning lines ("Warning: ...") from its output, in order, without repeats."""
+    seen: list[str] = []
+    for line in (log or "").splitlines():
+        line = " ".join(line.split())
+        if line.lower().startswith("warning") and line not in seen:
+            seen.append(line)
+    return seen
+
+
+def parse_codes(value: Any) -> list[str]:
+    """``qc_fail``: None, "code,code" or a list → codes; unknown codes are an option error."""
+    if value in (None, "", []):
+        return []
+    codes = [c.strip() for c in (value.split(",") if isinstance(value, str) else value) if str(c).strip()]
+    bad = [c for c in codes if c not in QC_CODES]
+    if bad:
+        raise OptionError(f"qc_fail: unknown QC code {bad[0]!r} (known: {', '.join(QC_CODES)})")
+    return codes
+
+
+def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest: Mapping | None = None,
+                  model: Mapping | None = None, register: Mapping | None = None) -> list[dict[str, str]]:
+    """The session's flags, from the steps' record ``info`` dicts and the CST counts per side."""
+    from cstbatch.steps.coverage import describe
+
+    ingest, model, register = ingest or {}, model or {}, register or {}
+    flags = []
+    minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
+    empty = [f"{side} {int(counts.get(side, 0))}" for side in ("left", "right") if int(counts.get(side, 0)) < minimum]
+    if empty:
+        flags.append(flag("cst_not_found", f"CST not found: streamlines {', '.join(empty)} "
+                                           f"(fewer than min_cst_streamlines={minimum}); those sides' metrics "
+                                           "describe no tract"))
+    cov = register.get("coverage") or {}
+    if cov.get("missing"):
+        flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; missing levels: "
+                                           + describe(cov["missing"])))
+    grad = model.get("gradient_check") or {}
+    if grad.get("applied"):
+        flags.append(flag("gradient_table_fixed", f"gradient table replaced by '{grad['applied']}' "
+                                                  f"(streamlines {grad.get('ratio', 0):.2f}x longer than with the "
+                                                  "given b-vectors)"))
+    elif grad.get("suspect"):
+        flags.append(flag("gradient_table_suspect", f"the b-vectors look wrong: '{grad['best']}' gives "
+                                                    f"{grad.get('ratio', 0):.2f}x longer streamlines than the given "
+                                                    "table; check the .bvec (or use --option gradient_check=fix)"))
+    q = register.get("quality")
+    if isinstance(q, (int, float)) and np.isfinite(q) and q < MIN_REGISTRATION_R:
+        flags.append(flag("registration_poor", f"template registration quality r = {q:.2f} "
+                                               f"(< {MIN_REGISTRATION_R}): check the registration figure"))
+    n_dirs = ingest.get("n_directions")
+    if isinstance(n_dirs, int) and n_dirs < FEW_DIRECTIONS:
+        flags.append(flag("few_directions", f"{n_dirs} diffusion directions (< {FEW_DIRECTIONS}): fibre "
+                                            "crossings cannot be resolved, the CST may be incomplete"))
+    matter = [w for w in ingest.get("dcm2niix_warnings") or []
+              if any(k in w.lower() for k in CONVERSION_WARNINGS_THAT_MATTER)]
+    if matter:
+        flags.append(flag("dicom_conversion", "dcm2niix: " + " | ".join(matter[:3])
+                          + (f" (+{len(matter) - 3} more in the session log)" if len(matter) > 3 else "")))
+    snr = model.get("snr")
+    if isinstance(snr, (int, float)) and np.isfinite(snr) and snr < MIN_SNR:
+        flags.append(flag("low_snr", f"white-matter b0 SNR about {snr:.1f} (< {MIN_SNR:g}): FA is biased upwards"))
+    return flags
+
+
+def failing(flags: Iterable[Mapping[str, str]], qc_fail: Any) -> list[Mapping[str, str]]:
+    """The flags the ``qc_fail`` option turns into a failure."""
+    codes = set(parse_codes(qc_fail))
+    return [f for f in flags if f["code"] in codes]

@@ -1,0 +1,328 @@
+"""QC flags (issue 15): gradient-table check, coverage of the CST levels, directions, flags."""
+from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cstbatch.errors import InputError, OptionError
+from cstbatch.steps import coverage, gradcheck, qc
+from tests.conftest import tiny_gradients
+
+# ----------------------------------------------------------------------------- ring phantom
+N = 44
+LAS = np.diag([-2.0, 2.0, 2.0, 1.0])
+RAS = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _ring_field():
+    """Three tube rings (in the xy, xz and yz planes, apart from each other): curved fibres
+    whose tangents have every pair of components, so each axis flip and swap breaks two rings."""
+    ijk = np.indices((N, N, N)).transpose(1, 2, 3, 0).astype(float)
+    v1 = np.zeros((N, N, N, 3))
+    inside = np.zeros((N, N, N), bool)
+    r_ring, r_tube = 9.0, 2.2
+    for plane, centre in (((0, 1), (22, 22, 7)), ((0, 2), (22, 36, 22)), ((1, 2), (7, 22, 22))):
+        a, b = plane
+        normal = 3 - a - b
+        d = ijk - np.asarray(centre, float)
+        rho = np.hypot(d[..., a], d[..., b])
+        tube = np.hypot(rho - r_ring, d[..., normal]) <= r_tube
+        t = np.zeros_like(d)
+        t[..., a], t[..., b] = -d[..., b], d[..., a]
+        t /= np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-9)
+        v1[tube], inside[tube] = t[tube], True
+    return v1, inside
+
+
+def _signal(v1, inside, bvals, bvecs_voxel, seed=0, snr=30.0):
+    rng = np.random.default_rng(seed)
+    d_iso = 0.8e-3
+    # D = λ⊥ I + (λ∥ − λ⊥) v vᵀ in the tubes, isotropic elsewhere
+    g = bvecs_voxel
+    proj = np.einsum("xyzi,ni->xyzn", v1, g) ** 2
+    adc = np.where(inside[..., None], 0.3e-3 + (1.7e-3 - 0.3e-3) * proj, d_iso)
+    s = 1000.0 * np.exp(-bvals * adc)
+    noise = 1000.0 / snr
+    s = np.sqrt((s + rng.normal(0, noise, s.shape)) ** 2 + rng.normal(0, noise, s.shape) ** 2)
+    return s.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def rings():
+    bvals, bvecs = tiny_gradients(n_dirs=30, n_b0=2)
+    v1, inside = _ring_field()
+    from scipy import ndimage
+    mask = ndimage.binary_dilation(inside, iterations=2)
+    return SimpleNamespace(bvals=bvals, bvecs=bvecs, v1=v1, inside=inside, mask=mask)
+
+
+def _fit(data, bvals, bvecs_bids, affine, mask):
+    from dipy.core.gradients import gradient_table
+
+    from cstbatch.steps.gradients import bids_to_voxel_axes
+    from cstbatch.steps.model import fit_tensor_maps
+
+    gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs_bids, affine), b0_threshold=50)
+    return fit_tensor_maps(data, gtab, mask)
+
+
+@pytest.mark.parametrize("affine", [LAS, RAS], ids=["LAS", "RAS"])
+def test_gradient_check_catches_flips_and_swap_never_intact(rings, affine):
+    """The signal is simulated with the true table; fitting it with a broken .bvec (as a
+    user's file would be) is flagged, naming the change that repairs it; intact is not."""
+    from cstbatch.steps.gradients import bids_to_voxel_axes
+
+    data = _signal(rings.v1, rings.inside, rings.bvals, bids_to_voxel_axes(rings.bvecs, affine))
+    results = {}
+    for label, change in (("intact", None), ("flip x", ((0, 1, 2), (-1, 1, 1))), ("flip y", ((0, 1, 2), (1, -1, 1))),
+                          ("flip z", ((0, 1, 2), (1, 1, -1))), ("swap xy", ((1, 0, 2), (1, 1, 1)))):
+        table = rings.bvecs if change is None else gradcheck.Candidate(*change).apply_bids(rings.bvecs)
+        maps = _fit(data, rings.bvals, table, affine, rings.mask)
+        results[label] = gradcheck.check_gradients(maps["evecs"], maps["fa"], rings.mask, affine)
+    assert not results["intact"].suspect and results["intact"].best == "identity"
+    for label in ("flip x", "flip y", "flip z", "swap xy"):
+        r = results[label]
+        assert r.suspect and r.best == label and r.ratio >= 1 + gradcheck.MARGIN, (label, r.to_json())
+
+
+def test_one_fit_serves_every_table(rings):
+    """Refitting with a signed permutation M of the b-vectors gives eigenvectors M v: the
+    reason the check fits once (module doc of gradcheck)."""
+    data = _signal(rings.v1, rings.inside, rings.bvals, rings.bvecs)
+    base = _fit(data, rings.bvals, rings.bvecs, LAS, rings.inside)
+    for cand in gradcheck.candidates()[1:8]:
+        other = _fit(data, rings.bvals, cand.apply_bids(rings.bvecs), LAS, rings.inside)
+        np.testing.assert_allclose(other["fa"][rings.inside], base["fa"][rings.inside], atol=1e-4)
+        v = base["evecs"][rings.inside][:, :, 0] @ cand.matrix.T
+        w = other["evecs"][rings.inside][:, :, 0]
+        assert np.min(np.abs(np.sum(v * w, axis=1))) > 0.999, cand.name
+
+
+def test_candidates_are_the_24_distinct_tables():
+    cands = gradcheck.candidates()
+    assert len(cands) == 24 and cands[0].name == "identity"
+    assert len({c.name for c in cands}) == 24
+    # distinct even up to a global sign (a diffusion direction has none)
+    keys = {tuple(np.ravel(c.matrix * np.sign(c.matrix[0][c.matrix[0] != 0][0]))) for c in cands}
+    assert len(keys) == 24
+    assert gradcheck.candidate_by_name("swap xy + flip z").name == "swap xy + flip z"
+
+
+def test_gradient_check_no_verdict_without_white_matter():
+    fa = np.zeros((8, 8, 8))
+    res = gradcheck.check_gradients(np.zeros((8, 8, 8, 3, 3)), fa, np.ones((8, 8, 8), bool), LAS)
+    assert not res.suspect and "skipped" in res.to_json()
+
+
+# ----------------------------------------------------------------------------- model step glue
+def _model_ctx(tmp_path, rings, bvecs_file, mode):
+    import nibabel as nib
+
+    from cstbatch.outputs.layout import SessionLayout
+    from cstbatch.steps.gradients import bids_to_voxel_axes
+
+    layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
+    layout.denoised.parent.mkdir(parents=True, exist_ok=True)
+    data = _signal(rings.v1, rings.inside, rings.bvals, bids_to_voxel_axes(rings.bvecs, LAS))
+    nib.save(nib.Nifti1Image(data, LAS), str(layout.denoised))
+    nib.save(nib.Nifti1Image(rings.mask.astype(np.uint8), LAS), str(layout.mask))
+    layout.bval.write_text(" ".join(f"{b:g}" for b in rings.bvals) + "\n")
+    layout.bvec.write_text("".join(" ".join(f"{v:.6f}" for v in bvecs_file[:, ax]) + "\n" for ax in range(3)))
+    return SimpleNamespace(layout=layout, options={"gradient_check": mode}, log=logging.getLogger("test"))
+
+
+def test_model_step_fix_writes_the_corrected_table(tmp_path, rings):
+    from cstbatch.engine.session_steps import model
+    from cstbatch.steps.gradients import read_bvals_bvecs
+
+    broken = gradcheck.candidate_by_name("flip y").apply_bids(rings.bvecs)
+    ctx = _model_ctx(tmp_path, rings, broken, "fix")
+    info = model(ctx)
+    assert info["gradient_check"]["applied"] == "flip y" and info["gradient_check"]["suspect"]
+    _, fixed = read_bvals_bvecs(ctx.layout.bval, ctx.layout.bvec_checked, len(rings.bvals))
+    np.testing.assert_allclose(fixed, rings.bvecs, atol=1e-5)
+    assert [f["code"] for f in qc.session_flags({"left": 50, "right": 50}, {}, model=info)] == ["gradient_table_fixed"]
+
+
+def test_model_step_flag_keeps_the_given_table(tmp_path, rings):
+    from cstbatch.engine.session_steps import model
+
+    broken = gradcheck.candidate_by_name("swap xy").apply_bids(rings.bvecs)
+    ctx = _model_ctx(tmp_path, rings, broken, "flag")
+    info = model(ctx)
+    assert info["gradient_check"]["suspect"] and "applied" not in info["gradient_check"]
+    assert ctx.layout.bvec_checked.read_bytes() == ctx.layout.bvec.read_bytes()
+    flags = qc.session_flags({"left": 50, "right": 50}, {}, model=info)
+    assert [f["code"] for f in flags] == ["gradient_table_suspect"] and "'swap xy'" in flags[0]["message"]
+    ctx.options["gradient_check"] = "sometimes"
+    with pytest.raises(OptionError, match="gradient_check"):
+        model(ctx)
+
+
+# ----------------------------------------------------------------------------- coverage
+def _grid_mm(z_lo, z_hi, voxel=2.0):
+    """A 1:1 MNI-aligned grid covering x, y ±90 mm and z_lo..z_hi mm."""
+    shape = (91, 109, int(round((z_hi - z_lo) / voxel)) + 1)
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    affine[:3, 3] = (-90.0, -126.0, z_lo)
+    return shape, affine
+
+
+def test_coverage_whole_brain_and_slabs():
+    ident = np.eye(4)
+    full = coverage.coverage(*_grid_mm(-72, 82), ident)
+    assert full["missing"] == [] and full["usable"]
+    upper = coverage.coverage(*_grid_mm(-10, 82), ident)  # lower brainstem cut
+    assert upper["missing"] == ["medulla", "pons"] and upper["usable"]
+    assert coverage.lowest_covered_level(upper["covered"]).name == "peduncle"
+    top_slab = coverage.coverage(*_grid_mm(30, 70), ident)  # cortex only: no CST can be identified
+    assert not top_slab["usable"] and top_slab["covered"] == ["centrum_semiovale", "precentral"]
+    # the subject → MNI transform is applied: a head 30 mm lower in the scanner
+    shift = np.eye(4)
+    shift[2, 3] = 30.0
+    moved = coverage.coverage(*_grid_mm(-102, 52), shift)
+    assert moved["missing"] == []
+    assert "medulla (MNI z -58 to -42 mm)" in coverage.describe(["medulla"])
+
+
+# ----------------------------------------------------------------------------- flags
+def test_session_flags_codes_and_messages():
+    cov = coverage.coverage(*_grid_mm(-10, 82), np.eye(4))
+    flags = qc.session_flags({"left": 0, "right": 40}, {"min_cst_streamlines": 10},
+                             ingest={"n_directions": 12}, model={"snr": 5.0},
+                             register={"quality": 0.3, "coverage": cov})
+    codes = [f["code"] for f in flags]
+    assert codes == ["cst_not_found", "fov_truncated", "registration_poor", "few_directions", "low_snr"]
+    msg = {f["code"]: f["message"] for f in flags}
+    assert "left 0" in msg["cst_not_found"] and "right" not in msg["cst_not_found"]
+    assert "medulla (MNI z -58 to -42 mm)" in msg["fov_truncated"] and "pons" in msg["fov_truncated"]
+    clean = qc.session_flags({"left": 40, "right": 40}, {}, ingest={"n_directions": 30}, model={"snr": 20.0},
+                             register={"quality": 0.7, "coverage": coverage.coverage(*_grid_mm(-72, 82), np.eye(4))})
+    assert clean == []
+    assert json.loads(json.dumps(flags)) == flags
+
+
+def test_qc_fail_codes():
+    flags = [qc.flag("cst_not_found", "x"), qc.flag("few_directions", "y")]
+    assert qc.failing(flags, "cst_not_found, fov_truncated") == [flags[0]]
+    assert qc.failing(flags, ["few_directions"]) == [flags[1]]
+    assert qc.failing(flags, None) == []
+    with pytest.raises(OptionError, match="unknown QC code 'empty'"):
+        qc.failing(flags, "empty")
+
+
+def test_unique_directions_and_shells():
+    bvals, bvecs = tiny_gradients(n_dirs=12, n_b0=1)
+    assert qc.unique_directions(bvals, bvecs) == 12
+    # repeats and opposite vectors are the same axis
+    assert qc.unique_directions(np.r_[bvals, bvals[1:]], np.r_[bvecs, -bvecs[1:]]) == 12
+    assert qc.shells(np.array([0, 995, 1000, 2000, 3005])) == [1000, 2000, 3000]
+
+
+def test_tensor_volumes_keep_b_up_to_1500():
+    from cstbatch.steps.model import tensor_volumes
+
+    b = np.array([0, 1000, 1000, 1500, 3000, 3000, 5])
+    assert tensor_volumes(b).tolist() == [0, 1, 2, 3, 6]
+    assert tensor_volumes(np.array([0, 3000, 3000])).tolist() == [0, 1, 2]  # no low shell: lowest one
+
+
+def test_too_few_directions_is_an_input_error_naming_the_count(tmp_path):
+    """Five directions, each repeated: the ingest step refuses with the count."""
+    import nibabel as nib
+
+    from cstbatch.engine.session_steps import ingest
+    from cstbatch.outputs.layout import SessionLayout
+
+    bvals, bvecs = tiny_gradients(n_dirs=5, n_b0=1)
+    bvals, bvecs = np.r_[bvals, bvals[1:]], np.r_[bvecs, bvecs[1:]]
+    stem = tmp_path / "in" / "sub-01_dwi"
+    stem.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, len(bvals)), np.float32), LAS), f"{stem}.nii.gz")
+    (tmp_path / "in" / "sub-01_dwi.bval").write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+    (tmp_path / "in" / "sub-01_dwi.bvec").write_text("".join(" ".join(f"{v:.6f}" for v in bvecs[:, a]) + "\n"
+                                                            for a in range(3)))
+    spec = SimpleNamespace(input_type="nifti", input_path=f"{stem}.nii.gz", bval=f"{stem}.bval",
+                           bvec=f"{stem}.bvec")
+    layout = SessionLayout(tmp_path / "out", "sub-01", tmp_path.relative_to(tmp_path))
+    ctx = SimpleNamespace(spec=spec, layout=layout, options={}, log=logging.getLogger("test"))
+    with pytest.raises(InputError, match=r"sub-01_dwi\.bvec: only 5 non-collinear diffusion directions"):
+        ingest(ctx)
+
+
+def test_dcm2niix_warnings_that_matter_become_a_flag():
+    log = ("Chris Rorden's dcm2niiX version v1.0\nWarning: Bvecs from the DICOM images may be flipped\n"
+           "Warning: Unable to determine manufacturer\nWarning: Bvecs from the DICOM images may be flipped\n"
+           "Convert 21 DICOM as /tmp/x\n")
+    warnings = qc.conversion_warnings(log)
+    assert warnings == ["Warning: Bvecs from the DICOM images may be flipped", "Warning: Unable to determine manufacturer"]
+    flags = qc.session_flags({"left": 50, "right": 50}, {}, ingest={"dcm2niix_warnings": warnings})
+    assert [f["code"] for f in flags] == ["dicom_conversion"] and "Bvecs" in flags[0]["message"]
+    assert "manufacturer" not in flags[0]["message"]
+    assert qc.session_flags({"left": 50, "right": 50}, {}, ingest={"dcm2niix_warnings": warnings[1:]}) == []
+
+
+def test_qc_failure_is_recorded_with_its_flags(tmp_path):
+    """qc_fail: the metrics step's failure has category qc and carries the flags, which the
+    aggregation reports for the session although metrics.json was removed."""
+    from cstbatch.engine.step_runner import _describe
+    from cstbatch.errors import QcFailure
+    from cstbatch.outputs.aggregate import session_qc_flags
+    from cstbatch.outputs.layout import SessionLayout
+    from cstbatch.outputs.records import write_record
+
+    flags = [qc.flag("cst_not_found", "CST not found: streamlines left 0")]
+    error = _describe(QcFailure(flags), "metrics", {"name": "builtin", "source": "built-in"})
+    assert error["category"] == "qc" and error["qc_flags"] == flags and "cst_not_found" in error["message"]
+    spec = SimpleNamespace(key="sub-01", relative_dir=tmp_path.relative_to(tmp_path) / "sub-01")
+    layout = SessionLayout.of(tmp_path, spec)
+    write_record(layout.record("metrics"), {"step": "metrics", "status": "failed", "error": error})
+    assert session_qc_flags(tmp_path, spec) == flags
+
+
+def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp_path):
+    """A 'slab' with isotropic signal only: the CSD response cannot be estimated; the user
+    gets the input image and the reason, not dipy's ValueError."""
+    import nibabel as nib
+
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.engine.session_steps import track
+    from cstbatch.outputs.layout import TENSOR_PARAMS, SessionLayout
+    from cstbatch.study.options import defaults
+
+    bvals, bvecs = tiny_gradients(n_dirs=30, n_b0=1)
+    layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
+    layout.denoised.parent.mkdir(parents=True)
+    data = np.broadcast_to(1000 * np.exp(-bvals * 0.8e-3), (6, 6, 3, len(bvals))).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, LAS), str(layout.denoised))
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 3), np.uint8), LAS), str(layout.mask))
+    for p in TENSOR_PARAMS:
+        nib.save(nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), LAS), str(layout.tensor_map(p)))
+    layout.bval.write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+    layout.bvec_checked.write_text("".join(" ".join(f"{v:.6f}" for v in bvecs[:, a]) + "\n" for a in range(3)))
+    options = defaults()
+    spec = SimpleNamespace(input_path="/data/sub-01_dwi.nii.gz")
+    ctx = SimpleNamespace(spec=spec, layout=layout, options=options, log=logging.getLogger("test"),
+                          implementation=implementation_for("track", options, None))
+    with pytest.raises(InputError, match=r"^/data/sub-01_dwi\.nii\.gz: no white matter to estimate the CSD fibre "
+                                         r"response from \(0 voxels with FA > 0"):
+        track(ctx)
+
+
+def test_screen_lists_successful_sessions_with_flags(tmp_path):
+    import io
+
+    from cstbatch.engine.progress import ProgressReporter
+
+    (tmp_path / "batch_summary.json").write_text(json.dumps({"sessions": [
+        {"key": "sub-01", "status": "success", "qc_flags": [qc.flag("cst_not_found", "m"), qc.flag("low_snr", "m")]},
+        {"key": "sub-02", "status": "success", "qc_flags": []},
+        {"key": "sub-03", "status": "failed", "qc_flags": [qc.flag("cst_not_found", "m")]}]}))
+    screen = io.StringIO()
+    ProgressReporter(tmp_path, {}, outstream=screen, tty=False)._write_qc_flags()
+    assert screen.getvalue() == ("QC flags on 1 successful session(s) (batch_summary.json, group_report.html):\n"
+                                 "  sub-01: cst_not_found, low_snr\n")
