@@ -126,13 +126,14 @@ def _model_ctx(tmp_path, rings, bvecs_file, mode):
     from cstbatch.steps.gradients import bids_to_voxel_axes
 
     layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
+    options = {"gradient_check": mode}
     layout.denoised.parent.mkdir(parents=True, exist_ok=True)
     data = _signal(rings.v1, rings.inside, rings.bvals, bids_to_voxel_axes(rings.bvecs, LAS))
-    nib.save(nib.Nifti1Image(data, LAS), str(layout.denoised))
+    nib.save(nib.Nifti1Image(data, LAS), str(layout.analysis_dwi(options)))
     nib.save(nib.Nifti1Image(rings.mask.astype(np.uint8), LAS), str(layout.mask))
     layout.bval.write_text(" ".join(f"{b:g}" for b in rings.bvals) + "\n")
     layout.bvec.write_text("".join(" ".join(f"{v:.6f}" for v in bvecs_file[:, ax]) + "\n" for ax in range(3)))
-    return SimpleNamespace(layout=layout, options={"gradient_check": mode}, log=logging.getLogger("test"))
+    return SimpleNamespace(layout=layout, options=options, log=logging.getLogger("test"))
 
 
 def test_model_step_fix_writes_the_corrected_table(tmp_path, rings):
@@ -296,15 +297,15 @@ def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp
 
     bvals, bvecs = tiny_gradients(n_dirs=30, n_b0=1)
     layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
+    options = defaults()
     layout.denoised.parent.mkdir(parents=True)
     data = np.broadcast_to(1000 * np.exp(-bvals * 0.8e-3), (6, 6, 3, len(bvals))).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, LAS), str(layout.denoised))
+    nib.save(nib.Nifti1Image(data, LAS), str(layout.analysis_dwi(options)))
     nib.save(nib.Nifti1Image(np.ones((6, 6, 3), np.uint8), LAS), str(layout.mask))
     for p in TENSOR_PARAMS:
         nib.save(nib.Nifti1Image(np.zeros((6, 6, 3), np.float32), LAS), str(layout.tensor_map(p)))
     layout.bval.write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
     layout.bvec_checked.write_text("".join(" ".join(f"{v:.6f}" for v in bvecs[:, a]) + "\n" for a in range(3)))
-    options = defaults()
     spec = SimpleNamespace(input_path="/data/sub-01_dwi.nii.gz")
     ctx = SimpleNamespace(spec=spec, layout=layout, options=options, log=logging.getLogger("test"),
                           implementation=implementation_for("track", options, None))

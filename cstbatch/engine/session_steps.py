@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cstbatch.atomic import save_nifti, write_json
+from cstbatch.atomic import copy_file, save_nifti, write_json
 from cstbatch.engine.context import StepContext, implementation_for
 from cstbatch.errors import InputError, OptionError, PluginError
 from cstbatch.engine.chain import ROI_FILES
