@@ -11,7 +11,7 @@ parsing of records), in five parts:
   version and source of every implementation);
 * ``config``: per session, in study order: its key, folder, raw input paths, effective options
   and the digest of each step's implementation config (what ``signatures.step_config`` compares);
-* ``inputs``: the raw inputs' ``signatures.input_signature`` (what ``inputs_unchanged`` compares);
+* ``inputs``: the raw inputs' ``signatures.input_stats`` (what ``inputs_unchanged`` compares first);
 * ``outputs``: size, mtime, ctime and inode of every target of every task (step records and
   outputs, the aggregation's files); the list of paths is saved with the fingerprint (it is a
   function of the ``code`` and ``config`` parts, which are compared first);
@@ -120,10 +120,9 @@ class StudyFingerprint:
         return _sha(lines)
 
     def inputs(self) -> str:
-        from cstbatch.engine.signatures import input_signature
+        from cstbatch.engine.signatures import input_stats
 
-        return _sha([input_signature([p for p in (s.input_path, s.bval, s.bvec) if p is not None])
-                     for s in self.study.subjects])
+        return _sha([json.dumps(input_stats(s.inputs)) for s in self.study.subjects])
 
     def _output_lines(self, paths: list[str]) -> list[str]:
         prefix = str(self.out_dir) + os.sep
