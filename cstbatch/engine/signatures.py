@@ -63,12 +63,18 @@ class inputs_unchanged(UptodateCalculator):
 
     def __init__(self, inputs: list[tuple[str, Path]], record: Path):
         super().__init__()
+        self.dep_manager = None
         self.inputs = [(label, Path(p)) for label, p in inputs]
         self.record = Path(record)
         self.digest = None
 
     def configure_task(self, task):
         task.value_savers.append(lambda: {"_inputs": self.digest})
+
+    def setup(self, dep_manager, tasks_dict):
+        """doit calls this before each check (``UptodateCalculator``): the state, to refresh."""
+        super().setup(dep_manager, tasks_dict)
+        self.dep_manager = dep_manager
 
     def __call__(self, task, values):
         self.digest = input_stats(self.inputs)
@@ -78,7 +84,10 @@ class inputs_unchanged(UptodateCalculator):
         if not self._same_content(saved):
             return False
         if self.dep_manager is not None:  # remember the new stats: next time a stat suffices
-            self.dep_manager._set(task.name, "_values_:", dict(values, _inputs=self.digest))
+            try:
+                self.dep_manager._set(task.name, "_values_:", dict(values, _inputs=self.digest))
+            except OSError:  # (a read-only copy: hashed again next time, still up to date)
+                pass
         return True
 
     def _same_content(self, saved) -> bool:
