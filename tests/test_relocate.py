@@ -210,3 +210,14 @@ def test_inputs_checked_by_name_and_content_when_times_change(tmp_path, monkeypa
     assert check(values)[0] is False
     renamed = [("data/renamed_dwi.nii.gz", inputs[0][1])] + inputs[1:]  # another name: rerun
     assert inputs_unchanged(renamed, record)(_Task(), values) is False
+
+
+def test_state_and_record_from_before_still_count_as_up_to_date(tmp_path):
+    """Upgrading reruns nothing: an ingest record naming inputs by absolute path and the old
+    ``path:size:mtime`` text are matched by content (once)."""
+    write_tiny_dwi(tmp_path / "study/data/s1_dwi", seed=1)
+    inputs = [(f"data/s1_dwi{e}", tmp_path / f"study/data/s1_dwi{e}") for e in (".nii.gz", ".bval", ".bvec")]
+    record = tmp_path / "out/step-ingest.json"
+    write_record(record, {"status": "success", "info": {"inputs": {str(p): input_sha256(p) for _, p in inputs}}})
+    old = {"_inputs": "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for _, p in inputs)}
+    assert inputs_unchanged(inputs, record)(_Task(), old) is True

@@ -97,7 +97,7 @@ class inputs_unchanged(UptodateCalculator):
             return False
         before = {entry[0]: entry[1] for entry in saved or () if isinstance(entry, (list, tuple)) and len(entry) == 2}
         for (label, path), (_, stat_now) in zip(self.inputs, self.digest):
-            # (records before 0.2 named inputs by absolute path)
+            # (older records named inputs by absolute path: still accepted)
             want = hashes.get(label, hashes.get(str(path)))
             if want is None or stat_now == "missing":
                 return False
