@@ -81,7 +81,11 @@ class inputs_unchanged(UptodateCalculator):
         saved = values.get("_inputs")
         if saved == self.digest:
             return True
-        if not self._same_content(saved):
+        try:
+            same = self._same_content(saved)
+        except Exception:  # (doit hangs a parallel run on an exception here: rerunning is safe)
+            same = False
+        if not same:
             return False
         if self.dep_manager is not None:  # remember the new stats: next time a stat suffices
             try:
