@@ -74,3 +74,25 @@ def bids_validate(dataset: Path) -> dict:
 def bids_errors(report: dict) -> list[tuple[str, str]]:
     """(code, location) of every error of a :func:`bids_validate` report."""
     return [(i["code"], i.get("location", "")) for i in report["issues"]["issues"] if i["severity"] == "error"]
+
+
+def write_tiny_dicom(folder: Path, seed: int = 0, key: str = "tiny") -> Path:
+    """``folder``: the tiny DWI of :func:`write_tiny_dwi` as one classic DICOM series (one file
+    per slice and volume, standard diffusion tags), as a scanner would export it."""
+    import shutil
+    import tempfile
+
+    import nibabel as nib
+
+    from cstbatch.sample.dicom import write_dicom_series
+    from cstbatch.sample.phantom import bids_bvecs_to_world
+
+    with tempfile.TemporaryDirectory() as tmp:
+        image = write_tiny_dwi(Path(tmp) / "dwi", seed=seed)
+        img = nib.load(str(image))
+        bvals, bvecs = tiny_gradients()
+        write_dicom_series(folder, np.asarray(img.dataobj), img.affine, bvals,
+                           bids_bvecs_to_world(bvecs, img.affine), key=key,
+                           patient_id="P" + key)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Path(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -357,7 +358,7 @@ _DCM_BVALS = [0, 1000, 1000, 1000, 1000, 1000, 1000]
 _DCM_BVECS = [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1],
               [0.7071068, 0.7071068, 0], [0, 0.7071068, 0.7071068], [0.7071068, 0, 0.7071068]]
 
-needs_dcm2niix = pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="dcm2niix not installed")
+needs_dcm2niix = pytest.mark.skipif(not any(p for _, p in ingest.dcm2niix_candidates()), reason="dcm2niix not installed")
 
 
 def _expect_dicom_error(path, fragment, *args, **kw):
@@ -373,12 +374,41 @@ def test_dicom_empty_folder(tmp_path):
     _expect_dicom_error(tmp_path / "dicom", "empty", tmp_path / "dicom", tmp_path / "work")
 
 
-def test_dicom_missing_dcm2niix(tmp_path, monkeypatch):
+def test_dicom_missing_dcm2niix_names_the_lookup_order(tmp_path, monkeypatch):
     (tmp_path / "dicom").mkdir()
     (tmp_path / "dicom" / "x.dcm").write_bytes(b"123")
+    monkeypatch.setitem(sys.modules, "dcm2niix", None)           # package not installed
+    monkeypatch.setattr(ingest.sys, "executable", str(tmp_path / "env/bin/python"))
     monkeypatch.setattr(ingest.shutil, "which", lambda name: None)
-    with pytest.raises(DependencyError, match="dcm2niix"):
+    with pytest.raises(DependencyError) as err:
         convert_dicom(tmp_path / "dicom", tmp_path / "work")
+    assert str(err.value) == (f"dcm2niix not found (looked in the dcm2niix Python package, then {tmp_path}/env/bin "
+                              "(this Python's bin folder), then PATH): install it (pip install dcm2niix) to convert "
+                              "DICOM input")
+
+
+def test_dcm2niix_found_from_the_installation_before_path(tmp_path, monkeypatch):
+    """Run by full path from an environment that is not activated: PATH has no dcm2niix."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(ingest.shutil, "which", lambda name: None)
+    try:
+        import dcm2niix
+    except ImportError:
+        dcm2niix = None
+    if dcm2niix is not None:
+        assert ingest.find_dcm2niix() == str(dcm2niix.bin_path)
+    # without the package: the interpreter's own bin folder
+    env_bin = tmp_path / "env/bin"
+    env_bin.mkdir(parents=True)
+    tool = env_bin / "dcm2niix"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setitem(sys.modules, "dcm2niix", None)
+    monkeypatch.setattr(ingest.sys, "executable", str(env_bin / "python"))
+    assert ingest.find_dcm2niix() == str(tool)
+    tool.chmod(0o644)  # not executable: not a candidate; PATH last
+    monkeypatch.setattr(ingest.shutil, "which", lambda name: "/opt/dcm2niix/bin/dcm2niix")
+    assert ingest.find_dcm2niix() == "/opt/dcm2niix/bin/dcm2niix"
 
 
 @needs_dcm2niix

@@ -326,3 +326,32 @@ def test_slurm_arrays_failure_aggregation_and_resubmission(tmp_path, slurm):
     # 3. nothing left to do: nothing is submitted
     code, text = cli("submit", "--slurm", out, "--manifest", manifest)
     assert code == 0 and "0 of 3 sessions need work" in text and "nothing to submit" in text
+
+
+def test_array_element_converts_dicom_without_the_environment_on_path(tmp_path, monkeypatch):
+    """The array script runs the venv's python by full path with the job's PATH, where the venv
+    is not activated: a DICOM session must still find dcm2niix (from the installation). Runs the
+    element's script itself with bash, as SLURM would (no cluster needed); sbatch, the one call
+    to SLURM, is a stand-in that prints a job id."""
+    from conftest import write_tiny_dicom
+
+    write_tiny_dicom(tmp_path / "dicom" / "sub-04", seed=4, key="slurm4")
+    manifest = tmp_path / "study.json"
+    manifest.write_text(json.dumps({"name": "dicom on a cluster", "options": {"denoise_method": "none", "generate_pdf": False},
+                                    "subjects": [{"id": "sub-04", "session": "ses-01", "dicom": "dicom/sub-04"}]}))
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\necho 4242\n")
+    (fake / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    out = tmp_path / "out"
+    code, text = cli("submit", "--slurm", out, "--manifest", manifest)
+    assert code == 0 and "submitted 1 session(s) as array job 4242" in text, text
+    script = out / ".cstbatch/slurm/0001/array.sh"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": os.environ.get("HOME", "/tmp"),
+           "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "4242"}
+    proc = subprocess.run(["bash", str(script)], cwd=out, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sub-04_ses-01: success" in proc.stdout, proc.stdout
+    ingest = record(out, "sub-04_ses-01", "ingest")
+    assert ingest["status"] == "success" and list(ingest["info"]["inputs"]) == ["dicom/sub-04"]

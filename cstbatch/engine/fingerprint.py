@@ -11,9 +11,9 @@ parsing of records), in five parts:
   version and source of every implementation);
 * ``config``: per session, in study order: its key, folder, raw input paths, effective options
   and the digest of each step's implementation config (what ``signatures.step_config`` compares);
-* ``inputs``: the raw inputs' ``signatures.input_signature`` (what ``inputs_unchanged`` compares),
-  and the files that state acquisition times (``study.sessions.time_sources``: the aggregation
-  depends on them);
+* ``inputs``: the raw inputs' ``signatures.input_stats`` (what ``inputs_unchanged`` compares first);
+  and the files that state acquisition times (``study.sessions.time_sources``: the
+  aggregation depends on them);
 * ``outputs``: size, mtime, ctime and inode of every target of every task (step records and
   outputs, the aggregation's files); the list of paths is saved with the fingerprint (it is a
   function of the ``code`` and ``config`` parts, which are compared first);
@@ -123,11 +123,11 @@ class StudyFingerprint:
         return _sha(lines)
 
     def inputs(self) -> str:
-        from cstbatch.engine.signatures import input_signature
+        from cstbatch.engine.signatures import input_stats
         from cstbatch.study.sessions import time_sources
 
-        return _sha([input_signature([p for p in (s.input_path, s.bval, s.bvec) if p is not None]
-                                     + time_sources(s)) for s in self.study.subjects])
+        return _sha([json.dumps(input_stats(s.inputs) + input_stats([(str(p), p) for p in time_sources(s)]))
+                     for s in self.study.subjects])
 
     def _output_lines(self, paths: list[str]) -> list[str]:
         prefix = str(self.out_dir) + os.sep

@@ -86,8 +86,10 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
         "SkullStripped": False})
     for old in layout.superseded("ingest"):
         old.unlink(missing_ok=True)
-    from cstbatch.outputs.records import sha256
-    info["inputs"] = {str(p): sha256(Path(p)) for p in (nifti, bval, bvec)}
+    from cstbatch.outputs.records import input_sha256
+    # the inputs as the user gave them (never dcm2niix's scratch files), named relative to the
+    # study root: provenance, and what the ingest task's up-to-date check compares
+    info["inputs"] = {label: input_sha256(path) for label, path in spec.inputs}
     info["shape"] = list(checked.img.shape)
     info["voxel_mm"] = [round(float(z), 4) for z in checked.img.header.get_zooms()[:3]]
     info["n_b0"] = int(np.sum(checked.bvals <= 50))

@@ -1,6 +1,6 @@
 """What decides whether a step's task is up to date: the digest of its implementation config
-(options that determine the result, implementation name and version), the raw inputs' size and
-mtime, and the step's last record.
+(options that determine the result, implementation name and version), the raw inputs (by name
+relative to the study root; size and mtime, then content), and the step's last record.
 
 Apart from the task generator so that the study fingerprint (``fingerprint``) computes exactly the
 same values without importing the tasks.
@@ -15,10 +15,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from doit.dependency import UptodateCalculator
 from doit.tools import config_changed
 
 from cstbatch.engine.chain import BUILTIN_STEP_VERSION, STEP_CODE_VERSION, STEP_SELECTOR
-from cstbatch.outputs.records import succeeded
+from cstbatch.outputs.records import input_sha256, read_record, succeeded
 from cstbatch.study.options import STEPS, step_options
 
 #: Bump when the meaning of task configuration changes (reruns everything).
@@ -43,8 +44,16 @@ class step_succeeded:
         return succeeded(self.record)
 
 
-class inputs_unchanged:
-    """uptodate for the raw inputs: size + mtime of each file (or each file of a DICOM folder).
+class inputs_unchanged(UptodateCalculator):
+    """uptodate for the raw inputs, by name relative to the study root and by content.
+
+    Saved: ``[label, stat]`` per input (label: :meth:`SubjectSpec.input_label`; stat: size and
+    mtime, or a digest of those of every file of a DICOM folder). Equal now → up to date (one
+    ``stat`` per file). Otherwise the ingest record decides: it lists each input's label and
+    SHA-256 (what the step read); same labels and same content → still up to date, and the
+    saved stats are refreshed so the next check is a ``stat`` again. So a study copied without
+    keeping times (``cp -r``, ``rsync`` without ``-t``) is hashed once, not reprocessed; a
+    renamed input (another label) or an edited one reruns ingest.
 
     Raw inputs are not ``file_dep`` because a missing input must become a clean per-session
     failure at ingest, not a doit error that stops scheduling.
@@ -52,42 +61,92 @@ class inputs_unchanged:
 
     __signature__ = _UPTODATE_SIGNATURE
 
-    def __init__(self, paths: list[Path]):
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, inputs: list[tuple[str, Path]], record: Path):
+        super().__init__()
+        self.dep_manager = None
+        self.inputs = [(label, Path(p)) for label, p in inputs]
+        self.record = Path(record)
         self.digest = None
-
-    def _signature(self) -> str:
-        return input_signature(self.paths)
 
     def configure_task(self, task):
         task.value_savers.append(lambda: {"_inputs": self.digest})
 
+    def setup(self, dep_manager, tasks_dict):
+        """doit calls this before each check (``UptodateCalculator``): the state, to refresh."""
+        super().setup(dep_manager, tasks_dict)
+        self.dep_manager = dep_manager
+
     def __call__(self, task, values):
-        self.digest = self._signature()
-        return values.get("_inputs") == self.digest
+        self.digest = input_stats(self.inputs)
+        saved = values.get("_inputs")
+        if saved == self.digest:
+            return True
+        try:
+            same = self._same_content(saved)
+        except Exception:  # (doit hangs a parallel run on an exception here: rerunning is safe)
+            same = False
+        if not same:
+            return False
+        if self.dep_manager is not None:  # remember the new stats: next time a stat suffices
+            try:
+                self.dep_manager._set(task.name, "_values_:", dict(values, _inputs=self.digest))
+            except OSError:  # (a read-only copy: hashed again next time, still up to date)
+                pass
+        return True
+
+    def _same_content(self, saved) -> bool:
+        record = read_record(self.record) or {}
+        hashes = (record.get("info") or {}).get("inputs") if record.get("status") == "success" else None
+        if not isinstance(hashes, dict):
+            return False
+        before = {entry[0]: entry[1] for entry in saved or () if isinstance(entry, (list, tuple)) and len(entry) == 2}
+        for (label, path), (_, stat_now) in zip(self.inputs, self.digest):
+            # (older records named inputs by absolute path: still accepted)
+            want = hashes.get(label, hashes.get(str(path)))
+            if want is None or stat_now == "missing":
+                return False
+            if _size(before.get(label)) not in (None, _size(stat_now)):
+                return False  # another size: changed, no need to read it
+            try:
+                if input_sha256(path) != want:
+                    return False
+            except OSError:
+                return False
+        return True
 
 
-def input_signature(paths: list[Path]) -> str:
-    """``path:size:mtime_ns`` of each raw input file (each file under a DICOM folder), or
-    ``path:missing`` — what ``inputs_unchanged`` saves and compares (one ``stat`` per file)."""
-    parts = []
-    for path in paths:
+def _size(stat_text):
+    """The size part of a file's stat text (None for folders and unknown entries)."""
+    if isinstance(stat_text, str) and stat_text.startswith("size "):
+        return stat_text.split()[1]
+    return None
+
+
+def input_stats(inputs: list[tuple[str, Path]]) -> list[list[str]]:
+    """``[label, stat]`` per raw input: ``size S mtime M`` (ns) of a file, ``folder <sha1>``
+    of the relative name, size and mtime of every file under a DICOM folder, or ``missing``
+    — what ``inputs_unchanged`` saves and compares (one ``stat`` per file, no reading)."""
+    out = []
+    for label, path in inputs:
         try:
             st = os.stat(path)
         except OSError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
+            out.append([label, "missing"])
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            h = hashlib.sha1()
             for f in sorted(Path(path).rglob("*")):
                 try:
                     fst = f.stat()
-                    parts.append(f"{f}:{fst.st_size}:{fst.st_mtime_ns}")
                 except OSError:
-                    parts.append(f"{f}:missing")
-        elif st is not None:
-            parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+                    continue
+                if stat.S_ISREG(fst.st_mode):
+                    h.update(f"{f.relative_to(path).as_posix()}:{fst.st_size}:{fst.st_mtime_ns}\n"
+                             .encode("utf-8", "surrogateescape"))
+            out.append([label, f"folder {h.hexdigest()}"])
         else:
-            parts.append(f"{path}:missing")
-    return "|".join(parts)
+            out.append([label, f"size {st.st_size} mtime {st.st_mtime_ns}"])
+    return out
 
 
 class step_config(config_changed):

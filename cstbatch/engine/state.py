@@ -6,6 +6,17 @@ backend writes a task's entry as soon as doit stores it, into one small JSON fil
 session (``<out>/.cstbatch/state/<session>.json``; study-level tasks in ``_study.json``), by
 write-then-rename. A killed run therefore repeats only the task that was in flight, and
 cluster jobs that each process one session never write the same file.
+
+Relocatable: doit keys a task's file_dep states by the path it was given, and our file_dep are
+absolute paths inside the output folder (step records), so a copied or moved output folder
+would look like a study with no state. The backend stores every path under the output folder
+as ``<out>/`` + its path relative to the folder (file states, and the ``deps:`` list) and gives
+doit back the absolute path under wherever the folder is now. doit's MD5 checker then compares
+the saved (mtime, size, md5): a copy that changed mtimes but not contents is still up to date.
+The alternative — relative file_dep with doit's working folder set to the output folder —
+would change the working folder of every action, plugin and ``doit run`` invocation; the
+translation touches nothing outside this class. States written before (absolute keys) are
+translated when read, so upgrading reruns nothing.
 """
 from __future__ import annotations
 
@@ -18,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from cstbatch.errors import CstBatchError
+from cstbatch.outputs.layout import STATE_DIR as STATE_DIR_NAME
 
 STUDY_SHARD = "_study"
+#: how a path inside the output folder is written in the state files
+OUT_MARK = "<out>/"
 
 
 def shard_of(task_id: str) -> str:
@@ -41,14 +55,49 @@ class ShardedJsonDB:
         self._db: dict[str, dict[str, Any]] = {}
         self._shards: dict[str, set[str]] = {}
         self._dirty: set[str] = set()  # shards with changes not yet written
+        self._out = self._out_dirs(name)
         for path in sorted(self.folder.glob("*.json")):
             try:
                 content = self.codec.decode(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # a damaged shard only makes its tasks run again
             for task_id, deps in content.items():
+                if self._out and isinstance(deps, dict):
+                    deps = self._stored_entry(deps)
                 self._db[task_id] = deps
                 self._shards.setdefault(path.stem, set()).add(task_id)
+
+    # -- paths inside the output folder, stored relative to it ------------------------------
+    @staticmethod
+    def _out_dirs(name) -> str:
+        """``<out>/`` (absolute) of the output folder this state belongs to (``name`` is
+        ``<out>/.cstbatch/state``); empty for a state folder elsewhere (keys stored as given)."""
+        folder = Path(os.path.abspath(name))
+        if folder.parent.name != STATE_DIR_NAME:
+            return ""
+        return str(folder.parent.parent).rstrip(os.sep) + os.sep
+
+    def _to_stored(self, key):
+        """A path inside the output folder → ``<out>/relative/path``; anything else as is."""
+        if self._out and isinstance(key, str) and not key.endswith(":"):
+            path = key if os.path.isabs(key) else os.path.abspath(key)
+            if path.startswith(self._out):
+                return OUT_MARK + path[len(self._out):].replace(os.sep, "/")
+        return key
+
+    def _to_doit(self, key):
+        if self._out and isinstance(key, str) and key.startswith(OUT_MARK):
+            return self._out + key[len(OUT_MARK):].replace("/", os.sep)
+        return key
+
+    def _stored_entry(self, deps: dict) -> dict:
+        """One task's entry as stored: absolute keys of an older state file translated."""
+        entry = {}
+        for key, value in deps.items():
+            if key == "deps:" and isinstance(value, (list, tuple)):
+                value = [self._to_stored(v) for v in value]
+            entry[self._to_stored(key)] = value
+        return entry
 
     def _commit(self, shard: str) -> None:
         ids = self._shards.get(shard, set())
@@ -83,6 +132,15 @@ class ShardedJsonDB:
         """
         entry = self._db.setdefault(task_id, {})
         shard = shard_of(task_id)
+        if dependency == "deps:" and isinstance(value, (list, tuple)):
+            value = [self._to_stored(v) for v in value]
+            keep = set(value)
+            # file states of paths no longer among the task's file_dep (e.g. of the folder's
+            # old location) would only accumulate
+            for key in [k for k in entry if not k.endswith(":") and k not in keep]:
+                del entry[key]
+                self._dirty.add(shard)
+        dependency = self._to_stored(dependency)
         if not (dependency in entry and entry[dependency] == self._as_stored(value)):
             # (a no-op rerun stores the same values again: nothing to commit)
             entry[dependency] = value
@@ -92,7 +150,10 @@ class ShardedJsonDB:
             self._commit(shard)
 
     def get(self, task_id, dependency):
-        return self._db.get(task_id, {}).get(dependency)
+        value = self._db.get(task_id, {}).get(self._to_stored(dependency))
+        if dependency == "deps:" and isinstance(value, list):
+            return [self._to_doit(v) for v in value]
+        return value
 
     def in_(self, task_id):
         return task_id in self._db

@@ -51,7 +51,6 @@ def session_tasks(spec, study: Study, registry, stop_on_first_crash: bool = Fals
     key = spec.key
     layout = SessionLayout.of(out_dir, spec)
     job = spec_to_job(spec, out_dir, study.plugins_dir)
-    raw = [p for p in (spec.input_path, spec.bval, spec.bvec) if p is not None]
     records = {step: layout.record(step) for step in STEPS}
     configs = step_configs(spec.options, registry, {} if config_cache is None else config_cache)
     for step in STEPS:
@@ -68,7 +67,7 @@ def session_tasks(spec, study: Study, registry, stop_on_first_crash: bool = Fals
             "clean": True,
         }
         if step == "ingest":
-            uptodate.append(inputs_unchanged(raw))
+            uptodate.append(inputs_unchanged(spec.inputs, record))
             if study.kind == "sample":
                 task["task_dep"] = [_sample_dep(key)]
         yield task

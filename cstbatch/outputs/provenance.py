@@ -1,7 +1,9 @@
 """What produced a session's numbers: versions, options, implementations, inputs, timings.
 
 Stored in ``metrics.json`` so a figure in a paper can be traced to the exact software and
-settings. Durations are the only fields that change between two identical runs.
+settings. Inputs are named as the user gave them (relative to the study root) with their SHA-256,
+never by where the study or the output folder happened to be, so two identical runs into two
+folders agree; durations and peak memory are the only fields that change between them.
 """
 from __future__ import annotations
 

@@ -27,6 +27,18 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def input_sha256(path: Path) -> str:
+    """SHA-256 of a raw input: of the file, or, for a folder (DICOM), of the sorted list of
+    ``relative/name<TAB>sha256`` of every file under it — so the digest names the content, not
+    where the folder is."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256(path)
+    lines = [f"{f.relative_to(path).as_posix()}\t{sha256(f)}\n"
+             for f in sorted(path.rglob("*")) if f.is_file()]
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def strip_volatile(value: Any) -> Any:
     """``value`` without the documented run-dependent fields, at any depth."""
     if isinstance(value, dict):

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -384,13 +385,40 @@ _DCM2NIIX_EXIT = {
 }
 
 
-def _find_dcm2niix() -> str:
-    exe = shutil.which("dcm2niix")
-    if exe is None:
-        raise DependencyError(
-            "dcm2niix not found on PATH: install it (pip install dcm2niix) to convert DICOM input"
-        )
-    return exe
+def dcm2niix_candidates() -> list[tuple[str, str | None]]:
+    """Where dcm2niix is looked for, in order: (where, path or None when that place has none).
+
+    The installation comes first: ``dcm2niix`` is a dependency, and its PyPI package knows
+    where its binary is; then the interpreter's own ``bin/`` (a venv or conda environment run
+    by full path — cron, SLURM scripts, ``/venv/bin/cstbatch`` — without being activated, so
+    its ``bin/`` is not on PATH); PATH only last (a system install).
+    """
+    found: list[tuple[str, str | None]] = []
+    try:
+        import dcm2niix as package
+        binary = getattr(package, "bin_path", None) or getattr(package, "bin", None)
+    except Exception:  # not installed, or a broken install: the next places may still have it
+        binary = None
+    found.append(("the dcm2niix Python package", str(binary) if binary and _executable(binary) else None))
+    local = Path(sys.executable).parent / "dcm2niix"  # not resolved: a venv's python is a link
+    found.append((f"{local.parent} (this Python's bin folder)", str(local) if _executable(local) else None))
+    found.append(("PATH", shutil.which("dcm2niix")))
+    return found
+
+
+def _executable(path) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_dcm2niix() -> str:
+    candidates = dcm2niix_candidates()
+    for _, path in candidates:
+        if path:
+            return path
+    raise DependencyError(
+        "dcm2niix not found (looked in " + ", then ".join(where for where, _ in candidates)
+        + "): install it (pip install dcm2niix) to convert DICOM input"
+    )
 
 
 @dataclass
@@ -460,7 +488,7 @@ def convert_dicom(dicom_dir, work_dir, series: str | int | None = None) -> Dicom
         raise InputError(dicom_dir, "DICOM input is not a folder")
     if not any(p.is_file() for p in dicom_dir.rglob("*")):
         raise InputError(dicom_dir, "DICOM folder is empty")
-    exe = _find_dcm2niix()
+    exe = find_dcm2niix()
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp_out = Path(tempfile.mkdtemp(prefix=".dcm2niix-", dir=work_dir))
     try:

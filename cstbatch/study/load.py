@@ -72,11 +72,15 @@ def load_study(*, bids_dir: Path | None = None, manifest: Path | None = None, ou
         config = BatchConfig(output_dir=output_dir or bids_dir / "derivatives" / "cstbatch",
                              options=dict(options or {}), name=bids_dir.name, source_dataset=bids_dir,
                              participants_tsv=participants if participants.exists() else None)
+        for spec in found.entries:
+            spec.study_root = bids_dir
         return check_study(Study(found.entries, config, found.skipped, "bids", plugins_dir))
     kind = "manifest"
     if manifest is None:
         manifest, kind = SAMPLE_MANIFEST, "sample"
     specs, config = load_manifest(Path(manifest), output_dir=output_dir, cli_options=options)
+    for spec in specs:  # relative paths in a manifest are relative to its folder
+        spec.study_root = Path(manifest).resolve().parent
     if participant_label or exclude_participant_label:
         keep = {p.removeprefix("sub-") for p in participant_label or []}
         drop = {p.removeprefix("sub-") for p in exclude_participant_label or []}

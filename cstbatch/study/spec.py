@@ -42,6 +42,7 @@ class SubjectSpec:
     entities: dict[str, str] = field(default_factory=dict)
     origin: str = ""                     # where it came from, for messages ("subjects[3]", a path)
     session_date: str | None = None      # manifest ``session_date`` (ISO 8601): orders sessions
+    study_root: Path | None = None       # the BIDS folder or the manifest's folder (input labels)
 
     def __post_init__(self):
         self.input_path = Path(self.input_path)
@@ -59,6 +60,26 @@ class SubjectSpec:
         parts = [self.subject_id] + ([self.session_id] if self.session_id else [])
         parts += [f"{k}-{self.entities[k]}" for k in SERIES_ENTITIES if k in self.entities]
         return "_".join(parts)
+
+    def input_label(self, path: Path) -> str:
+        """How provenance and up-to-date checks name an input: its path relative to the study
+        root (the BIDS folder, or the manifest's folder — as a manifest gives relative paths),
+        so moving or copying the study keeps every name; an input outside the root keeps its
+        absolute path."""
+        path = Path(path)
+        if self.study_root is not None:
+            try:
+                return path.relative_to(self.study_root).as_posix()
+            except ValueError:
+                pass
+        return str(path)
+
+    @property
+    def inputs(self) -> list[tuple[str, Path]]:
+        """(label, path) of each raw input as the user gave it: the NIfTI, bval, bvec, or the
+        DICOM folder."""
+        paths = [p for p in (self.input_path, self.bval, self.bvec) if p is not None]
+        return [(self.input_label(p), Path(p)) for p in paths]
 
     @property
     def relative_dir(self) -> Path:
@@ -80,7 +101,8 @@ class BatchConfig:
     participants_tsv: Path | None = None
 
     def __post_init__(self):
-        self.output_dir = Path(self.output_dir)
+        # absolute: doit's state keys and every task path derive from it (engine/state.py)
+        self.output_dir = Path(self.output_dir).absolute()
         merge_options(self.options)  # validate names and types early
 
     @property
@@ -122,6 +144,7 @@ def spec_to_job(spec: "SubjectSpec", out_dir: Path, plugins_dir: Path | None) ->
         "bval": str(spec.bval) if spec.bval else None, "bvec": str(spec.bvec) if spec.bvec else None,
         "entities": dict(spec.entities), "options": dict(spec.options), "origin": spec.origin,
         "session_date": spec.session_date,
+        "study_root": str(spec.study_root) if spec.study_root else None,
         "out_dir": str(out_dir), "plugins_dir": str(plugins_dir) if plugins_dir else None,
     }
 
@@ -130,4 +153,5 @@ def job_to_spec(job: dict[str, Any]) -> SubjectSpec:
     return SubjectSpec(job["subject_id"], job["session_id"], Path(job["input_path"]), job["input_type"],
                        dict(job["options"]), bval=Path(job["bval"]) if job["bval"] else None,
                        bvec=Path(job["bvec"]) if job["bvec"] else None, entities=dict(job["entities"]),
-                       origin=job["origin"], session_date=job.get("session_date"))
+                       origin=job["origin"], session_date=job.get("session_date"),
+                       study_root=Path(job["study_root"]) if job.get("study_root") else None)
