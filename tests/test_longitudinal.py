@@ -336,6 +336,16 @@ def test_aggregation_reruns_only_when_session_times_or_the_reference_rc_change(t
     fa = [r for r in _read_tsv(out / "longitudinal.tsv") if r["metric"] == "fa_mean" and r["side"] != "laterality"]
     assert {(r["rc"], r["rc_source"], r["change_beyond_rc"]) for r in fa} == {("0.02", "reference", "n/a")}
     assert run(reference_rc_fa=0.02) == (0, [])
+    # the time files count by content, named relative to the study: moving the study and the
+    # output (a copy without keeping times) reruns nothing, aggregation included
+    import shutil
+    moved_bids, moved_out = tmp_path / "moved" / "bids", tmp_path / "moved" / "out"
+    shutil.copytree(bids, moved_bids, copy_function=shutil.copy)
+    shutil.copytree(out, moved_out, copy_function=shutil.copy)
+    shutil.rmtree(bids)
+    shutil.rmtree(out)
+    bids, out = moved_bids, moved_out
+    assert run(reference_rc_fa=0.02) == (0, [])
 
 
 def test_sample_study_sub01_sessions_are_ordered_by_label(tmp_path):

@@ -117,18 +117,21 @@ def aggregate_task(study: Study, present: set[str] | None = None, upstream_elsew
     import cstbatch.outputs
     from cstbatch.engine.signatures import code_digest
     from cstbatch.outputs.aggregate import aggregate_action, study_to_job
+    from cstbatch.outputs.records import sha256
     from cstbatch.study.options import merge_options
     from cstbatch.study.sessions import time_sources
 
     out_dir = study.config.output_dir
     layouts = [SessionLayout.of(out_dir, s) for s in study.subjects]
-    # what orders sessions (longitudinal.tsv): the files stating acquisition times, manifest
-    # dates, and the reference repeatability coefficient
+    # what orders sessions (longitudinal.tsv): the files stating acquisition times (by content,
+    # named relative to the study root, so that moving or copying the study reruns nothing),
+    # manifest dates, and the reference repeatability coefficient
     # (not for the sample study: its files are made by tasks of this run, and its sessions are
     # ordered by label)
-    sources = [] if study.kind == "sample" else sorted({str(p) for s in study.subjects for p in time_sources(s)})
-    longitudinal = {"time_sources": sources, "session_dates": {s.key: s.session_date for s in study.subjects
-                                                                if s.session_date},
+    sources = {} if study.kind == "sample" else {s.input_label(p): p for s in study.subjects
+                                                 for p in time_sources(s)}
+    longitudinal = {"time_sources": {label: sha256(path) for label, path in sorted(sources.items())},
+                    "session_dates": {s.key: s.session_date for s in study.subjects if s.session_date},
                     "reference_rc_fa": merge_options(study.config.options)["reference_rc_fa"]}
     reports = [f"{s.key}:report" for s in study.subjects if present is None or s.key in present]
     return {
@@ -136,7 +139,7 @@ def aggregate_task(study: Study, present: set[str] | None = None, upstream_elsew
         "doc": "group outputs: dataset_description, participants, batch summary/metrics, group report",
         "actions": [(aggregate_action, [study_to_job(study)])],
         "task_dep": reports + ([SAMPLE_TASK] if study.kind == "sample" else []),
-        "file_dep": [lay.record(step) for lay in layouts for step in STEPS] + sources,
+        "file_dep": [lay.record(step) for lay in layouts for step in STEPS],
         "targets": [p for name, p in group_paths(out_dir).items()],
         "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects],
                                      "longitudinal": longitudinal,
