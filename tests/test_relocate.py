@@ -168,6 +168,22 @@ def test_state_written_with_absolute_keys_is_read_as_relative(tmp_path):
     assert db.get("sub-01:mask", record) == [1.5, 10, "abc"] and db.get("sub-01:mask", "deps:") == [record]
 
 
+def test_state_read_from_inside_the_output_folder_keeps_its_keys(tmp_path, monkeypatch):
+    """A SLURM element runs with the output folder as its working folder (--chdir): keys stored
+    as <out>/… must not be taken for relative paths there (they became <out>/<out>/…, and every
+    task after the first reran)."""
+    out = tmp_path / "out"
+    record = str(out / "sub-01/steps/sub-01_step-ingest.json")
+    (out / ".cstbatch/state").mkdir(parents=True)
+    db = ShardedJsonDB(str(out / ".cstbatch/state"), Codec())
+    db.set("sub-01:mask", record, [1.5, 10, "abc"])
+    db.set("sub-01:mask", "deps:", [record])
+    db.dump()
+    monkeypatch.chdir(out)
+    again = ShardedJsonDB(str(out / ".cstbatch/state"), Codec())
+    assert again.get("sub-01:mask", record) == [1.5, 10, "abc"] and again.get("sub-01:mask", "deps:") == [record]
+
+
 class _Task:
     name = "sub-01:ingest"
 

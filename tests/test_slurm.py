@@ -346,8 +346,8 @@ def test_array_element_converts_dicom_without_the_environment_on_path(tmp_path, 
     monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
     out = tmp_path / "out"
     code, text = cli("submit", "--slurm", out, "--manifest", manifest)
-    assert code == 0 and "submitted 1 session(s) as array job 4242" in text, text
-    script = out / ".cstbatch/slurm/0001/array.sh"
+    assert code == 0 and "submitted elements 0-0 as array job 4242" in text, text
+    script = out / ".cstbatch/slurm/0001/array-001.sh"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": os.environ.get("HOME", "/tmp"),
            "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "4242"}
     proc = subprocess.run(["bash", str(script)], cwd=out, env=env, capture_output=True, text=True)

@@ -79,7 +79,10 @@ class ShardedJsonDB:
 
     def _to_stored(self, key):
         """A path inside the output folder → ``<out>/relative/path``; anything else as is."""
-        if self._out and isinstance(key, str) and not key.endswith(":"):
+        # (a key already stored as <out>/… stays as it is: read as a relative path from a process
+        # whose working folder is the output folder — a SLURM element's --chdir — it would
+        # otherwise become <out>/<out>/…, and every task after the first would rerun)
+        if self._out and isinstance(key, str) and not key.endswith(":") and not key.startswith(OUT_MARK):
             path = key if os.path.isabs(key) else os.path.abspath(key)
             if path.startswith(self._out):
                 return OUT_MARK + path[len(self._out):].replace(os.sep, "/")
