@@ -96,3 +96,17 @@ def write_tiny_dicom(folder: Path, seed: int = 0, key: str = "tiny") -> Path:
                            patient_id="P" + key)
         shutil.rmtree(tmp, ignore_errors=True)
     return Path(folder)
+
+
+def write_empty_manifest(root: Path, n: int, options: dict | None = None, name: str = "many") -> Path:
+    """A manifest of ``n`` sessions with 0-byte inputs: planning never opens them, a run fails
+    them at ingest (large studies for planning and cluster tests)."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(1, n + 1):
+        for ext in (".nii.gz", ".bval", ".bvec"):
+            (root / "data" / f"s{i}_dwi{ext}").touch()
+        entries.append({"id": f"sub-{i:02d}", "session": "ses-01", "nifti": f"data/s{i}_dwi.nii.gz"})
+    manifest = root / "study.json"
+    manifest.write_text(json.dumps({"name": name, "options": options or {}, "subjects": entries}))
+    return manifest

@@ -3,8 +3,9 @@ line for line doit's own (``cstbatch.engine.plan``)."""
 from __future__ import annotations
 
 import io
-import json
 from contextlib import redirect_stdout
+
+from conftest import write_empty_manifest
 
 from cstbatch.engine.plan import never_run, plan_text
 from cstbatch.engine.runner import doit_plan_text, run_doit
@@ -13,16 +14,7 @@ from test_slurm import default_limits  # noqa: F401 (a fixture)
 
 
 def _manifest(root, n, options=None):
-    """n sessions with 0-byte inputs: planning never opens them, a run fails them at ingest."""
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i in range(1, n + 1):
-        for ext in (".nii.gz", ".bval", ".bvec"):
-            (root / "data" / f"s{i}_dwi{ext}").touch()
-        entries.append({"id": f"sub-{i:02d}", "session": "ses-01", "nifti": f"data/s{i}_dwi.nii.gz"})
-    manifest = root / "study.json"
-    manifest.write_text(json.dumps({"name": "plan", "options": options or {}, "subjects": entries}))
-    return manifest
+    return write_empty_manifest(root, n, options, name="plan")
 
 
 def test_plan_of_never_run_sessions_is_doits_plan(tmp_path):

@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+from conftest import write_empty_manifest
 
 from cstbatch.cluster import arrays as arrays_mod
 from cstbatch.cluster import slurm
@@ -61,16 +62,7 @@ def test_limits_that_cannot_be_met_are_refused():
 
 
 def _manifest(root, n):
-    """n sessions with 0-byte inputs (planning never opens them)."""
-    (root / "data").mkdir(parents=True)
-    entries = []
-    for i in range(1, n + 1):
-        for ext in (".nii.gz", ".bval", ".bvec"):
-            (root / "data" / f"s{i}_dwi{ext}").touch()
-        entries.append({"id": f"sub-{i:02d}", "session": "ses-01", "nifti": f"data/s{i}_dwi.nii.gz"})
-    manifest = root / "study.json"
-    manifest.write_text(json.dumps({"name": "many", "subjects": entries}))
-    return manifest
+    return write_empty_manifest(root, n)
 
 
 def test_dry_run_splits_into_arrays_packs_sessions_and_chains_throttled_arrays(tmp_path, default_limits):

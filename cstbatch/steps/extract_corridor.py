@@ -204,8 +204,6 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
 def _masked_density_scores(res: np.ndarray, use: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Per streamline, the lowest over its ``use`` nodes of the neighbourhood density of its
     group's streamlines there, relative to that group's highest density at the node."""
-    from scipy import ndimage
-
     score = np.ones(len(res))
     for g in np.unique(groups):
         mem = groups == g
@@ -213,13 +211,20 @@ def _masked_density_scores(res: np.ndarray, use: np.ndarray, groups: np.ndarray)
             sel = mem & use[:, k]
             if not sel.any():
                 continue
-            p = res[sel, k]
-            cell = np.floor((p - p.min(axis=0)) / 2.0).astype(np.int64) + 1
-            grid = np.zeros(tuple(cell.max(axis=0) + 2))
-            np.add.at(grid, tuple(cell.T), 1.0)
-            dens = (ndimage.uniform_filter(grid, size=3, mode="constant") * 27.0)[tuple(cell.T)]
-            score[sel] = np.minimum(score[sel], dens / dens.max())
+            score[sel] = np.minimum(score[sel], _relative_density(res[sel, k]))
     return score
+
+
+def _relative_density(points: np.ndarray) -> np.ndarray:
+    """Per point (n, 2 or 3, mm), the number of points in the 3×3(×3) block of 2 mm cells around
+    its cell, relative to the densest point's: the one density measure both cleaning passes use."""
+    from scipy import ndimage
+
+    cell = np.floor((points - points.min(axis=0)) / 2.0).astype(np.int64) + 1
+    grid = np.zeros(tuple(cell.max(axis=0) + 2))
+    np.add.at(grid, tuple(cell.T), 1.0)
+    dens = (ndimage.uniform_filter(grid, size=3, mode="constant") * 3.0 ** points.shape[1])[tuple(cell.T)]
+    return dens / dens.max()
 
 
 def _trunk_scores(sl: list[np.ndarray]) -> np.ndarray:
@@ -231,8 +236,6 @@ def _trunk_scores(sl: list[np.ndarray]) -> np.ndarray:
     lengths, so the k-th of 20 nodes lies at a different height on each and would be compared
     with another part of the tract.
     """
-    from scipy import ndimage
-
     levels = np.arange(-70.0, FAN_Z + 1e-6, 2.0)
     xy = np.full((len(sl), len(levels), 2), np.nan)
     for i, s in enumerate(sl):
@@ -245,12 +248,7 @@ def _trunk_scores(sl: list[np.ndarray]) -> np.ndarray:
         have = np.isfinite(xy[:, j, 0])
         if have.sum() < 2:
             continue
-        p = xy[have, j]
-        cell = np.floor((p - p.min(axis=0)) / 2.0).astype(np.int64) + 1
-        grid = np.zeros(tuple(cell.max(axis=0) + 2))
-        np.add.at(grid, tuple(cell.T), 1.0)
-        dens = (ndimage.uniform_filter(grid, size=3, mode="constant") * 9.0)[tuple(cell.T)]
-        score[have] = np.minimum(score[have], dens / dens.max())
+        score[have] = np.minimum(score[have], _relative_density(xy[have, j]))
     return score
 
 
