@@ -7,7 +7,8 @@ Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.samp
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
 crossings, brain size), SNR U(15, 30), LAS or RAS oblique grid, and in one subject of four a
 lesion of one CST in the internal capsule. Each is processed by the pipeline's own step
-functions (mask → tensor → tracking → registration to the atlas → each extraction method →
+functions (mask → tensor → registration to the atlas → tracking (in the CST corridor unless
+``track_region=brain``) → each extraction method →
 FA metrics), in one process without doit or files, and scored like the sample study
 (:mod:`cstbatch.sample.accuracy`): Dice / precision / recall of the visited voxels with the
 side's truth mask, swap Dice with the other side's mask, distractor share, |FA − noise-free FA|.
@@ -58,6 +59,7 @@ def _process(seed: int, voxel: float, options: dict) -> dict:
     from cstbatch.steps.mask import mask_median_otsu
     from cstbatch.steps.model import fit_tensor_maps
     from cstbatch.steps.register import register_template
+    from cstbatch.steps.track_region import tracking_inputs
 
     t0 = time.perf_counter()
     s = _subject(seed, voxel)
@@ -66,13 +68,14 @@ def _process(seed: int, voxel: float, options: dict) -> dict:
     data = s.data
     mask = mask_median_otsu(data, gtab, options)
     maps = fit_tensor_maps(data, gtab, mask)
-    t1 = time.perf_counter()
-    tracker = implementation_for("track", options, None)
-    streamlines = tracker.func(data, gtab, mask, maps, s.affine, options)
-    t_track = time.perf_counter() - t1
     atlas = implementation_for("register", options, None).func(options)
     fa_img = nib.Nifti1Image(np.nan_to_num(maps["fa"]).astype(np.float32), s.affine)
     reg = register_template(fa_img, atlas, options)
+    t1 = time.perf_counter()
+    region, track_maps, _ = tracking_inputs(mask, maps, s.affine, reg.subject_to_mni, options)
+    tracker = implementation_for("track", options, None)
+    streamlines = tracker.func(data, gtab, region, track_maps, s.affine, options)
+    t_track = time.perf_counter() - t1
     fa_truth = {k: float(s.fa_noisefree[s.masks[k]].mean()) for k in ("cst_left", "cst_right")}
     return {"seed": seed, "orientation": s.orientation, "snr": s.snr, "lesion": s.lesion,
             "affine": s.affine, "shape": s.data.shape[:3],

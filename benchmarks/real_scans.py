@@ -2,18 +2,27 @@
 
     python benchmarks/real_scans.py DERIV_DIR [--methods passthrough,corridor]
                                    [--pair sub-trio_ses-rep1 sub-trio_ses-rep2]
+                                   [--retrack NAME=JSON ...] [--option NAME=JSON ...]
 
-Reads what ``cstbatch BIDS DERIV_DIR participant`` wrote for every session (whole-brain
-tractogram, FA map, transform to MNI), runs each extraction method on the same tractogram as
-the extract step does (with the image's MNI coverage), and prints per session and side the
-streamline count, mean FA along the tract and volume (visited voxels × voxel volume), then,
-for ``--pair``, the Dice of the 2 mm MNI cells visited by each side's CST in the two sessions.
-No ground truth: a check that both CSTs are found and that repeats agree.
+Reads what ``cstbatch BIDS DERIV_DIR participant`` wrote for every session (tractogram, FA map,
+transform to MNI), runs each extraction method on the same tractogram as the extract step does
+(with the image's MNI coverage), and prints per session and side the streamline count, mean FA
+along the tract and volume (visited voxels × voxel volume), then, for ``--pair``, the Dice of the
+2 mm MNI cells visited by each side's CST in the two sessions. No ground truth: a check that
+both CSTs are found and that repeats agree.
+
+``--retrack NAME=JSON`` (repeatable; ``--retrack default`` for the defaults alone) tracks again
+from the session's own preprocessed DWI, mask, tensor maps and transform with the default options
+changed by these (e.g. ``track_method="csd_probabilistic"``, ``track_cst_seeds=40000``) instead of
+reading the saved tractogram, so tracking variants are compared on the same registrations; the
+tracking time is printed per session.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,29 +45,68 @@ def _mni_cells(streamlines, reg) -> set:
     return set(map(tuple, np.floor(points_to_mni(pts, reg) / 2.0).astype(int)))
 
 
-def run(root: Path, methods: list[str], pair: list[str] | None) -> None:
+def _registration(sdir: Path):
+    """The session's subject → MNI transform: cstbatch's .npz (SyN) or the ITK affine."""
+    from cstbatch.steps.register import Registration, load_itk_affine, load_registration
+
+    npz = sorted(sdir.glob("xfm/*_xfm.npz"))
+    if npz:
+        return load_registration(npz[0])
+    return Registration(subject_to_mni=load_itk_affine(next(sdir.glob("xfm/*_xfm.txt"))))
+
+
+def _track_again(sdir: Path, maps, reg, options) -> list[np.ndarray]:
+    """Track as the track step does, from the session's saved preprocessed DWI, mask and maps."""
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.steps.gradients import bids_to_voxel_axes, read_bvals_bvecs
+    from cstbatch.steps.track_region import tracking_inputs
+
+    dwi = sorted(sdir.glob("dwi/*_desc-denoised_dwi.nii.gz")) or sorted(sdir.glob("dwi/*_desc-preproc_dwi.nii.gz"))
+    img = nib.load(str(dwi[0]))
+    data = np.asarray(img.dataobj, np.float32)
+    bvec = sorted(sdir.glob("dwi/*_desc-checked_dwi.bvec")) or sorted(sdir.glob("dwi/*_dwi.bvec"))
+    bvals, bvecs = read_bvals_bvecs(next(sdir.glob("dwi/*_dwi.bval")), bvec[0], data.shape[-1])
+    gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, img.affine), b0_threshold=50)
+    brain = np.asarray(nib.load(str(next(sdir.glob("dwi/*_desc-brain_mask.nii.gz")))).dataobj) > 0
+    region, track_maps, _ = tracking_inputs(brain, maps, img.affine, reg.subject_to_mni, options)
+    tracker = implementation_for("track", options, None)
+    return [np.asarray(s, np.float64) for s in tracker.func(data, gtab, region, track_maps, img.affine, options)
+            if len(s) >= 2]
+
+
+def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | None = None,
+        options: dict | None = None) -> None:
     import nibabel as nib
 
     from cstbatch.engine.context import implementation_for
     from cstbatch.steps.extract_corridor import coverage_z
     from cstbatch.steps.metrics import compute_metrics
-    from cstbatch.steps.register import load_registration, streamlines_to_mni
+    from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.study.options import defaults
 
     cells = {}
     print("session\tmethod\tcoverage_z\tlevels\tn_L\tn_R\tFA_L\tFA_R\tvol_L_mm3\tvol_R_mm3")
     for key, sdir in _sessions(root).items():
-        trk = next(sdir.glob("tractography/*_tractogram.trk"))
-        sl = [np.asarray(s, np.float64) for s in nib.streamlines.load(str(trk)).streamlines
-              if len(s) >= 2]
         fa_img = nib.load(str(next(sdir.glob("dwi/*param-fa_dwimap.nii.gz"))))
         maps = {p: np.asarray(nib.load(str(next(sdir.glob(f"dwi/*param-{p}_dwimap.nii.gz")))).dataobj,
                               np.float32) for p in ("fa", "md", "rd", "ad")}
-        reg = load_registration(next(sdir.glob("xfm/*_xfm.npz")))
+        reg = _registration(sdir)
+        if retrack is None:
+            trk = sdir / "tractography" / f"{key}_tractogram.trk"  # not the CST files (desc-cst*)
+            sl = [np.asarray(s, np.float64) for s in nib.streamlines.load(str(trk)).streamlines
+                  if len(s) >= 2]
+        else:
+            t0 = time.process_time()
+            sl = _track_again(sdir, maps, reg, {**defaults(), **retrack})
+            print(f"# {key}: tracked again in {time.process_time() - t0:.1f} CPU s, {len(sl)} streamlines",
+                  flush=True)
         cover = coverage_z(maps["fa"], fa_img.affine, reg.subject_to_mni)
         mni = streamlines_to_mni(sl, reg)
         for m in methods:
-            opts = {**defaults(), "extraction_method": m, "coverage_z": cover}
+            opts = {**defaults(), **(options or {}), "extraction_method": m, "coverage_z": cover}
             atlas = implementation_for("register", opts, None).func(opts)
             sel = implementation_for("extract", opts, None).func(mni, atlas, opts)
             b = {s: [sl[i] for i in sel[s]] for s in ("left", "right")}
@@ -88,8 +136,22 @@ def main(argv=None) -> int:
     ap.add_argument("root", type=Path)
     ap.add_argument("--methods", default="passthrough,corridor")
     ap.add_argument("--pair", nargs=2, default=None)
+    ap.add_argument("--retrack", action="append", default=None, metavar="NAME=JSON")
+    ap.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
+                    help="extraction option, e.g. extract_core_filter=false")
     args = ap.parse_args(argv)
-    run(args.root, [m for m in args.methods.split(",") if m], args.pair)
+    options = {}
+    for item in args.option:
+        name, _, value = item.partition("=")
+        options[name] = json.loads(value)
+    retrack = None
+    if args.retrack is not None:
+        retrack = {}
+        for item in args.retrack:
+            if item != "default":
+                name, _, value = item.partition("=")
+                retrack[name] = json.loads(value)
+    run(args.root, [m for m in args.methods.split(",") if m], args.pair, retrack, options)
     return 0
 
 

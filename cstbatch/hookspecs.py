@@ -22,9 +22,12 @@ denoise
 mask
     ``func(data, gtab, options) -> ndarray``: bool (X, Y, Z) brain mask.
 track
-    ``func(data, gtab, mask, maps, affine, options) -> list[ndarray]``: whole-brain
-    streamlines, each (n_points, 3) in RAS+ mm. ``maps`` holds the tensor maps (``fa``, ``md``,
-    ``rd``, ``ad`` float32 (X, Y, Z); ``evecs`` (X, Y, Z, 3, 3)); ``affine`` voxel→RAS+ mm.
+    ``func(data, gtab, mask, maps, affine, options) -> list[ndarray]``: streamlines, each
+    (n_points, 3) in RAS+ mm. ``mask`` is the region to track in (bool (X, Y, Z): the brain, or
+    with ``track_region=cst`` the brain inside the CST corridor); ``maps`` holds the tensor maps
+    (``fa``, ``md``, ``rd``, ``ad`` float32 (X, Y, Z)) and, with ``track_region=cst``,
+    ``seed_mask`` (bool (X, Y, Z), where to start streamlines; a tracker that ignores it seeds
+    in ``mask``); ``affine`` voxel→RAS+ mm.
 atlas
     ``func(options) -> cstbatch.steps.atlas.Atlas``: an MNI-space template and brainstem / left motor /
     right motor ROI masks, all from installed files (no network).
@@ -67,7 +70,7 @@ def register_maskers(register):
 
 @hookspec
 def register_trackers(register):
-    """Register whole-brain tractography methods."""
+    """Register tractography methods (whole brain, or the region they are given)."""
 
 
 @hookspec

@@ -271,6 +271,38 @@ def test_fixed_seed_identical_streamlines(crossing, csd_streamlines):
     assert len(other) != len(same) or any(not np.array_equal(x, y) for x, y in zip(other, same))
 
 
+def test_cropping_to_the_region_changes_no_streamline(crossing, monkeypatch):
+    """The tracker works on the region's bounding box (memory, speed); the streamlines must be
+    where tracking on the whole grid puts them."""
+    from cstbatch.steps import track as track_mod
+
+    data, gtab, lab, mask, maps, affine = crossing
+    region = mask.copy()
+    region[: lab.shape[0] // 4] = False  # a region smaller than the grid: the box is a real crop
+    seeds = region.copy()
+    seeds[:, : lab.shape[1] // 2] = False
+    region_maps = {**maps, "seed_mask": seeds}
+    cropped = track_deterministic(data, gtab, region, region_maps, affine, OPTIONS)
+    monkeypatch.setattr(track_mod, "crop_to_region", lambda d, m, mp, a: (d, m, mp, a))
+    whole = track_deterministic(data, gtab, region, region_maps, affine, OPTIONS)
+    assert len(cropped) == len(whole) > 20
+    assert all(np.allclose(x, y, atol=1e-3) for x, y in zip(cropped, whole))
+    # seeded only in the seed mask: every streamline passes through it
+    starts = [_to_vox(s, affine) for s in cropped]
+    assert all(seeds[tuple(np.clip(np.rint(v), 0, np.array(lab.shape) - 1).astype(int).T)].any() for v in starts)
+
+
+def test_probabilistic_tracking_is_reproducible_and_gets_through(crossing):
+    from cstbatch.steps.track import track_probabilistic
+
+    data, gtab, _, mask, maps, affine = crossing
+    a = track_probabilistic(data, gtab, mask, maps, affine, OPTIONS)
+    b = track_probabilistic(data, gtab, mask, maps, affine, OPTIONS)
+    assert len(a) == len(b) > 50 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    frac, _ = _through_fraction(a, affine)
+    assert frac > 0.5, frac
+
+
 def test_save_trk_roundtrip(tmp_path, crossing, csd_streamlines):
     from dipy.io.streamline import load_tractogram
 

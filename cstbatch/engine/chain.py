@@ -17,8 +17,8 @@ STEP_INPUTS: dict[str, tuple[str, ...]] = {
     "denoise": ("ingest",),
     "mask": ("ingest", "denoise"),
     "model": ("ingest", "denoise", "mask"),
-    "track": ("ingest", "denoise", "mask", "model"),
     "register": ("mask", "model"),
+    "track": ("ingest", "denoise", "mask", "model", "register"),
     "extract": ("track", "register"),
     "metrics": ("model", "register", "extract"),
     "report": ("mask", "model", "register", "extract", "metrics"),
@@ -34,6 +34,8 @@ BUILTIN_STEP_VERSION: dict[str, str] = {step: "1" for step in STEPS}
 BUILTIN_STEP_VERSION["ingest"] = "2"
 # 2: model fits b <= 1500, checks the gradient table, writes bvec_checked; metrics adds qc_flags
 BUILTIN_STEP_VERSION.update(model="2", metrics="2")
+# track 2: runs after register, in the CST corridor by default (track_region)
+BUILTIN_STEP_VERSION["track"] = "2"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's

@@ -182,11 +182,15 @@ def model(ctx: StepContext) -> dict[str, Any]:
 def track(ctx: StepContext) -> dict[str, Any]:
     from cstbatch.steps.track import ResponseError, save_trk
 
+    from cstbatch.steps.track_region import tracking_inputs
+
     img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options), checked=True)
     brain = _load_mask(ctx.layout)
     maps = _load_maps(ctx.layout)
+    region, maps, region_info = tracking_inputs(brain, maps, img.affine,
+                                                load_session_registration(ctx).subject_to_mni, ctx.options)
     try:
-        streamlines = ctx.implementation.func(data, gtab, brain, maps, img.affine, ctx.options)
+        streamlines = ctx.implementation.func(data, gtab, region, maps, img.affine, ctx.options)
     except ResponseError as exc:
         raise InputError(ctx.spec.input_path, f"no white matter to estimate the CSD fibre response from ({exc}; "
                          f"brain mask {int(brain.sum())} voxels, {int((maps['fa'][brain] > 0.4).sum())} with "
@@ -195,7 +199,7 @@ def track(ctx: StepContext) -> dict[str, Any]:
     save_trk(streamlines, img, ctx.layout.tractogram)
     if ctx.options.get("save_trx"):
         _save_trx(streamlines, img, ctx.layout.tractogram_trx)
-    return {"streamlines": len(streamlines)}
+    return {"streamlines": len(streamlines), **region_info}
 
 
 def _save_trx(streamlines, img, target: Path) -> None:

@@ -69,6 +69,8 @@ LEVELS = (("medulla", -70.0, -40.0), ("pons", -40.0, -18.0), ("midbrain", -18.0,
 #: posterior limb of the internal capsule: (z range, |x| range, y range), MNI mm
 PLIC_BOX = ((-4.0, 14.0), (10.0, 32.0), (-34.0, -2.0))
 TARGET_TOLERANCE_MM = 5.0
+#: below the brainstem ROI's top minus this, a CST streamline stays within this of the ROI
+BRAINSTEM_MARGIN_MM = 4.0
 MIDLINE_GAP_MM = 5.0
 MIDLINE_Z = (-2.0, 50.0)
 FAN_Z = 20.0
@@ -171,6 +173,10 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
         # inferior: points in the brainstem ROI at or below top_z (or, truncated, any point
         # below top_z in the brainstem column / capsule when the ROI is not covered at all)
         bs = (point_codes(pts, bcode, atlas.affine) & BRAINSTEM) > 0
+        # below the peduncles a CST streamline stays in the brainstem: leaving it (the
+        # cerebellar peduncles, the cerebellum) marks pontocerebellar or false paths
+        near_bs = (point_codes(pts, roi_code_volume(atlas, BRAINSTEM_MARGIN_MM), atlas.affine) & BRAINSTEM) > 0
+        strays = _reduce_or(((pts[:, 2] < bs_top - BRAINSTEM_MARGIN_MM) & ~near_bs).astype(np.uint8), off, lens) > 0
         low = pts[:, 2] <= top_z
         if top_z > bs_top:  # the image stops above the brainstem ROI: the capsule level
             low_ok = low & (np.abs(pts[:, 0]) <= PLIC_BOX[1][1]) & (pts[:, 1] <= PLIC_BOX[2][1]) & (pts[:, 1] >= -50)
@@ -188,7 +194,7 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
         mid = _reduce_or(near_mid.astype(np.uint8), off, lens) > 0
         crosses = _midline_crossing(pts, off, lens, bs_top, tol)
         length = arc_lengths(pts, off, lens)
-        ok = inferior & ~mid & ~crosses & (length >= lo_len) & (length <= hi_len) & (lens >= 2)
+        ok = inferior & ~mid & ~crosses & ~strays & (length >= lo_len) & (length <= hi_len) & (lens >= 2)
         left = ok & plic_l & ~plic_r & ((end_code & TARGET_LEFT) > 0)
         right = ok & plic_r & ~plic_l & ((end_code & TARGET_RIGHT) > 0)
         side = np.zeros(n, np.int8)
@@ -252,6 +258,117 @@ def _trunk_scores(sl: list[np.ndarray]) -> np.ndarray:
     return score
 
 
+#: robust outlier cleaning (``extract_clean=outliers``): a streamline goes when, at any trunk level
+#: or fan node, it lies more than ``extract_outlier_sd`` robust SDs from the median of the
+#: streamlines kept so far; repeated until nothing changes (at most ``OUTLIER_ROUNDS``)
+OUTLIER_ROUNDS = 5
+#: floor of the robust SD (mm): a bundle tracked from one seed region can be narrower than the
+#: voxel, and a distance in units of a tiny spread would reject everything a voxel off
+MIN_SPREAD_MM = 1.5
+
+
+def _level_xy(sl: list[np.ndarray], levels: np.ndarray) -> np.ndarray:
+    """(n, levels, 2): where each upward-oriented streamline first reaches each z level (NaN
+    where it does not span it)."""
+    xy = np.full((len(sl), len(levels), 2), np.nan)
+    for i, s in enumerate(sl):
+        z = np.maximum.accumulate(s[:, 2])  # first point at or above each level
+        k = np.searchsorted(z, levels)
+        ok = (k < len(s)) & (levels >= s[0, 2])
+        xy[i, ok] = s[k[ok], :2]
+    return xy
+
+
+def robust_distance(points: np.ndarray) -> np.ndarray:
+    """Distance of each point (m, d) from the median, in robust SDs (1.4826 MAD per axis, at
+    least ``MIN_SPREAD_MM``)."""
+    centre = np.median(points, axis=0)
+    spread = np.maximum(1.4826 * np.median(np.abs(points - centre), axis=0), MIN_SPREAD_MM)
+    return np.sqrt((((points - centre) / spread) ** 2).sum(axis=1))
+
+
+def clean_outliers(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, options) -> np.ndarray:
+    """The side's streamlines ``idx`` without outliers: the field's usual bundle cleaning
+    (pyAFQ-style, iterated distance from the bundle's centre in SD units), made robust (median,
+    MAD) and fan-aware. Below ``FAN_Z`` the distance is measured at every 2 mm z level in the
+    axial plane; above it the streamlines' fan parts are grouped into branches by QuickBundles
+    and each branch is measured against its own centre at 10 nodes, so the face and leg
+    branches are not outliers of the hand branch."""
+    from dipy.segment.clustering import QuickBundles
+    from dipy.tracking.streamline import set_number_of_points
+
+    from cstbatch.steps.metrics import densify, orient_streamlines
+
+    if len(idx) < MIN_STREAMLINES:
+        return idx
+    thr = float(options.get("extract_outlier_sd", 3.0))
+    sl = orient_streamlines([np.asarray(streamlines_mni[i], np.float64) for i in idx], np.eye(4))
+    sl = [densify(s, 1.0) for s in sl]
+    xy = _level_xy(sl, np.arange(-70.0, FAN_Z + 1e-6, 2.0))
+    upper = []
+    for s in sl:
+        u = s[s[:, 2] > FAN_Z]
+        upper.append((u if len(u) >= 2 else s[-2:]).astype(np.float32))
+    up = np.asarray(set_number_of_points(upper, nb_points=10), np.float64)
+    keep = np.ones(len(idx), bool)
+    for _ in range(OUTLIER_ROUNDS):
+        bad = np.zeros(len(idx), bool)
+        for j in range(xy.shape[1]):
+            have = keep & np.isfinite(xy[:, j, 0])
+            if have.sum() >= 5:
+                bad[have] |= robust_distance(xy[have, j]) > thr
+        where = np.flatnonzero(keep)
+        clusters = QuickBundles(threshold=QB_MM).cluster(list(up[where].astype(np.float32)))
+        small = max(FAN_SUPPORT, int(np.ceil(0.03 * len(where))))
+        for c in clusters:
+            members = where[np.asarray(c.indices)]
+            if len(members) < small:
+                bad[members] = True
+                continue
+            for k in range(up.shape[1]):
+                bad[members] |= robust_distance(up[members, k]) > thr
+        new = keep & ~bad
+        if new.sum() < MIN_STREAMLINES or np.array_equal(new, keep):
+            keep = new if new.sum() >= MIN_STREAMLINES else keep
+            break
+        keep = new
+    return idx[keep]
+
+
+TDI_CELL_MM = 2.0
+
+
+def clean_density(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, options) -> np.ndarray:
+    """The side's streamlines ``idx`` that stay where the bundle is dense: the tract-density
+    image (streamlines per 2 mm MNI cell) is counted over the side's streamlines, a cell is
+    dense when at least ``extract_tdi_fraction`` of the 95th-percentile cell count of streamlines
+    visit it, and a streamline is kept when at least ``extract_tdi_inside`` of its cells are dense.
+
+    Why cells and not nodes or levels: nothing assumes one path per level or a fixed number of
+    nodes, so every branch of a fan counts with its own streamlines, and a stray (a path that
+    leaves the bundle, or runs along its edge where few others go) is dropped for the cells
+    only it visits — which are exactly the voxels a visited-voxel measure counts against it.
+    """
+    from cstbatch.steps.metrics import densify
+
+    if len(idx) < MIN_STREAMLINES:
+        return idx
+    frac = float(options.get("extract_tdi_fraction", 0.1))
+    inside = float(options.get("extract_tdi_inside", 0.9))
+    keys, owner = [], []
+    for j, i in enumerate(idx):
+        c = np.floor(densify(np.asarray(streamlines_mni[i], np.float64), 1.0) / TDI_CELL_MM).astype(np.int64)
+        k = np.unique((c[:, 0] + 512) * 1_048_576 + (c[:, 1] + 512) * 1024 + (c[:, 2] + 512))
+        keys.append(k)
+        owner.append(np.full(len(k), j))
+    allk = np.concatenate(keys)
+    cells, inv, counts = np.unique(allk, return_inverse=True, return_counts=True)
+    dense = counts >= max(2.0, frac * np.percentile(counts, 95))
+    share = np.bincount(np.concatenate(owner), weights=dense[inv].astype(float), minlength=len(idx)) / \
+        np.maximum(np.bincount(np.concatenate(owner), minlength=len(idx)), 1)
+    return idx[share >= inside]
+
+
 def clean_fan(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, options) -> np.ndarray:
     """The side's streamlines ``idx`` without strays (see module doc)."""
     from dipy.segment.clustering import QuickBundles
@@ -296,7 +413,8 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
     for name, v in (("left", 1), ("right", -1)):
         idx = np.flatnonzero(side == v).astype(np.int64)
         if options.get("extract_core_filter", True):
-            idx = clean_fan(streamlines_mni, idx, options)
+            clean = {"outliers": clean_outliers, "tdi": clean_density}.get(options.get("extract_clean"), clean_fan)
+            idx = clean(streamlines_mni, idx, options)
         out[name] = idx
     out["info"] = info
     return out

@@ -272,20 +272,59 @@ def track_deterministic(data, gtab, mask, maps, affine, options) -> list[np.ndar
     both directions (dipy ``LocalTracking`` defaults), so a seed in a crossing yields a
     streamline per bundle. Single process, no threads.
     """
-    from dipy.data import default_sphere
     from dipy.direction import DeterministicMaximumDirectionGetter
+
+    return _csd_tracking(DeterministicMaximumDirectionGetter, data, gtab, mask, maps, affine, options)
+
+
+def track_probabilistic(data, gtab, mask, maps, affine, options) -> list[np.ndarray]:
+    """CSD + probabilistic tracking: each step draws a direction from the fibre ODF (within
+    ``track_max_angle`` of the current one).
+
+    Same arguments, seeds and stopping rule as :func:`track_deterministic`. Why offer it: where
+    the CST fans out under the corpus callosum and the superior longitudinal fasciculus, the
+    deterministic getter always takes the strongest peak, so a seed yields one path; drawing
+    from the ODF lets streamlines from the same seed region follow the whole fan. Deterministic
+    all the same: dipy seeds its generator per streamline from ``track_random_seed``.
+    """
+    from dipy.direction import ProbabilisticDirectionGetter
+
+    return _csd_tracking(ProbabilisticDirectionGetter, data, gtab, mask, maps, affine, options)
+
+
+def crop_to_region(data, mask, maps, affine, margin: int = 2):
+    """(data, mask, maps, affine) cut to the bounding box of ``mask`` plus ``margin`` voxels.
+
+    Why: with ``track_region=cst`` the region is a fraction of the image, and the CSD
+    coefficients (float64, up to 45 per voxel) and the tracker's copies scale with the grid,
+    not the region. The affine is shifted by the box's corner, so the streamlines come out in the
+    same world mm, and seeds (``np.argwhere`` order is kept inside a box) land at the same points.
+    """
+    if mask is None or not np.asarray(mask).any():
+        return data, mask, maps, affine
+    ijk = np.argwhere(np.asarray(mask, bool))
+    lo = np.maximum(ijk.min(axis=0) - margin, 0)
+    hi = np.minimum(ijk.max(axis=0) + margin + 1, np.asarray(mask).shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    cropped = {k: (v[box] if isinstance(v, np.ndarray) and v.ndim >= 3 else v) for k, v in maps.items()}
+    return np.asarray(data)[box], np.asarray(mask)[box], cropped, np.asarray(affine, float) @ shift
+
+
+def _csd_tracking(getter, data, gtab, mask, maps, affine, options) -> list[np.ndarray]:
+    from dipy.data import default_sphere
     from dipy.tracking.local_tracking import LocalTracking
 
+    data, mask, maps, affine = crop_to_region(data, mask, maps, affine)
     data = np.asarray(data)
     sc, fa = _stopping(maps, mask, _opt(options, "track_stop_fa"))
     shm, _ = fit_csd_sh(data, gtab, mask, fa, float(_opt(options, "track_stop_fa")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # legacy SH basis notice
-        dg = DeterministicMaximumDirectionGetter.from_shcoeff(
-            shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
-            pmf_threshold=0.1,
-        )
-        return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options)
+        dg = getter.from_shcoeff(shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
+                                 pmf_threshold=0.1)
+        return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, maps.get("seed_mask"))
 
 
 def _seed_mask(fa, mask, seed_fa):
@@ -295,18 +334,46 @@ def _seed_mask(fa, mask, seed_fa):
     return sm
 
 
-def _seeding(fa, mask, affine, options):
+def spread_seeds(seed_mask: np.ndarray, n_seeds: int, random_seed: int) -> np.ndarray:
+    """``n_seeds`` seed points (voxel coordinates) spread evenly over the voxels of ``seed_mask``.
+
+    Every voxel gets ``n_seeds // n_voxels`` seeds and the remainder goes to voxels drawn
+    without replacement; positions are jittered uniformly within the voxel. Seeds come out
+    voxel by voxel in ``np.argwhere`` order (neighbouring seeds stay together, which keeps the
+    tracker's memory access local). Same mask and seed, same points.
+    """
+    vox = np.argwhere(np.asarray(seed_mask, bool))
+    if not len(vox) or n_seeds <= 0:
+        return np.zeros((0, 3))
+    rng = np.random.default_rng(int(random_seed))
+    counts = np.full(len(vox), n_seeds // len(vox), np.int64)
+    extra = n_seeds - int(counts.sum())
+    if extra:
+        counts[np.sort(rng.choice(len(vox), size=extra, replace=False))] += 1
+    centres = np.repeat(vox.astype(float), counts, axis=0)
+    return centres + rng.uniform(-0.5, 0.5, size=centres.shape)
+
+
+def _seeding(fa, mask, affine, options, seed_region=None):
     """(tracking affine, mm per tracking unit, seeds in voxel indices, step in mm): the
-    seeding shared by every tracker, so methods differ only in their direction model."""
+    seeding shared by every tracker, so methods differ only in their direction model.
+
+    ``seed_region`` (``maps["seed_mask"]``, set for ``track_region=cst``): ``track_cst_seeds``
+    seeds spread over its voxels above ``track_seed_fa``; otherwise ``track_seed_density`` seeds
+    in every voxel of the mask above it (whole brain)."""
     track_affine, unit = _tracking_frame(affine)
-    seeds_vox = make_seeds(_seed_mask(fa, mask, _opt(options, "track_seed_fa")),
-                           int(_opt(options, "track_seed_density")),
-                           int(_opt(options, "track_random_seed")))
+    candidates = _seed_mask(fa, mask, _opt(options, "track_seed_fa"))
+    if seed_region is not None:
+        seeds_vox = spread_seeds(candidates & np.asarray(seed_region, bool), int(_opt(options, "track_cst_seeds")),
+                                 int(_opt(options, "track_random_seed")))
+    else:
+        seeds_vox = make_seeds(candidates, int(_opt(options, "track_seed_density")),
+                               int(_opt(options, "track_random_seed")))
     return track_affine, unit, seeds_vox, float(_opt(options, "track_step_size"))
 
 
-def _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options):
-    track_affine, unit, seeds_vox, step = _seeding(fa, mask, affine, options)
+def _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, seed_region=None):
+    track_affine, unit, seeds_vox, step = _seeding(fa, mask, affine, options, seed_region)
     if not len(seeds_vox):
         return []
     tracker = LocalTracking(
@@ -362,7 +429,7 @@ def track_tensor_eudx(data, gtab, mask, maps, affine, options) -> list[np.ndarra
     pam.B = None
     pam.odf_vertices = verts
 
-    track_affine, unit, seeds_vox, step = _seeding(fa, mask, affine, options)
+    track_affine, unit, seeds_vox, step = _seeding(fa, mask, affine, options, maps.get("seed_mask"))
     if not len(seeds_vox):
         return []
     streamlines = eudx_tracking(

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from cstbatch.errors import OptionError
 
 #: The per-session chain, in order. Each step's task depends on the previous one's record.
-STEPS = ("ingest", "denoise", "mask", "model", "track", "register", "extract", "metrics", "report")
+STEPS = ("ingest", "denoise", "mask", "model", "register", "track", "extract", "metrics", "report")
 
 #: step -> option naming its plugin implementation (steps without one are built in).
 STEP_SELECTOR: dict[str, tuple[str, str]] = {
@@ -62,9 +62,18 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("track_method", "csd_deterministic", str, "track",
          "Whole-brain tractography method; CSD-based so tracking gets through fibre crossings.",
          kind="track"),
+    _opt("track_region", "cst", str, "track",
+         "Where tracking runs: cst (a generous CST corridor from the template registration, seeded in the "
+         "brainstem, the posterior limb and under the precentral gyrus; steps/track_region.py) or brain "
+         "(whole-brain tractogram, every white-matter voxel seeded)."),
+    _opt("track_cst_seeds", 20000, int, "track",
+         "track_region=cst: seeds spread over the CST seed regions (a fixed budget, whatever the voxel size)."),
+    _opt("track_cst_seed_regions", "brainstem,capsule,precentral", (str, list), "track",
+         "track_region=cst: where seeds go, any of brainstem, capsule (posterior limb), precentral (white matter "
+         "under the gyrus)."),
     _opt("track_seed_density", 1, int, "track",
-         "Seeds per voxel of the seed mask, at reproducible random positions (1: ~60k streamlines on a "
-         "2 mm brain; keep seeds per mm³ alike across resolutions, e.g. 2 for 2.5 mm voxels)."),
+         "track_region=brain: seeds per voxel of the seed mask, at reproducible random positions (1: ~60k "
+         "streamlines on a 2 mm brain; keep seeds per mm³ alike across resolutions, e.g. 2 for 2.5 mm voxels)."),
     _opt("track_seed_fa", 0.2, _NUM, "track", "FA above which voxels are seeded."),
     _opt("track_stop_fa", 0.15, _NUM, "track", "Tracking stops where FA drops below this."),
     _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel)."),
