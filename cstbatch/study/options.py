@@ -98,9 +98,17 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("atlas_motor_right_ids", None, (list, type(None)), "register extract metrics",
          "custom atlas: label ids of right motor cortex."),
     _opt("registration_method", "affine", str, "register", "Template→subject registration: affine or syn."),
-    _opt("extraction_method", "passthrough", str, "extract",
-         "CST selection: passthrough (brainstem + one motor ROI), endpoint, or corridor (pons or "
-         "lowest covered level + posterior limb of the internal capsule + whole precentral gyrus).", kind="extract"),
+    _opt("extraction_method", "corridor", str, "extract",
+         "CST selection: corridor (pons or lowest covered level + posterior limb of the internal capsule + whole "
+         "precentral gyrus, tract-density cleaning), passthrough (brainstem + one motor ROI; the method before "
+         "0.2), or endpoint.", kind="extract"),
+    _opt("extract_clean", "tdi", str, "extract",
+         "corridor: how strays are removed: tdi (tract-density cells, extract_tdi_*) or fan (per-level density "
+         "and QuickBundles branches, the corridor method's first cleaning)."),
+    _opt("extract_tdi_fraction", 0.3, _NUM, "extract",
+         "corridor/tdi: a 2 mm MNI cell is dense when this share of the 95th-percentile cell's streamline count visits it."),
+    _opt("extract_tdi_inside", 0.9, _NUM, "extract",
+         "corridor/tdi: share of a streamline's cells that must be dense for it to stay."),
     _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm)."),
     _opt("extract_max_length", 250.0, _NUM, "extract", "Longest CST streamline kept (mm)."),
     _opt("extract_core_filter", True, bool, "extract",
