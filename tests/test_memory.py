@@ -44,3 +44,14 @@ def test_header_shape_matches_nibabel_for_nifti1_and_nifti2(tmp_path):
     (tmp_path / "empty.nii").write_bytes(b"")
     assert nifti_shape(tmp_path / "bad.nii.gz") is None and nifti_shape(tmp_path / "empty.nii") is None
     assert nifti_shape(tmp_path / "absent.nii") is None
+
+
+def test_a_denoiser_adds_copies_of_the_data(tmp_path):
+    from cstbatch.engine.memory import DENOISE_COPIES
+
+    img = write_tiny_dwi(tmp_path / "a_dwi", shape=(12, 10, 8))
+    plain = _spec(img, "01")
+    denoised = _spec(img, "02")
+    denoised.options = {**denoised.options, "denoise_method": "mppca"}
+    extra = session_memory_mb(denoised) - session_memory_mb(plain)
+    assert abs(extra - DENOISE_COPIES * 4.0 * 12 * 10 * 8 * 14 / 2**20) < 1e-6

@@ -61,7 +61,8 @@ def test_bumping_a_plugin_version_reruns_exactly_the_tasks_that_used_it(tmp_path
     source.write_text(source.read_text().replace('version="1"', 'version="2"'))
     from cstbatch.plugins import _cached
     _cached.cache_clear()
-    assert _run(manifest, out, plugins, *targets) == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:track"]
+    assert _run(manifest, out, plugins, *targets) == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:register",
+                                                                  "sub-02:track"]
 
 
 def test_exception_inside_a_plugin_is_that_plugins_failure_for_that_session(tmp_path):

@@ -285,9 +285,11 @@ def test_qc_failure_is_recorded_with_its_flags(tmp_path):
     assert session_qc_flags(tmp_path, spec) == flags
 
 
-def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp_path):
+@pytest.mark.parametrize("region", ["cst", "brain"])
+def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp_path, region):
     """A 'slab' with isotropic signal only: the CSD response cannot be estimated; the user
-    gets the input image and the reason, not dipy's ValueError."""
+    gets the input image and the reason, not dipy's ValueError (tracking in the CST corridor,
+    from the saved registration, and in the whole brain)."""
     import nibabel as nib
 
     from cstbatch.engine.context import implementation_for
@@ -297,8 +299,12 @@ def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp
 
     bvals, bvecs = tiny_gradients(n_dirs=30, n_b0=1)
     layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
-    options = defaults()
+    options = {**defaults(), "track_region": region}
     layout.denoised.parent.mkdir(parents=True)
+    if region == "cst":
+        from cstbatch.steps.register import save_itk_affine
+        layout.transform(options["atlas"]).parent.mkdir(parents=True)
+        save_itk_affine(np.eye(4), layout.transform(options["atlas"]))
     data = np.broadcast_to(1000 * np.exp(-bvals * 0.8e-3), (6, 6, 3, len(bvals))).astype(np.float32)
     nib.save(nib.Nifti1Image(data, LAS), str(layout.analysis_dwi(options)))
     nib.save(nib.Nifti1Image(np.ones((6, 6, 3), np.uint8), LAS), str(layout.mask))

@@ -151,7 +151,7 @@ def test_kill_9_mid_run_repeats_only_the_in_flight_task(tmp_path):
                            cwd=tmp_path, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     ran = [line[3:].strip() for line in rerun.stdout.splitlines() if line.startswith(".  ")]
-    assert ran == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:track"], rerun.stdout
+    assert ran == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:register", "sub-02:track"], rerun.stdout
     assert not list(out.rglob(".tmp-*")) or all(".cstbatch" in str(p) for p in out.rglob(".tmp-*"))
 
     clean = tmp_path / "clean"

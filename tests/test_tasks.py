@@ -55,7 +55,7 @@ def test_changing_one_sessions_denoiser_reruns_only_that_chain(tmp_path):
     out = tmp_path / "out"
     code, first = doit(manifest, out, "run", *UP_TO_TRACK)
     assert code == 0
-    steps = ["ingest", "denoise", "mask", "model", "track"]
+    steps = ["ingest", "denoise", "mask", "model", "register", "track"]
     assert sorted(executed(first)) == sorted(f"{k}:{s}" for k in ("sub-01_ses-01", "sub-02") for s in steps)
     for key, rel in (("sub-01_ses-01", "sub-01/ses-01"), ("sub-02", "sub-02")):
         record = json.loads((out / rel / "steps" / f"{key}_step-track.json").read_text())
@@ -72,7 +72,7 @@ def test_changing_one_sessions_denoiser_reruns_only_that_chain(tmp_path):
     assert not denoised.exists()  # denoiser none: the later steps read desc-preproc, no copy
     code, third = doit(manifest, out, "run", *UP_TO_TRACK)
     assert code == 0
-    assert executed(third) == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:track"]
+    assert executed(third) == ["sub-02:denoise", "sub-02:mask", "sub-02:model", "sub-02:register", "sub-02:track"]
     assert denoised.exists() and denoised.with_name("sub-02_desc-denoised_dwi.json").exists()
     record = json.loads((out / "sub-02/steps/sub-02_step-denoise.json").read_text())
     assert set(record["outputs"]) == {"sub-02/dwi/sub-02_desc-denoised_dwi.nii.gz",
@@ -100,7 +100,7 @@ def test_failed_session_does_not_stop_others_and_reruns(tmp_path):
     assert "sub-02:track" in executed(first)
     # rerun: only the failed session's chain runs again
     code, second = doit(manifest, out, "run", *UP_TO_TRACK, "sub-03:track")
-    assert executed(second) == [f"sub-03:{s}" for s in ("ingest", "denoise", "mask", "model", "track")]
+    assert executed(second) == [f"sub-03:{s}" for s in ("ingest", "denoise", "mask", "model", "register", "track")]
 
 
 def test_plan_says_what_would_run_and_why(tmp_path):

@@ -2,15 +2,21 @@
 
 doit's process pool cannot weigh tasks, so the budget caps the pool size: the estimate of the
 largest session (from its image header, no data read) decides how many fit. The estimate is
-the measured peak of the chain (see benchmarks/pipeline.py): about 300 MB of libraries plus
-~7 float32 copies of the 4-D data during denoising and tracking.
+an upper bound on the measured peaks of the chain's steps (``benchmarks/real_speed.py``, the
+step records' ``peak_rss_mb``). With tracking confined to the CST corridor the largest step is
+the registration (~460-510 MB whatever the image: the template grid sets it) or ingest (about
+200 MB plus 3 float32 copies of the 4-D data at once); measured on the shared real scans
+(Elition 128×128×82×17: 505 MB, Trio 102×102×60×21: 508 MB, Toshiba 64×64×40×13: 462 MB).
+A denoiser adds about two copies of the data (its input and output side by side).
 """
 from __future__ import annotations
 
 import math
 
-BASE_MB = 600.0
-COPIES_OF_DATA = 3.0
+BASE_MB = 500.0
+COPIES_OF_DATA = 1.5
+#: extra copies of the 4-D data held while a denoiser (other than ``none``) runs
+DENOISE_COPIES = 2.0
 #: DICOM sessions are sized before conversion as a typical 2 mm / ~40-volume session
 DICOM_GUESS_MB = 900.0
 
@@ -55,7 +61,10 @@ def session_memory_mb(spec) -> float:
     shape = nifti_shape(spec.input_path)
     if shape is None:
         return BASE_MB  # unreadable input: ingest fails fast and small
-    return BASE_MB + COPIES_OF_DATA * 4.0 * math.prod(shape) / 2**20
+    copies = COPIES_OF_DATA
+    if str((spec.options or {}).get("denoise_method") or "none") != "none":
+        copies += DENOISE_COPIES
+    return BASE_MB + copies * 4.0 * math.prod(shape) / 2**20
 
 
 def jobs_within_budget(subjects, mem_gb: float | None, jobs: int) -> int:

@@ -551,13 +551,18 @@ def build_session_document(session: SessionReportInput, options: dict):
     track_info = (rec.get("track") or {}).get("info") or {}
     reg_info = (rec.get("register") or {}).get("info") or {}
     L, R = _side(metrics, "left"), _side(metrics, "right")
-    counts = [["Whole-brain streamlines", fmt(track_info.get("streamlines"), 0)],
+    region = "CST corridor" if track_info.get("region") == "cst" else "whole brain"
+    extraction = metrics.get("extraction") or {}
+    counts = [[f"Tracked streamlines ({region})", fmt(track_info.get("streamlines"), 0)],
               ["Left CST streamlines", fmt(L.get("streamline_count"), 0)],
               ["Right CST streamlines", fmt(R.get("streamline_count"), 0)],
               ["Left CST voxels (report grid)", str(int(masks["left"].sum()))],
               ["Right CST voxels (report grid)", str(int(masks["right"].sum()))],
               ["Registration quality", fmt(reg_info.get("quality"), 3)
                + (f" ({reg_info['quality_metric']})" if reg_info.get("quality_metric") else "")]]
+    if extraction.get("inferior_levels"):
+        counts.append(["CST starts in (lowest levels used)", ", ".join(extraction["inferior_levels"]).replace("_", " ")
+                       + (" — field of view truncated" if extraction.get("fov_truncated") else "")])
     if reg_info.get("atlas"):
         counts.append(["Atlas", f"{reg_info['atlas']} (v{reg_info.get('atlas_version', '?')})"])
     b.append(Table(["Quantity", "Value"], counts, caption="Streamlines and registration"))

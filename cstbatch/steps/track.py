@@ -1,6 +1,9 @@
-"""Whole-brain tractography: ``func(data, gtab, mask, maps, affine, options) -> list[ndarray]``.
+"""Tractography: ``func(data, gtab, mask, maps, affine, options) -> list[ndarray]``.
 
-Streamlines are returned as float32 (n_points, 3) arrays in RAS+ mm.
+Streamlines are returned as float32 (n_points, 3) arrays in RAS+ mm. The tracker works in
+``mask`` and seeds in ``maps["seed_mask"]`` when given: by default the track step hands it the
+CST corridor and seed regions of :mod:`cstbatch.steps.track_region` (``track_region=cst``), or
+the whole brain (``track_region=brain``).
 
 Why CSD by default: the CST runs through the corona radiata, where callosal and association
 fibres cross it. A tensor has a single orientation per voxel, so in a crossing it points along
