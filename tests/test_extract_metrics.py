@@ -234,3 +234,17 @@ def test_visited_voxel_mask_counts_every_voxel_crossed():
     s = np.array([[0.0, 0.0, -20.0], [0.0, 0.0, 20.0]])  # 40 mm straight, 2 points only
     mask = visited_voxel_mask([s], SHAPE, AFF)
     assert mask.sum() == 21
+
+
+def test_densify_inserts_evenly_spaced_points_and_keeps_the_originals():
+    from cstbatch.steps.metrics import densify
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        s = np.cumsum(rng.normal(0, rng.uniform(0.2, 3.0), (int(rng.integers(2, 60)), 3)), axis=0)
+        d = densify(s, 1.0)
+        seg = np.diff(s, axis=0)
+        k = np.maximum(np.ceil(np.linalg.norm(seg, axis=1) / 1.0).astype(int), 1)
+        expected = np.vstack([s[i] + seg[i] * (j / k[i]) for i in range(len(seg)) for j in range(k[i])] + [s[-1:]])
+        assert np.array_equal(d, expected)
+        assert np.linalg.norm(np.diff(d, axis=0), axis=1).max() <= 1.0 + 1e-9

@@ -93,7 +93,9 @@ def densify(streamline: np.ndarray, max_step: float) -> np.ndarray:
     if np.all(n == 1):
         return s
     starts = np.repeat(s[:-1], n, axis=0)
-    frac = np.concatenate([np.arange(k) / k for k in n])
+    # j / k for j in 0..k-1 of every segment, without a Python loop over segments
+    first = np.repeat(np.cumsum(n) - n, n)
+    frac = (np.arange(int(n.sum())) - first) / np.repeat(n, n)
     pts = starts + np.repeat(seg, n, axis=0) * frac[:, None]
     return np.vstack([pts, s[-1:]])
 
