@@ -71,7 +71,7 @@ def _track_again(sdir: Path, maps, reg, options) -> list[np.ndarray]:
     bvals, bvecs = read_bvals_bvecs(next(sdir.glob("dwi/*_dwi.bval")), bvec[0], data.shape[-1])
     gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, img.affine), b0_threshold=50)
     brain = np.asarray(nib.load(str(next(sdir.glob("dwi/*_desc-brain_mask.nii.gz")))).dataobj) > 0
-    region, track_maps, _ = tracking_inputs(brain, maps, img.affine, reg.subject_to_mni, options)
+    region, track_maps, _ = tracking_inputs(brain, maps, img.affine, lambda: reg.subject_to_mni, options)
     tracker = implementation_for("track", options, None)
     return [np.asarray(s, np.float64) for s in tracker.func(data, gtab, region, track_maps, img.affine, options)
             if len(s) >= 2]
@@ -131,6 +131,11 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
                   f"left {out[0]:.3f} right {out[1]:.3f}")
 
 
+def _name_json(items: list[str]) -> dict:
+    """``NAME=JSON`` arguments as a dict."""
+    return {name: json.loads(value) for name, _, value in (item.partition("=") for item in items)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path)
@@ -140,18 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
                     help="extraction option, e.g. extract_core_filter=false")
     args = ap.parse_args(argv)
-    options = {}
-    for item in args.option:
-        name, _, value = item.partition("=")
-        options[name] = json.loads(value)
-    retrack = None
-    if args.retrack is not None:
-        retrack = {}
-        for item in args.retrack:
-            if item != "default":
-                name, _, value = item.partition("=")
-                retrack[name] = json.loads(value)
-    run(args.root, [m for m in args.methods.split(",") if m], args.pair, retrack, options)
+    retrack = None if args.retrack is None else _name_json([i for i in args.retrack if i != "default"])
+    run(args.root, [m for m in args.methods.split(",") if m], args.pair, retrack, _name_json(args.option))
     return 0
 
 

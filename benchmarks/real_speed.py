@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("ingest", "denoise", "mask", "model", "track", "register", "extract", "metrics", "report")
+sys.path.insert(0, str(ROOT))
+
+from cstbatch.study.options import STEPS  # noqa: E402  (the chain's order, for the table)
 
 
 def session_rows(out: Path) -> list[dict]:
