@@ -72,7 +72,7 @@ def _process(seed: int, voxel: float, options: dict) -> dict:
     fa_img = nib.Nifti1Image(np.nan_to_num(maps["fa"]).astype(np.float32), s.affine)
     reg = register_template(fa_img, atlas, options)
     t1 = time.perf_counter()
-    region, track_maps, _ = tracking_inputs(mask, maps, s.affine, reg.subject_to_mni, options)
+    region, track_maps, _ = tracking_inputs(mask, maps, s.affine, lambda: reg.subject_to_mni, options)
     tracker = implementation_for("track", options, None)
     streamlines = tracker.func(data, gtab, region, track_maps, s.affine, options)
     t_track = time.perf_counter() - t1

@@ -14,6 +14,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 BIDS_EXAMPLES = SHARED / "bids-examples"
 
 
+@pytest.fixture(scope="module")
+def atlas():
+    """The default atlas (ICBM 2009a with cstbatch's CST ROIs), as the extract tests read it."""
+    from cstbatch.steps.atlas import icbm_atlas
+
+    return icbm_atlas({})
+
+
 @pytest.fixture
 def bids_examples() -> Path:
     if not BIDS_EXAMPLES.is_dir():

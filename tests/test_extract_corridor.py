@@ -6,7 +6,6 @@ import itertools
 import numpy as np
 import pytest
 
-from cstbatch.steps.atlas import icbm_atlas
 from cstbatch.steps.extract import point_codes
 from cstbatch.steps.extract_corridor import (
     coverage_z,
@@ -14,11 +13,6 @@ from cstbatch.steps.extract_corridor import (
     inferior_levels,
     precentral_rois,
 )
-
-
-@pytest.fixture(scope="module")
-def atlas():
-    return icbm_atlas({})
 
 
 def _polyline(*ctrl, step=1.0):

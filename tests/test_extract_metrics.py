@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from cstbatch.steps.atlas import icbm_atlas
 from cstbatch.steps.extract import classify_streamlines, extract_endpoint, extract_passthrough
 from cstbatch.steps.metrics import (
     compute_metrics,
@@ -16,11 +15,6 @@ from cstbatch.steps.metrics import (
     profiles_to_rows,
     visited_voxel_mask,
 )
-
-
-@pytest.fixture(scope="module")
-def atlas():
-    return icbm_atlas({})
 
 
 def _nearest_roi_point(atlas, roi, target):

@@ -68,13 +68,13 @@ def test_tracking_inputs_by_region():
     affine[:3, 3] = [-45, -70, -60]
     brain = np.ones(shape, bool)
     maps = {"fa": np.full(shape, 0.5, np.float32)}
-    mask, out, info = tracking_inputs(brain, maps, affine, np.eye(4), {"track_region": "brain"})
+    mask, out, info = tracking_inputs(brain, maps, affine, lambda: np.eye(4), {"track_region": "brain"})
     assert mask.all() and "seed_mask" not in out and info["region"] == "brain"
-    mask, out, info = tracking_inputs(brain, maps, affine, np.eye(4), {})  # default: cst
+    mask, out, info = tracking_inputs(brain, maps, affine, lambda: np.eye(4), {})  # default: cst
     assert info["region"] == "cst" and 0 < info["seed_voxels"] < info["region_voxels"] < brain.sum()
     assert not (out["seed_mask"] & ~mask).any()
     with pytest.raises(OptionError, match="track_region"):
-        tracking_inputs(brain, maps, affine, np.eye(4), {"track_region": "hemisphere"})
+        tracking_inputs(brain, maps, affine, lambda: np.eye(4), {"track_region": "hemisphere"})
 
 
 def test_seed_budget_is_exact_spread_and_reproducible():

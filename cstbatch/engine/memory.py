@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+from cstbatch.outputs.layout import NO_DENOISING
+
 BASE_MB = 500.0
 COPIES_OF_DATA = 1.5
 #: extra copies of the 4-D data held while a denoiser (other than ``none``) runs
@@ -62,7 +64,7 @@ def session_memory_mb(spec) -> float:
     if shape is None:
         return BASE_MB  # unreadable input: ingest fails fast and small
     copies = COPIES_OF_DATA
-    if str((spec.options or {}).get("denoise_method") or "none") != "none":
+    if str((spec.options or {}).get("denoise_method") or NO_DENOISING) != NO_DENOISING:
         copies += DENOISE_COPIES
     return BASE_MB + copies * 4.0 * math.prod(shape) / 2**20
 

@@ -187,9 +187,8 @@ def track(ctx: StepContext) -> dict[str, Any]:
     img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options), checked=True)
     brain = _load_mask(ctx.layout)
     maps = _load_maps(ctx.layout)
-    whole_brain = ctx.options.get("track_region") == "brain"  # needs no registration
-    to_mni = None if whole_brain else load_session_registration(ctx).subject_to_mni
-    region, maps, region_info = tracking_inputs(brain, maps, img.affine, to_mni, ctx.options)
+    region, maps, region_info = tracking_inputs(brain, maps, img.affine,
+                                                lambda: load_session_registration(ctx).subject_to_mni, ctx.options)
     try:
         streamlines = ctx.implementation.func(data, gtab, region, maps, img.affine, ctx.options)
     except ResponseError as exc:

@@ -164,6 +164,13 @@ def _mm_grid(shape, affine):
     return x, y, z
 
 
+def precentral_crown_y(z):
+    """MNI y (mm) of the precentral gyrus crown at height ``z``: the central sulcus runs back as
+    it rises. The one definition the motor ROIs, the corridor extractor's target and the tracking
+    corridor all place the gyrus by."""
+    return -8.0 - 0.45 * (z - 40.0)
+
+
 def icbm_rois(gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> dict[str, np.ndarray]:
     """The CST ROIs of the ICBM 2009a atlas, from its GM / WM probability maps (0..1).
 
@@ -206,7 +213,7 @@ def icbm_rois(gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> dict[str, n
     dist_to_gm = np.full(gm.shape, np.inf, np.float32)
     dist_to_gm[sl] = ndimage.distance_transform_edt(~gm_mask[sl], sampling=vox)
     ribbon = gm_mask | ((wm >= 0.3) & (dist_to_gm <= 3.0))
-    yc_m = -8.0 - 0.45 * (z - 40.0)
+    yc_m = precentral_crown_y(z)
     band = (z >= 38) & (z <= 78) & (y >= yc_m - 13.0) & (y <= yc_m + 11.0) & ribbon
     ax = np.abs(x)
     lateral = (ax >= 4.0) & (ax <= 60.0)

@@ -94,7 +94,7 @@ def precentral_rois(dilate_mm: float = TARGET_TOLERANCE_MM) -> tuple[np.ndarray,
     import nibabel as nib
     from scipy import ndimage
 
-    from cstbatch.steps.atlas import _mm_grid, icbm_files
+    from cstbatch.steps.atlas import _mm_grid, icbm_files, precentral_crown_y
 
     paths = icbm_files()
     gm_img = nib.load(paths["gm"])
@@ -112,7 +112,7 @@ def precentral_rois(dilate_mm: float = TARGET_TOLERANCE_MM) -> tuple[np.ndarray,
     gm_mask = gm >= 0.3
     vox = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
     ribbon = gm_mask | ((wm >= 0.3) & (ndimage.distance_transform_edt(~gm_mask, sampling=vox) <= 3.0))
-    yc = -8.0 - 0.45 * (z - 40.0)
+    yc = precentral_crown_y(z)
     ax = np.abs(x)
     band = ((z >= 18) & (z <= 80) & (y >= yc - 13.0) & (y <= yc + 11.0) & ribbon
             & (ax >= 4.0) & (ax <= 66.0) & ((z >= 38) | (ax >= 40.0)))

@@ -38,24 +38,20 @@ per voxel, no resampling).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from cstbatch.steps.atlas import _mm_grid, precentral_crown_y
 
 #: track_region values: "cst" (corridor + CST seeds) or "brain" (whole brain, every WM voxel seeded)
 TRACK_REGIONS = ("cst", "brain")
 
 
-def _yc(z: np.ndarray) -> np.ndarray:
-    return -8.0 - 0.45 * (z - 40.0)
-
-
 def mni_coordinates(shape, affine, subject_to_mni) -> np.ndarray:
-    """MNI mm of every voxel centre, float32 (X, Y, Z, 3)."""
-    m = np.asarray(subject_to_mni, float) @ np.asarray(affine, float)
-    ijk = np.indices(tuple(shape[:3]), dtype=np.float32)
-    return (np.tensordot(m[:3, :3].astype(np.float32), ijk, axes=(1, 0))
-            + m[:3, 3].astype(np.float32)[:, None, None, None]).transpose(1, 2, 3, 0)
+    """MNI mm of every voxel centre, (X, Y, Z, 3)."""
+    grid = _mm_grid(tuple(shape[:3]), np.asarray(subject_to_mni, float) @ np.asarray(affine, float))
+    return np.stack(np.broadcast_arrays(*grid), axis=-1)
 
 
 def corridor_mni(p: np.ndarray) -> np.ndarray:
@@ -64,7 +60,7 @@ def corridor_mni(p: np.ndarray) -> np.ndarray:
     ax = np.abs(x)
     stem = (z >= -80) & (z < -6) & (ax <= 24) & (y >= -52) & (y <= -2)
     capsule = (z >= -6) & (z < 16) & (ax <= 40) & (y >= -46) & (y <= 12)
-    yc = _yc(np.maximum(z, 20.0))
+    yc = precentral_crown_y(np.maximum(z, 20.0))
     crown = (z >= 16) & (ax <= 72) & (y >= yc - 30) & (y <= yc + 24)
     return stem | capsule | crown
 
@@ -83,7 +79,7 @@ def seeds_mni(p: np.ndarray, regions=SEED_REGIONS) -> np.ndarray:
     if "capsule" in regions:
         out |= (z >= -6) & (z <= 16) & (ax >= 6) & (ax <= 34) & (y >= -38) & (y <= 0)
     if "precentral" in regions:
-        yc = _yc(z)
+        yc = precentral_crown_y(z)
         out |= ((z >= 20) & (z <= 76) & (ax >= 4) & (ax <= 66) & (y >= yc - 16) & (y <= yc + 12)
                 & ((z >= 38) | (ax >= 40)))
     return out
@@ -105,12 +101,14 @@ def cst_region(shape, affine, subject_to_mni, regions=SEED_REGIONS) -> tuple[np.
     return corridor_mni(p), seeds_mni(p, regions)
 
 
-def tracking_inputs(brain: np.ndarray, maps: Mapping[str, np.ndarray], affine, subject_to_mni,
+def tracking_inputs(brain: np.ndarray, maps: Mapping[str, np.ndarray], affine,
+                    subject_to_mni: Callable[[], np.ndarray],
                     options: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """(mask handed to the tracker, maps with ``seed_mask`` for ``track_region=cst``, info).
 
-    ``track_region=brain`` returns the brain mask and the maps unchanged: whole-brain tracking
-    as before, for users who want the tractogram.
+    ``subject_to_mni`` returns the registration's subject → MNI matrix; it is called only for
+    ``track_region=cst``. ``track_region=brain`` returns the brain mask and the maps unchanged:
+    whole-brain tracking as before, for users who want the tractogram, with no registration.
     """
     region = str(options.get("track_region") or "cst")
     if region not in TRACK_REGIONS:
@@ -119,7 +117,7 @@ def tracking_inputs(brain: np.ndarray, maps: Mapping[str, np.ndarray], affine, s
     brain = np.asarray(brain, bool)
     if region == "brain":
         return brain, dict(maps), {"region": "brain", "region_voxels": int(brain.sum())}
-    corridor, seeds = cst_region(brain.shape, affine, subject_to_mni, seed_regions(options))
+    corridor, seeds = cst_region(brain.shape, affine, subject_to_mni(), seed_regions(options))
     mask = brain & corridor
     info = {"region": "cst", "region_voxels": int(mask.sum()), "brain_voxels": int(brain.sum()),
             "seed_voxels": int((mask & seeds).sum())}
