@@ -24,7 +24,8 @@ def fit_tensor_maps(data: np.ndarray, gtab, mask: np.ndarray | None) -> dict[str
         :func:`cstbatch.steps.gradients.voxel_to_world_dirs`); 0 outside the mask.
 
     Why weighted least squares (dipy's default "WLS"): unbiased enough at clinical SNR and
-    an order of magnitude faster than non-linear fits. dipy fits only the masked voxels
+    an order of magnitude faster than non-linear fits. The weighted solve is
+    :func:`wls_normal_equations` (dipy's WLS, solved without a per-voxel SVD). dipy fits only the masked voxels
     (``data[mask]``), so the only large temporary is that (n_mask, N) matrix; outputs are
     assembled straight into float32 arrays.
     """
@@ -38,7 +39,7 @@ def fit_tensor_maps(data: np.ndarray, gtab, mask: np.ndarray | None) -> dict[str
     if mask.shape != shape:
         raise ValueError(f"mask shape {mask.shape} does not match data grid {shape}")
 
-    model = TensorModel(gtab, fit_method="WLS")
+    model = TensorModel(gtab, fit_method=wls_normal_equations)
     idx = np.nonzero(mask)
     out = {k: np.zeros(shape, dtype=np.float32) for k in ("fa", "md", "rd", "ad")}
     out["evecs"] = np.zeros(shape + (3, 3), dtype=np.float32)
@@ -63,6 +64,44 @@ def fit_tensor_maps(data: np.ndarray, gtab, mask: np.ndarray | None) -> dict[str
             rd_f[sel] = np.nan_to_num(evals[:, 1:].mean(-1), nan=0.0, posinf=0.0, neginf=0.0)
             ev_f[sel] = np.nan_to_num(fit.evecs, nan=0.0, posinf=0.0, neginf=0.0)
     return out
+
+
+def wls_normal_equations(design_matrix, data, *args, return_S0_hat=False, **kwargs):
+    """dipy's WLS tensor fit (``dipy.reconst.dti.wls_fit_tensor``), usable as ``fit_method``.
+
+    Same estimator: weights from an OLS fit of the log signal, then the weighted
+    least-squares tensor (Chung et al. 2006). dipy solves every voxel's weighted problem by a
+    pseudo-inverse, i.e. an SVD of each (N, 7) matrix: 4.6 s of the Elition model step's 8 s.
+    Here the 7×7 normal equations of all voxels are solved as one batch (7.5 → 2.4 s for the
+    whole fit). Normal equations square the conditioning, so voxels whose weights span more
+    than three decades (signal vanishing in some volumes), or whose solve is not finite, keep
+    dipy's pseudo-inverse. The float32 maps match dipy's in all but a handful of voxels, by
+    one unit in the last place (``tests/test_steps.py`` compares the eigenvalues).
+    """
+    from dipy.reconst.dti import eig_from_lo_tri, ols_fit_tensor
+
+    X = np.asarray(design_matrix, dtype=np.float64)
+    log_s = np.log(data)
+    ols, _ = ols_fit_tensor(X, data, return_lower_triangular=True)
+    w = np.exp(ols @ X.T)
+    xw = X[None] * w[..., None]                      # (n, N, 7)
+    normal = np.einsum("nji,njk->nik", xw, xw)       # X' W² X
+    rhs = np.einsum("nji,nj->ni", xw, w * log_s)     # X' W² log S
+    with np.errstate(all="ignore"):
+        try:
+            beta = np.linalg.solve(normal, rhs[..., None])[..., 0]
+            bad = ~np.isfinite(beta).all(axis=1)
+        except np.linalg.LinAlgError:  # a singular system somewhere: find it, solve the rest
+            bad = ~np.isfinite(normal).all(axis=(1, 2)) | (np.linalg.cond(normal) > 1e12)
+            beta = np.zeros(rhs.shape)
+            beta[~bad] = np.linalg.solve(normal[~bad], rhs[~bad][..., None])[..., 0]
+        bad |= ~(w.max(axis=1) < 1e3 * w.min(axis=1))
+        if bad.any():
+            beta[bad] = np.einsum("nij,nj->ni", np.linalg.pinv(xw[bad]), (w * log_s)[bad])
+    min_diffusivity = 1e-6 / -X.min()
+    if return_S0_hat:
+        return (eig_from_lo_tri(beta, min_diffusivity=min_diffusivity), np.exp(-beta[:, -1])), None
+    return eig_from_lo_tri(beta, min_diffusivity=min_diffusivity), None
 
 
 #: The tensor is fitted on volumes with b ≤ this (s/mm²) only. Above ~1500 the signal is no
