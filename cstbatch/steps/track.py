@@ -219,7 +219,7 @@ def fit_csd_sh(data, gtab, mask, fa, stop_fa):
     return shm, order
 
 
-def _fit_csd_voxels(model, data, fit_mask, chunk: int = 5000) -> np.ndarray:
+def _fit_csd_voxels(model, data, fit_mask, chunk: int | None = None) -> np.ndarray:
     """``model.fit(data, mask=fit_mask).shm_coeff``, solved for many voxels at once.
 
     Why: dipy fits CSD one voxel at a time (a Python call, decorators and a Cholesky solve
@@ -230,7 +230,8 @@ def _fit_csd_voxels(model, data, fit_mask, chunk: int = 5000) -> np.ndarray:
     below ``tau`` × its mean, the system augmented by those directions of the regularisation
     sphere, until each voxel's set of such directions stops changing (at most
     ``model.convergence`` passes, as dipy). The augmented normal matrices are built with one
-    matrix product (``small @ outer(B, B)``) and solved as a batch. Coefficients agree with
+    matrix product (``small @ outer(B, B)``) and solved as a batch; the default chunk keeps
+    that batch near 2 million numbers (16 MB) whatever the SH order. Coefficients agree with
     ``model.fit`` to ~1e-15 relative (LU instead of Cholesky; ``tests/test_steps.py``
     checks). Falls back to ``model.fit`` if a future dipy changes those internals.
     """
@@ -241,6 +242,7 @@ def _fit_csd_voxels(model, data, fit_mask, chunk: int = 5000) -> np.ndarray:
     if np.linalg.matrix_rank(P) < P.shape[0]:
         P = P + 1e-5 * np.eye(P.shape[0])  # dipy's remedy when the Cholesky solve fails
     n_coef = X.shape[1]
+    chunk = chunk or max(256, 2_000_000 // (n_coef * n_coef))
     low = min(15, n_coef)  # the first pass tests a smooth fODF of SH order <= 4, as dipy
     outer = (B[:, :, None] * B[:, None, :]).reshape(len(B), n_coef * n_coef)
     shape = data.shape[:3]
