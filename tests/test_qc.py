@@ -316,7 +316,8 @@ def test_no_white_matter_for_the_response_is_an_input_error_naming_the_image(tmp
     ctx = SimpleNamespace(spec=spec, layout=layout, options=options, log=logging.getLogger("test"),
                           implementation=implementation_for("track", options, None))
     with pytest.raises(InputError, match=r"^/data/sub-01_dwi\.nii\.gz: no white matter to estimate the CSD fibre "
-                                         r"response from \(0 voxels with FA > 0"):
+                                         r"response from \(0 voxels with FA > 0.*; tracking region "
+                                         rf"'{region}' \d+ voxels, 0 with FA > 0.4; brain mask 108\)"):
         track(ctx)
 
 

@@ -192,9 +192,11 @@ def track(ctx: StepContext) -> dict[str, Any]:
     try:
         streamlines = ctx.implementation.func(data, gtab, region, maps, img.affine, ctx.options)
     except ResponseError as exc:
+        where = np.asarray(region, bool) if region is not None else brain
         raise InputError(ctx.spec.input_path, f"no white matter to estimate the CSD fibre response from ({exc}; "
-                         f"brain mask {int(brain.sum())} voxels, {int((maps['fa'][brain] > 0.4).sum())} with "
-                         "FA > 0.4): the image covers too little brain (a thin slab?) or the b-values/vectors "
+                         f"tracking region '{region_info.get('region', 'brain')}' {int(where.sum())} voxels, "
+                         f"{int((maps['fa'][where] > 0.4).sum())} with FA > 0.4; brain mask {int(brain.sum())}): "
+                         "the image covers too little brain (a thin slab?) or the b-values/vectors "
                          "do not match it") from exc
     save_trk(streamlines, img, ctx.layout.tractogram)
     if ctx.options.get("save_trx"):
