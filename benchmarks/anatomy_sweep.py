@@ -119,13 +119,13 @@ def _points_in(sl, mask, inv) -> int:
 def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.engine.context import implementation_for
     from cstbatch.sample.accuracy import dice
-    from cstbatch.steps.extract_corridor import coverage_z
+    from cstbatch.steps.extract_corridor import coverage_options
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
 
     # what the extract step passes: how low the image reaches in MNI space
-    cover = coverage_z(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni)
-    opts = {**options, "extraction_method": method, "coverage_z": cover}
+    cover = coverage_options(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni)
+    opts = {**options, "extraction_method": method, **cover}
     atlas = implementation_for("register", opts, None).func(opts)
     sl = subj["streamlines"]
     t = time.perf_counter()

@@ -82,7 +82,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
     import nibabel as nib
 
     from cstbatch.engine.context import implementation_for
-    from cstbatch.steps.extract_corridor import coverage_z
+    from cstbatch.steps.extract_corridor import coverage_options
     from cstbatch.steps.metrics import compute_metrics
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.study.options import defaults
@@ -103,10 +103,10 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
             sl = _track_again(sdir, maps, reg, {**defaults(), **retrack})
             print(f"# {key}: tracked again in {time.process_time() - t0:.1f} CPU s, {len(sl)} streamlines",
                   flush=True)
-        cover = coverage_z(maps["fa"], fa_img.affine, reg.subject_to_mni)
+        cover = coverage_options(maps["fa"], fa_img.affine, reg.subject_to_mni)
         mni = streamlines_to_mni(sl, reg)
         for m in methods:
-            opts = {**defaults(), **(options or {}), "extraction_method": m, "coverage_z": cover}
+            opts = {**defaults(), **(options or {}), "extraction_method": m, **cover}
             atlas = implementation_for("register", opts, None).func(opts)
             sel = implementation_for("extract", opts, None).func(mni, atlas, opts)
             b = {s: [sl[i] for i in sel[s]] for s in ("left", "right")}
@@ -114,7 +114,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
             info = sel.get("info", {})
             fa = [res[s]["fa_mean"] for s in ("left", "right")]
             vol = [res[s]["volume_mm3"] for s in ("left", "right")]
-            print(f"{key}\t{m}\t{cover:.1f}\t{','.join(info.get('inferior_levels', ['-']))}\t"
+            print(f"{key}\t{m}\t{cover['coverage_z']:.1f}\t{','.join(info.get('inferior_levels', ['-']))}\t"
                   f"{len(b['left'])}\t{len(b['right'])}\t"
                   + "\t".join("-" if v is None else f"{v:.3f}" for v in fa) + "\t"
                   + "\t".join("-" if v is None else f"{v:.0f}" for v in vol), flush=True)

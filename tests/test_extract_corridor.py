@@ -8,10 +8,13 @@ import pytest
 
 from cstbatch.steps.extract import point_codes
 from cstbatch.steps.extract_corridor import (
+    SUPERIOR_FULL_Z,
+    coverage_top_z,
     coverage_z,
     extract_corridor,
     inferior_levels,
     precentral_rois,
+    superior_end_z,
 )
 
 
@@ -106,3 +109,35 @@ def test_coverage_z_maps_the_lowest_covered_voxel_to_mni():
     shift[2, 3] = -5.0
     assert coverage_z(fa, affine, shift) == pytest.approx(-19.0)
     assert coverage_z(np.zeros_like(fa), affine, np.eye(4)) is None
+
+
+def test_slab_stopping_under_the_vertex_ends_the_tract_at_the_image_top(atlas):
+    """An axial slab that stops at MNI z ~ 32: the CST can only reach the white matter under the
+    precentral gyrus. With the image's top known, streamlines ending there under the gyrus count
+    (and the session is flagged truncated); one ending as high but in the frontal lobe does not."""
+    rng = np.random.default_rng(2)
+    up_to_top = _jittered(TRUNK + [(-28, -19, 31)], rng, 30)
+    frontal = _jittered(TRUNK[:-1] + [(-24, 10, 24), (-26, 24, 31)], rng, 10)
+    streamlines = up_to_top + frontal
+    assert len(extract_corridor(streamlines, atlas, {})["left"]) == 0  # full coverage assumed
+    out = extract_corridor(streamlines, atlas, {"coverage_top_z": 33.0})
+    kept = set(out["left"].tolist())
+    assert len(kept) >= 25 and kept <= set(range(30)), sorted(kept)
+    assert len(out["right"]) == 0
+    assert out["info"]["fov_truncated"] is True and "image's top" in out["info"]["superior_end"]
+    # covered to the top: the rule stays off and nothing changes
+    assert superior_end_z(SUPERIOR_FULL_Z) is None and superior_end_z(None) is None
+    assert superior_end_z(40.0) == pytest.approx(34.0)
+    full = extract_corridor(streamlines, atlas, {"coverage_top_z": 80.0})
+    assert len(full["left"]) == 0 and full["info"]["superior_end"] == "precentral gyrus"
+
+
+def test_coverage_top_z_is_the_highest_covered_level_under_the_gyrus():
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-60, -60, 0]
+    fa = np.zeros((60, 50, 45), np.float32)
+    fa[:, :, :16] = 0.5               # the image's brain stops at z = 30 mm
+    assert coverage_top_z(fa, affine, np.eye(4)) == pytest.approx(30.0)
+    fa[:, :, :] = 0.0
+    fa[30, 5, :] = 0.5                # one column on the midline (x = 0): not under the gyrus
+    assert coverage_top_z(fa, affine, np.eye(4)) is None

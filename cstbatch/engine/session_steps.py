@@ -292,7 +292,7 @@ def load_session_registration(ctx: StepContext):
 def extract(ctx: StepContext) -> dict[str, Any]:
     import nibabel as nib
 
-    from cstbatch.steps.extract_corridor import coverage_z
+    from cstbatch.steps.extract_corridor import coverage_options
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track import save_trk
 
@@ -300,17 +300,18 @@ def extract(ctx: StepContext) -> dict[str, Any]:
     reg = load_session_registration(ctx)
     streamlines = _load_streamlines(ctx.layout.tractogram)
     fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
-    # how low the image reaches in MNI space: an extractor may start the tract at the lowest
-    # brainstem level covered when the field of view stops above the medulla
-    cover = coverage_z(np.asarray(fa_img.dataobj), fa_img.affine, reg.subject_to_mni)
-    selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas,
-                                       {**ctx.options, "coverage_z": cover})
+    # how low and how high the image reaches in MNI space: an extractor may start the tract at
+    # the lowest brainstem level covered when the field of view stops above the medulla, and
+    # end it at the image's top when the slab stops under the vertex
+    cover = coverage_options(np.asarray(fa_img.dataobj), fa_img.affine, reg.subject_to_mni)
+    selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas, {**ctx.options, **cover})
     counts = {}
     for side in ("left", "right"):
         idx = np.asarray(selected[side], dtype=int)
         save_trk([streamlines[i] for i in idx], fa_img, ctx.layout.cst(side))
         counts[side] = len(idx)
-    out = {"whole_brain": len(streamlines), "cst_streamlines": counts, "coverage_z_mni": cover}
+    out = {"whole_brain": len(streamlines), "cst_streamlines": counts, "coverage_z_mni": cover["coverage_z"],
+           "coverage_top_z_mni": cover["coverage_top_z"]}
     if isinstance(selected.get("info"), dict):  # e.g. which inferior levels were used
         out["extraction"] = selected["info"]
     return out

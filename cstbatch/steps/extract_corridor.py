@@ -15,7 +15,11 @@ Here a streamline is CST of side s (MNI mm, left is x < 0) when
     * it passes the posterior limb of the internal capsule of side s (a box in MNI mm,
       :data:`PLIC_BOX`: the frontopontine fibres run in the anterior limb, in front of it);
     * its superior end lies within ``TARGET_TOLERANCE_MM`` of the precentral gyrus of side s,
-      the whole gyrus from the vertex (leg) to the operculum (face), :func:`precentral_rois`;
+      the whole gyrus from the vertex (leg) to the operculum (face), :func:`precentral_rois` --
+      or, when the image stops below the gyrus's top (``coverage_top_z`` option, set by the
+      extract step), within ``SUPERIOR_MARGIN_MM`` of the highest level the image covers
+      in the gyrus band or the white matter under it (:func:`superior_end_z`; the session is
+      flagged ``fov_truncated`` and its report names the missing levels);
     * it never comes closer than ``MIDLINE_GAP_MM`` to the midline between the internal
       capsule and the vertex (no corpus callosum), does not cross the midline above the
       brainstem, and is 40–250 mm long (the ``extract_min/max_length`` options).
@@ -68,6 +72,12 @@ LEVELS = (("medulla", -70.0, -40.0), ("pons", -40.0, -18.0), ("midbrain", -18.0,
 #: posterior limb of the internal capsule: (z range, |x| range, y range), MNI mm
 PLIC_BOX = ((-4.0, 14.0), (10.0, 32.0), (-34.0, -2.0))
 TARGET_TOLERANCE_MM = 5.0
+#: The image counts as covering the precentral gyrus to its top when it reaches this MNI z
+#: inside the gyrus band (the band's top is z 80; every shared real scan reaches it).
+SUPERIOR_FULL_Z = 70.0
+#: When it does not, a superior end within this many mm of the highest covered level of the
+#: band (and inside the band on its side) counts as reaching the gyrus.
+SUPERIOR_MARGIN_MM = 6.0
 MIDLINE_GAP_MM = 5.0
 MIDLINE_Z = (-2.0, 50.0)
 FAN_Z = 20.0
@@ -77,6 +87,19 @@ FAN_THRESHOLD = 0.5
 FAN_SUPPORT = 4
 MIN_STREAMLINES = 20
 TARGET_LEFT, TARGET_RIGHT = 1, 2
+
+
+def precentral_band(x, y, z, margin_mm: float = 0.0, deep: bool = False):
+    """Bool per point (MNI mm): inside the precentral gyrus band, tissue aside (crown
+    ``y = -8 - 0.45 (z - 40)``, 13 mm behind to 11 mm in front, 4 ≤ |x| ≤ 66, z 18 to 80, below
+    z 38 only |x| ≥ 40), widened front and back by ``margin_mm``. ``deep`` keeps the white
+    matter under the gyrus below z 38 too (|x| < 40: the corona radiata on the way to it)."""
+    from cstbatch.steps.atlas import precentral_crown_y
+
+    yc = precentral_crown_y(z)
+    ax = np.abs(x)
+    return ((z >= 18) & (z <= 80) & (y >= yc - 13.0 - margin_mm) & (y <= yc + 11.0 + margin_mm)
+            & (ax >= 4.0) & (ax <= 66.0) & (deep | (z >= 38) | (ax >= 40.0)))
 
 
 @functools.lru_cache(maxsize=2)
@@ -94,7 +117,7 @@ def precentral_rois(dilate_mm: float = TARGET_TOLERANCE_MM) -> tuple[np.ndarray,
     import nibabel as nib
     from scipy import ndimage
 
-    from cstbatch.steps.atlas import _mm_grid, icbm_files, precentral_crown_y
+    from cstbatch.steps.atlas import _mm_grid, icbm_files
 
     paths = icbm_files()
     gm_img = nib.load(paths["gm"])
@@ -112,10 +135,7 @@ def precentral_rois(dilate_mm: float = TARGET_TOLERANCE_MM) -> tuple[np.ndarray,
     gm_mask = gm >= 0.3
     vox = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
     ribbon = gm_mask | ((wm >= 0.3) & (ndimage.distance_transform_edt(~gm_mask, sampling=vox) <= 3.0))
-    yc = precentral_crown_y(z)
-    ax = np.abs(x)
-    band = ((z >= 18) & (z <= 80) & (y >= yc - 13.0) & (y <= yc + 11.0) & ribbon
-            & (ax >= 4.0) & (ax <= 66.0) & ((z >= 38) | (ax >= 40.0)))
+    band = precentral_band(x, y, z) & ribbon
     if dilate_mm > 0:
         band = ndimage.distance_transform_edt(~band, sampling=vox) <= dilate_mm
     code = np.zeros(gm.shape, np.uint8)
@@ -130,13 +150,41 @@ def coverage_z(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -
     From the voxels with FA > 0 (the masked, fitted brain), mapped to MNI by the registration;
     None if none falls in the column.
     """
-    ijk = np.argwhere(np.asarray(fa) > 0)
-    if not len(ijk):
-        return None
-    m = np.asarray(subject_to_mni, float) @ np.asarray(affine, float)
-    p = ijk @ m[:3, :3].T + m[:3, 3]
+    p = _brain_mni(fa, affine, subject_to_mni)
     col = (np.abs(p[:, 0]) <= 20) & (p[:, 1] >= -50) & (p[:, 1] <= -5)
     return float(p[col, 2].min()) if col.any() else None
+
+
+def coverage_top_z(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> float | None:
+    """Highest MNI z the image covers in the precentral gyrus band and the white matter under
+    it (:func:`precentral_band`, ``deep``); None if none of it is covered. Below
+    :data:`SUPERIOR_FULL_Z` the top of the gyrus is cut off (an axial slab that stops under the
+    vertex)."""
+    p = _brain_mni(fa, affine, subject_to_mni)
+    band = precentral_band(p[:, 0], p[:, 1], p[:, 2], deep=True)
+    return float(p[band, 2].max()) if band.any() else None
+
+
+def coverage_options(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> dict[str, float | None]:
+    """The options the extract step hands every extractor about the field of view:
+    ``coverage_z`` (:func:`coverage_z`) and ``coverage_top_z`` (:func:`coverage_top_z`)."""
+    return {"coverage_z": coverage_z(fa, affine, subject_to_mni),
+            "coverage_top_z": coverage_top_z(fa, affine, subject_to_mni)}
+
+
+def _brain_mni(fa, affine, subject_to_mni) -> np.ndarray:
+    """(n, 3) MNI mm of the voxels with FA > 0 (the masked, fitted brain)."""
+    ijk = np.argwhere(np.asarray(fa) > 0)
+    m = np.asarray(subject_to_mni, float) @ np.asarray(affine, float)
+    return ijk @ m[:3, :3].T + m[:3, 3]
+
+
+def superior_end_z(cover_top_z: float | None) -> float | None:
+    """The z above which a superior end inside the gyrus band counts as reaching the gyrus when
+    the image stops below the gyrus's top; None when the image covers it (or says nothing)."""
+    if cover_top_z is None or cover_top_z >= SUPERIOR_FULL_Z:
+        return None
+    return cover_top_z - SUPERIOR_MARGIN_MM
 
 
 def inferior_levels(cover_z: float | None) -> tuple[float, list[str], bool]:
@@ -154,6 +202,7 @@ def inferior_levels(cover_z: float | None) -> tuple[float, list[str], bool]:
 def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     """Side per streamline (+1 left, -1 right, 0 none) and the extraction info."""
     top_z, used, truncated = inferior_levels(options.get("coverage_z"))
+    sup_z = superior_end_z(options.get("coverage_top_z"))
     tcode, taff = precentral_rois()
     bcode = roi_code_volume(atlas)
     bs_top = brainstem_top_z(atlas)
@@ -183,6 +232,10 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
         plic_l = _reduce_or((box & (pts[:, 0] < 0)).astype(np.uint8), off, lens) > 0
         plic_r = _reduce_or((box & (pts[:, 0] > 0)).astype(np.uint8), off, lens) > 0
         end_code = point_codes(pts[hi_end], tcode, taff)
+        if sup_z is not None:  # the top of the gyrus is cut off: an end at the image's top,
+            e = pts[hi_end]    # in the gyrus band or the white matter under it, counts too
+            top = (e[:, 2] >= sup_z) & precentral_band(e[:, 0], e[:, 1], e[:, 2], TARGET_TOLERANCE_MM, deep=True)
+            end_code = end_code | np.where(top, np.where(e[:, 0] < 0, TARGET_LEFT, TARGET_RIGHT), 0).astype(end_code.dtype)
         near_mid = (ax < MIDLINE_GAP_MM) & (pts[:, 2] >= MIDLINE_Z[0]) & (pts[:, 2] <= MIDLINE_Z[1])
         mid = _reduce_or(near_mid.astype(np.uint8), off, lens) > 0
         crosses = _midline_crossing(pts, off, lens, bs_top, tol)
@@ -195,8 +248,11 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
         side[right & ~left] = -1
         sides.append(side)
     side = np.concatenate(sides) if sides else np.zeros(0, np.int8)
-    info = {"inferior_levels": used, "inferior_top_z_mni": top_z, "fov_truncated": bool(truncated),
-            "coverage_z_mni": options.get("coverage_z")}
+    info = {"inferior_levels": used, "inferior_top_z_mni": top_z,
+            "fov_truncated": bool(truncated) or sup_z is not None,
+            "coverage_z_mni": options.get("coverage_z"), "coverage_top_z_mni": options.get("coverage_top_z"),
+            "superior_end": "precentral gyrus" if sup_z is None else
+            f"precentral gyrus, or the image's top under it (MNI z >= {sup_z:.0f})"}
     return side, info
 
 
