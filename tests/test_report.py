@@ -150,6 +150,24 @@ def test_html_report_content_and_determinism(las_session, reports):
     assert (reports["pdf2"][0] / html_path.name).read_bytes() == html_path.read_bytes()
 
 
+def test_report_names_the_levels_a_truncated_image_used(las_session, tmp_path):
+    """A slab cut at both ends: the report says where the CST was started and ended, and why."""
+    import dataclasses
+    import html
+
+    metrics = {**las_session.metrics, "extraction": {
+        "inferior_levels": ["pons"], "fov_truncated": True,
+        "superior_end": "precentral gyrus, or the image's top under it (MNI z >= 31)"}}
+    session = dataclasses.replace(las_session, metrics=metrics)
+    text = html.unescape(report_html(session, tmp_path, {"generate_pdf": False})[0].read_text(encoding="utf-8"))
+    assert "CST starts in (lowest levels used)" in text and "pons — field of view truncated" in text
+    assert "CST ends at" in text and "the image's top under it (MNI z >= 31) — the image stops under the vertex" in text
+    full = dataclasses.replace(las_session, metrics={**las_session.metrics, "extraction": {
+        "inferior_levels": ["medulla", "pons"], "fov_truncated": False, "superior_end": "precentral gyrus"}})
+    text = report_html(full, tmp_path / "full", {"generate_pdf": False})[0].read_text(encoding="utf-8")
+    assert "CST starts in" in text and "CST ends at" not in text
+
+
 def test_pdf_report_is_valid_and_deterministic(reports):
     out, written = reports["pdf1"]
     pdf = out / "sub-01_ses-01_report.pdf"
