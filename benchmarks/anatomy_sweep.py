@@ -119,6 +119,7 @@ def _points_in(sl, mask, inv) -> int:
 def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.engine.context import implementation_for
     from cstbatch.sample.accuracy import dice
+    from cstbatch.steps.extract import selected_streamlines
     from cstbatch.steps.extract_corridor import coverage_options
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
@@ -131,7 +132,7 @@ def score(subj: dict, method: str, options: dict) -> dict:
     t = time.perf_counter()
     sel = implementation_for("extract", opts, None).func(streamlines_to_mni(sl, subj["reg"]), atlas, opts)
     seconds = time.perf_counter() - t
-    bundles = {s: [np.asarray(sl[i], np.float64) for i in sel[s]] for s in ("left", "right")}
+    bundles = {s: [np.asarray(x, np.float64) for x in selected_streamlines(sl, sel, s)] for s in ("left", "right")}
     res = compute_metrics(bundles["left"], bundles["right"], subj["maps"], subj["affine"], opts, mni=subj["reg"])
     masks, aff = subj["masks"], subj["affine"]
     row = {"seed": subj["seed"], "method": method, "orient": subj["orientation"], "snr": round(subj["snr"], 1),

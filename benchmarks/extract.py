@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     import nibabel as nib
 
     from cstbatch.steps.atlas import PROVIDERS
-    from cstbatch.steps.extract import EXTRACTORS
+    from cstbatch.steps.extract import EXTRACTORS, selected_streamlines
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import register_template, streamlines_to_mni
 
@@ -127,8 +127,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     sel = EXTRACTORS[args.method](sl_mni, atlas, options)
     timing["extract"] = time.perf_counter() - t
-    left = [streamlines[i] for i in sel["left"]]
-    right = [streamlines[i] for i in sel["right"]]
+    left, right = (selected_streamlines(streamlines, sel, side) for side in ("left", "right"))
     t = time.perf_counter()
     met = compute_metrics(left, right, maps, aff, {"profile_nodes": 100}, mni=reg,
                           brainstem_mask=rois["brainstem"])

@@ -82,6 +82,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
     import nibabel as nib
 
     from cstbatch.engine.context import implementation_for
+    from cstbatch.steps.extract import selected_streamlines
     from cstbatch.steps.extract_corridor import coverage_options
     from cstbatch.steps.metrics import compute_metrics
     from cstbatch.steps.register import streamlines_to_mni
@@ -109,7 +110,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
             opts = {**defaults(), **(options or {}), "extraction_method": m, **cover}
             atlas = implementation_for("register", opts, None).func(opts)
             sel = implementation_for("extract", opts, None).func(mni, atlas, opts)
-            b = {s: [sl[i] for i in sel[s]] for s in ("left", "right")}
+            b = {s: selected_streamlines(sl, sel, s) for s in ("left", "right")}
             res = compute_metrics(b["left"], b["right"], maps, fa_img.affine, opts, mni=reg)
             info = sel.get("info", {})
             fa = [res[s]["fa_mean"] for s in ("left", "right")]

@@ -34,6 +34,9 @@ atlas
 extract
     ``func(streamlines_mni, atlas, options) -> dict``: ``{"left": idx, "right": idx}``, integer
     indices into ``streamlines_mni`` (streamlines already mapped to the atlas's MNI mm space).
+    Optional: ``"ranges": {"left": (n, 2) int, "right": ...}``, a ``[start, stop)`` point range
+    per index (the part of the streamline that is CST; the extract step saves only that part),
+    and ``"info"``, a JSON-ready dict recorded in ``metrics.json``.
 report
     ``func(session, out_dir, options) -> list[pathlib.Path]``: writes the session report
     (``session`` is a ``cstbatch.report.SessionReportInput``) and returns the files written.

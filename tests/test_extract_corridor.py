@@ -6,9 +6,11 @@ import itertools
 import numpy as np
 import pytest
 
-from cstbatch.steps.extract import point_codes
+from cstbatch.steps.extract import point_codes, selected_streamlines
 from cstbatch.steps.extract_corridor import (
     SUPERIOR_FULL_Z,
+    TRIM_BELOW_Z,
+    brainstem_ranges,
     coverage_top_z,
     coverage_z,
     extract_corridor,
@@ -141,3 +143,43 @@ def test_coverage_top_z_is_the_highest_covered_level_under_the_gyrus():
     fa[:, :, :] = 0.0
     fa[30, 5, :] = 0.5                # one column on the midline (x = 0): not under the gyrus
     assert coverage_top_z(fa, affine, np.eye(4)) is None
+
+
+def test_streamlines_turning_out_of_the_pons_are_cut_at_the_turn(atlas):
+    """Down the CST into the pons, then out through the middle cerebellar peduncle or back into
+    the cerebellum: kept as CST, cut where they leave the brainstem; straight ones stay whole."""
+    from cstbatch.steps.atlas import brainstem_section
+
+    rng = np.random.default_rng(3)
+    straight = _jittered(TRUNK + ENDS["hand"], rng, 40)
+    # the same tract, but below the pons' top it turns out of the side of the pons
+    lateral = _jittered(ENDS["hand"][::-1] + TRUNK[::-1][:-2] + [(-9, -26, -28), (-22, -30, -34), (-34, -38, -38)],
+                        rng, 20)
+    # ... or back into the cerebellum
+    backward = _jittered(ENDS["hand"][::-1] + TRUNK[::-1][:-2] + [(-9, -27, -30), (-10, -44, -36), (-12, -56, -40)],
+                         rng, 20)
+    streamlines = straight + lateral + backward
+    out = extract_corridor(streamlines, atlas, {})
+    kept = out["left"].tolist()
+    assert set(range(40)) <= set(kept) and len(kept) >= 70, kept
+    cut = dict(zip(kept, map(tuple, out["ranges"]["left"])))
+    assert all(cut[i] == (0, len(streamlines[i])) for i in range(40))  # whole
+    for i in range(40, 80):
+        if i not in cut:
+            continue
+        a, b = cut[i]
+        assert (a, b) != (0, len(streamlines[i]))
+        part = streamlines[i][a:b]
+        low = part[part[:, 2] < TRIM_BELOW_Z]
+        assert brainstem_section(low[:, 0], low[:, 1], low[:, 2]).all()  # nothing outside kept
+        assert part[:, 2].max() == streamlines[i][:, 2].max()              # the cortical end stays
+        assert part[:, 2].min() < -20                                      # down into the pons
+    assert sum(1 for i in cut if i >= 40) >= 30  # most turning ones kept (cut), not dropped
+    assert out["info"]["trimmed_in_brainstem"]["left"] == sum(1 for i in cut if i >= 40)
+    # the extract step saves exactly those parts
+    saved = selected_streamlines(streamlines, out, "left")
+    assert [len(x) for x in saved] == [b - a for a, b in out["ranges"]["left"]]
+    # an extractor without ranges: whole streamlines
+    assert [len(x) for x in selected_streamlines(streamlines, {"left": [0, 45]}, "left")] == \
+        [len(streamlines[0]), len(streamlines[45])]
+    assert brainstem_ranges(streamlines, np.array([], np.int64)).shape == (0, 2)

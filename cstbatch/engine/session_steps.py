@@ -292,6 +292,7 @@ def load_session_registration(ctx: StepContext):
 def extract(ctx: StepContext) -> dict[str, Any]:
     import nibabel as nib
 
+    from cstbatch.steps.extract import selected_streamlines
     from cstbatch.steps.extract_corridor import coverage_options
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track import save_trk
@@ -307,9 +308,9 @@ def extract(ctx: StepContext) -> dict[str, Any]:
     selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas, {**ctx.options, **cover})
     counts = {}
     for side in ("left", "right"):
-        idx = np.asarray(selected[side], dtype=int)
-        save_trk([streamlines[i] for i in idx], fa_img, ctx.layout.cst(side))
-        counts[side] = len(idx)
+        cst = selected_streamlines(streamlines, selected, side)
+        save_trk(cst, fa_img, ctx.layout.cst(side))
+        counts[side] = len(cst)
     out = {"whole_brain": len(streamlines), "cst_streamlines": counts, "coverage_z_mni": cover["coverage_z"],
            "coverage_top_z_mni": cover["coverage_top_z"]}
     if isinstance(selected.get("info"), dict):  # e.g. which inferior levels were used

@@ -164,6 +164,15 @@ def _mm_grid(shape, affine):
     return x, y, z
 
 
+def brainstem_section(x, y, z, scale: float = 1.0):
+    """Bool per point (MNI mm): inside the brainstem's elliptic cross-section at height ``z``
+    (radii 15 mm across, 13 mm front to back, ``scale`` times; axis centre
+    ``yc(z) = -28 - 0.3 max(0, -30 - z)``, leaning back below the pons), whatever ``z``. The
+    one definition the brainstem ROI and the corridor extractor's brainstem trimming share."""
+    yc = -28.0 - 0.3 * np.maximum(0.0, -30.0 - z)
+    return (x / (15.0 * scale)) ** 2 + ((y - yc) / (13.0 * scale)) ** 2 <= 1.0
+
+
 def precentral_crown_y(z):
     """MNI y (mm) of the precentral gyrus crown at height ``z``: the central sulcus runs back as
     it rises. The one definition the motor ROIs, the corridor extractor's target and the tracking
@@ -194,12 +203,7 @@ def icbm_rois(gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> dict[str, n
     x, y, z = _mm_grid(gm.shape, affine)
     tissue = gm + wm
     # -- brainstem
-    yc_bs = -28.0 - 0.3 * np.maximum(0.0, -30.0 - z)
-    brainstem = (
-        (z >= -60) & (z <= -6)
-        & ((x / 15.0) ** 2 + ((y - yc_bs) / 13.0) ** 2 <= 1.0)
-        & (tissue >= 0.5)
-    )
+    brainstem = (z >= -60) & (z <= -6) & brainstem_section(x, y, z) & (tissue >= 0.5)
     # -- motor cortex
     from scipy import ndimage
 

@@ -321,3 +321,14 @@ def extract_endpoint(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
 
 #: name -> extractor, for the built-in registration.
 EXTRACTORS = {"passthrough": extract_passthrough, "endpoint": extract_endpoint}
+
+
+def selected_streamlines(streamlines: Sequence[np.ndarray], selected: Mapping[str, Any], side: str) -> list[np.ndarray]:
+    """The side's CST streamlines from an extractor's result: ``streamlines[i]`` for each index,
+    cut to its point range when the extractor gave ``ranges`` (any extractor may; see
+    :mod:`cstbatch.hookspecs`). ``streamlines`` may be in any space: ranges count points."""
+    idx = np.asarray(selected[side], dtype=np.int64)
+    ranges = (selected.get("ranges") or {}).get(side)
+    if ranges is None:
+        return [streamlines[i] for i in idx]
+    return [streamlines[i][int(a):int(b)] for i, (a, b) in zip(idx, np.asarray(ranges, np.int64))]
