@@ -43,7 +43,7 @@ cells that only a few strays reach. Thresholds chosen on development phantoms (s
 the shared real scans together. On fresh phantoms (``benchmarks/anatomy_sweep.py --seed0 7000
 --n 20``, corridor tracking): worst-side Dice min 0.495, median 0.622, recall 0.83, precision
 0.52 (the 0.1 default on the first 10 of them: 0.443 / 0.581); Trio repeats' test-retest Dice
-0.57 / 0.58 with 132-211 streamlines per side (README, "How the CST is found").
+0.61 / 0.60 with 132-211 streamlines per side (README, "How the CST is found").
 """
 from __future__ import annotations
 
@@ -401,8 +401,8 @@ def brainstem_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray) -> 
     0.26–0.55 below z −20, 0.65–0.75 in the capsule). The streamline itself is right down to that
     turn, so it is cut there rather than dropped. The brainstem is
     :func:`cstbatch.steps.atlas.brainstem_section` (the brainstem ROI's cross-section, every z).
-    On the Trio repeats the test-retest Dice rose from 0.57 / 0.58 to 0.62 / 0.59; on the
-    development phantoms (no cerebellar peduncles) worst-side Dice stayed 0.58 / 0.64.
+    On the Trio repeats the test-retest Dice rose from 0.57 / 0.58 to 0.61 / 0.60; on the fresh
+    phantoms (which have no cerebellar peduncles) worst-side Dice min / median stayed 0.49 / 0.63.
     """
     from cstbatch.steps.atlas import brainstem_section
 
