@@ -183,3 +183,7 @@ def test_streamlines_turning_out_of_the_pons_are_cut_at_the_turn(atlas):
     assert [len(x) for x in selected_streamlines(streamlines, {"left": [0, 45]}, "left")] == \
         [len(streamlines[0]), len(streamlines[45])]
     assert brainstem_ranges(streamlines, np.array([], np.int64)).shape == (0, 2)
+    # a field of view down to the foramen magnum: the tract ends at the brainstem ROI's lower end
+    deep = _polyline((-4, -36, -75), *TRUNK, *ENDS["hand"])
+    (a, b), = brainstem_ranges([deep], np.array([0]))
+    assert deep[a:b, 2].min() >= -60.0 > deep[a - 1, 2] and b == len(deep)

@@ -164,6 +164,10 @@ def _mm_grid(shape, affine):
     return x, y, z
 
 
+#: MNI z range (mm) of the brainstem ROI: the upper medulla to the top of the midbrain.
+BRAINSTEM_Z = (-60.0, -6.0)
+
+
 def brainstem_section(x, y, z, scale: float = 1.0):
     """Bool per point (MNI mm): inside the brainstem's elliptic cross-section at height ``z``
     (radii 15 mm across, 13 mm front to back, ``scale`` times; axis centre
@@ -203,7 +207,7 @@ def icbm_rois(gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> dict[str, n
     x, y, z = _mm_grid(gm.shape, affine)
     tissue = gm + wm
     # -- brainstem
-    brainstem = (z >= -60) & (z <= -6) & brainstem_section(x, y, z) & (tissue >= 0.5)
+    brainstem = (z >= BRAINSTEM_Z[0]) & (z <= BRAINSTEM_Z[1]) & brainstem_section(x, y, z) & (tissue >= 0.5)
     # -- motor cortex
     from scipy import ndimage
 
