@@ -11,6 +11,7 @@ from cstbatch.steps.extract_corridor import (
     SUPERIOR_FULL_Z,
     TRIM_BELOW_Z,
     brainstem_ranges,
+    coverage_options,
     coverage_top_z,
     coverage_z,
     extract_corridor,
@@ -140,6 +141,8 @@ def test_coverage_top_z_is_the_highest_covered_level_under_the_gyrus():
     fa = np.zeros((60, 50, 45), np.float32)
     fa[:, :, :16] = 0.5               # the image's brain stops at z = 30 mm
     assert coverage_top_z(fa, affine, np.eye(4)) == pytest.approx(30.0)
+    assert coverage_options(fa, affine, np.eye(4)) == {"coverage_z": coverage_z(fa, affine, np.eye(4)),
+                                                       "coverage_top_z": pytest.approx(30.0)}
     fa[:, :, :] = 0.0
     fa[30, 5, :] = 0.5                # one column on the midline (x = 0): not under the gyrus
     assert coverage_top_z(fa, affine, np.eye(4)) is None

@@ -192,7 +192,7 @@ def track(ctx: StepContext) -> dict[str, Any]:
     try:
         streamlines = ctx.implementation.func(data, gtab, region, maps, img.affine, ctx.options)
     except ResponseError as exc:
-        where = np.asarray(region, bool) if region is not None else brain
+        where = np.asarray(region, bool)  # the corridor, or the brain for track_region=brain
         raise InputError(ctx.spec.input_path, f"no white matter to estimate the CSD fibre response from ({exc}; "
                          f"tracking region '{region_info.get('region', 'brain')}' {int(where.sum())} voxels, "
                          f"{int((maps['fa'][where] > 0.4).sum())} with FA > 0.4; brain mask {int(brain.sum())}): "

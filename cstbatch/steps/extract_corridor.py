@@ -23,16 +23,15 @@ Here a streamline is CST of side s (MNI mm, left is x < 0) when
     * it never comes closer than ``MIDLINE_GAP_MM`` to the midline between the internal
       capsule and the vertex (no corpus callosum), does not cross the midline above the
       brainstem, and is 40–250 mm long (the ``extract_min/max_length`` options).
-In the pons and below (z < ``TRIM_BELOW_Z``) each kept streamline is cut where it first leaves
-the brainstem (into a cerebellar peduncle or across the pons), and at the brainstem ROI's lower
-end (z −60): :func:`brainstem_ranges`.
 Then strays are removed per side (``extract_core_filter``, default on), by tract density
 (``extract_clean=tdi``, :func:`clean_density`): the side's streamlines are counted in 2 mm MNI
 cells; a cell is dense when at least ``extract_tdi_fraction`` (0.3) of the 95th-percentile
 cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) of its cells are
 dense. ``extract_clean=fan`` keeps the method's first cleaning (:func:`clean_fan`: per-level
 density below ``FAN_Z``, QuickBundles branches above it, each branch scored against its own
-peak), for comparison.
+peak), for comparison. Last, in the pons and below (z < ``TRIM_BELOW_Z``) each kept
+streamline is cut where it first leaves the brainstem (into a cerebellar peduncle or across the
+pons), and at the brainstem ROI's lower end (z −60): :func:`brainstem_ranges`.
 
 Why tract density: with the tracker seeded on the tract (``track_region=cst``) a side has
 hundreds to thousands of candidates, and the first cleaning, which keeps a streamline by its
@@ -42,9 +41,10 @@ assumption about one path per level, so every branch of the fan counts with its 
 streamlines, and what it drops is exactly what a visited-voxel measure holds against a bundle:
 cells that only a few strays reach. Thresholds chosen on development phantoms (seeds 200-207) and
 the shared real scans together. On fresh phantoms (``benchmarks/anatomy_sweep.py --seed0 7000
---n 20``, corridor tracking): worst-side Dice min 0.495, median 0.622, recall 0.83, precision
-0.52 (the 0.1 default on the first 10 of them: 0.443 / 0.581); Trio repeats' test-retest Dice
-0.61 / 0.60 with 132-211 streamlines per side (README, "How the CST is found").
+--n 20``, corridor tracking, with the brainstem cut): worst-side Dice min 0.491, median 0.635,
+recall 0.83, precision 0.54 (the 0.1 default on the first 10 of them: 0.443 / 0.581); Trio
+repeats' test-retest Dice 0.61 / 0.60 with 132-211 streamlines per side (README, "How the CST
+is found").
 """
 from __future__ import annotations
 
@@ -156,9 +156,7 @@ def coverage_z(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -
     From the voxels with FA > 0 (the masked, fitted brain), mapped to MNI by the registration;
     None if none falls in the column.
     """
-    p = _brain_mni(fa, affine, subject_to_mni)
-    col = (np.abs(p[:, 0]) <= 20) & (p[:, 1] >= -50) & (p[:, 1] <= -5)
-    return float(p[col, 2].min()) if col.any() else None
+    return _lowest_in_brainstem_column(_brain_mni(fa, affine, subject_to_mni))
 
 
 def coverage_top_z(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> float | None:
@@ -166,16 +164,25 @@ def coverage_top_z(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarra
     it (:func:`precentral_band`, ``deep``); None if none of it is covered. Below
     :data:`SUPERIOR_FULL_Z` the top of the gyrus is cut off (an axial slab that stops under the
     vertex)."""
-    p = _brain_mni(fa, affine, subject_to_mni)
-    band = precentral_band(p[:, 0], p[:, 1], p[:, 2], deep=True)
-    return float(p[band, 2].max()) if band.any() else None
+    return _highest_under_gyrus(_brain_mni(fa, affine, subject_to_mni))
 
 
 def coverage_options(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> dict[str, float | None]:
     """The options the extract step hands every extractor about the field of view:
-    ``coverage_z`` (:func:`coverage_z`) and ``coverage_top_z`` (:func:`coverage_top_z`)."""
-    return {"coverage_z": coverage_z(fa, affine, subject_to_mni),
-            "coverage_top_z": coverage_top_z(fa, affine, subject_to_mni)}
+    ``coverage_z`` (:func:`coverage_z`) and ``coverage_top_z`` (:func:`coverage_top_z`), from
+    one mapping of the brain's voxels to MNI."""
+    p = _brain_mni(fa, affine, subject_to_mni)
+    return {"coverage_z": _lowest_in_brainstem_column(p), "coverage_top_z": _highest_under_gyrus(p)}
+
+
+def _lowest_in_brainstem_column(p: np.ndarray) -> float | None:
+    col = (np.abs(p[:, 0]) <= 20) & (p[:, 1] >= -50) & (p[:, 1] <= -5)
+    return float(p[col, 2].min()) if col.any() else None
+
+
+def _highest_under_gyrus(p: np.ndarray) -> float | None:
+    band = precentral_band(p[:, 0], p[:, 1], p[:, 2], deep=True)
+    return float(p[band, 2].max()) if band.any() else None
 
 
 def _brain_mni(fa, affine, subject_to_mni) -> np.ndarray:
@@ -395,14 +402,7 @@ def brainstem_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray) -> 
     its superior end down to where it first leaves the brainstem below :data:`TRIM_BELOW_Z`, or
     to the brainstem ROI's lower end (MNI z −60, :data:`cstbatch.steps.atlas.BRAINSTEM_Z`).
 
-    Why the lower end: the tract is reported between the ROIs that define it, as pyAFQ clips
-    its bundles to their waypoint ROIs. Whether a scan's field of view stops at z −65 or −100
-    then no longer changes how much medulla (lower FA) enters the CST's means and profile, so
-    sessions of a study stay comparable (Elition right CST FA 0.528 → 0.540 without its lower
-    medulla). On the fresh phantoms, whose CST ends near z −55, worst-side Dice median rose
-    0.627 → 0.635 (min unchanged).
-
-    Why: in the pons the CST is crossed by the transverse pontine fibres and runs beside the
+    Why the cut: in the pons the CST is crossed by the transverse pontine fibres and runs beside the
     cerebellar peduncles, and streamlines that came down the tract often turn into them: out of
     the side of the pons (middle cerebellar peduncle, or across the midline) or back into the
     tegmentum and the cerebellum (superior peduncle). Those continuations are other tracts; in the
@@ -412,6 +412,13 @@ def brainstem_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray) -> 
     :func:`cstbatch.steps.atlas.brainstem_section` (the brainstem ROI's cross-section, every z).
     On the Trio repeats the test-retest Dice rose from 0.57 / 0.58 to 0.61 / 0.60; on the fresh
     phantoms (which have no cerebellar peduncles) worst-side Dice min / median stayed 0.49 / 0.63.
+
+    Why the lower end: the tract is reported between the ROIs that define it, as pyAFQ clips
+    its bundles to their waypoint ROIs. Whether a scan's field of view stops at z −65 or −100
+    then no longer changes how much medulla (lower FA) enters the CST's means and profile, so
+    sessions of a study stay comparable (Elition right CST FA 0.528 → 0.540 without its lower
+    medulla). On the fresh phantoms, whose CST ends near z −55, worst-side Dice median rose
+    0.627 → 0.635 (min unchanged).
     """
     from cstbatch.steps.atlas import BRAINSTEM_Z, brainstem_section
 
