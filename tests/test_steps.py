@@ -390,6 +390,33 @@ def test_denoisers_lower_error(noisy_object, denoiser, options):
     assert err_after < 0.9 * err_before, (err_after, err_before)
 
 
+@pytest.mark.parametrize("radius,batch", [(1, 4096), (1, 37), (2, 500)])
+def test_mppca_matches_dipy(noisy_object, radius, batch):
+    """The batched Marchenko-Pastur PCA must be dipy's ``mppca`` (to float rounding), across
+    batch sizes (a batch boundary must not change an accumulation) and patch sizes; and it
+    must really remove noise (not return its input)."""
+    from dipy.denoise.localpca import mppca
+
+    from cstbatch.steps.mppca import mppca_batched, noise_variance
+
+    noisy, clean, gtab, obj = noisy_object
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = mppca(noisy, mask=obj, patch_radius=radius, pca_method="eig", out_dtype=np.float64,
+                    suppress_warning=True)
+    ours = mppca_batched(noisy, obj, radius, batch=batch)
+    seen = obj & np.isfinite(ref).all(axis=-1)  # dipy leaves 0/0 where no patch reaches
+    assert seen.sum() > 0.9 * obj.sum()
+    np.testing.assert_allclose(ours[seen], ref[seen], rtol=1e-4, atol=1e-3)
+    assert np.abs(ours[obj] - noisy[obj]).mean() > 1.0
+    # the classifier, against dipy's loop on random spectra
+    from dipy.denoise.localpca import _pca_classifier
+
+    rng = np.random.default_rng(0)
+    spectra = np.sort(rng.gamma(1.0, 1.0, (50, 12)) * np.r_[np.ones(9), 20, 40, 80], axis=1)
+    expect = [_pca_classifier(L, 27)[0] for L in spectra]
+    np.testing.assert_allclose(noise_variance(spectra, 27), expect, rtol=1e-12)
+
+
 def test_patch2self_single_b0_not_first(noisy_object):
     noisy, _, gtab, _ = noisy_object
     keep = np.r_[3:10, 0, 10:noisy.shape[-1]]  # one b0, at index 7
@@ -436,3 +463,4 @@ def test_csd_fit_matches_dipy_model_fit(crossing):
     # chunk boundaries change nothing
     np.testing.assert_allclose(_fit_csd_voxels(model, data, fit_mask, chunk=7), got, rtol=0,
                                atol=1e-12 * np.abs(expected).max())
+

@@ -27,7 +27,7 @@ def register_denoisers(register):
     register("nlmeans", _lazy(".denoise", "denoise_nlmeans",
              "Non-local means with noise estimated from the data, dipy."), version="1")
     register("mppca", _lazy(".denoise", "denoise_mppca",
-             "Marchenko-Pastur PCA (local PCA), dipy."), version="1")
+             "Marchenko-Pastur PCA (local PCA): dipy's algorithm, many patches at a time."), version="2")
     register("none", _lazy(".denoise", "denoise_none", "No denoising."), version="1")
 
 
