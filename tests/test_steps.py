@@ -415,6 +415,16 @@ def test_mppca_matches_dipy(noisy_object, radius, batch):
     spectra = np.sort(rng.gamma(1.0, 1.0, (50, 12)) * np.r_[np.ones(9), 20, 40, 80], axis=1)
     expect = [_pca_classifier(L, 27)[0] for L in spectra]
     np.testing.assert_allclose(noise_variance(spectra, 27), expect, rtol=1e-12)
+    # matrices above the batched-eigh size take the per-matrix LAPACK path: same decomposition
+    from cstbatch.steps.mppca import BATCHED_EIGH_MAX, _eigh
+
+    X = rng.normal(size=(5, 60, BATCHED_EIGH_MAX + 8))
+    C = np.matmul(X.transpose(0, 2, 1), X)
+    d, W = _eigh(C)
+    d_ref, W_ref = np.linalg.eigh(C)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-10)
+    np.testing.assert_allclose(W[:, :, -3:] @ W[:, :, -3:].transpose(0, 2, 1),
+                               W_ref[:, :, -3:] @ W_ref[:, :, -3:].transpose(0, 2, 1), atol=1e-8)
 
 
 def test_patch2self_single_b0_not_first(noisy_object):

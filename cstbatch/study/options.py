@@ -52,7 +52,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("denoise_method", "none", str, "denoise",
          "Denoiser (see `cstbatch plugins`). Default chosen by measured CST FA bias vs noise-free "
          "truth and time (benchmarks/denoise_bias.py): none and mppca stay within 0.01 at SNR 15 "
-         "and 30, patch2self and nlmeans bias FA by -0.07 to -0.13; none is 150 CPU s faster.",
+         "and 30, patch2self and nlmeans bias FA by -0.07 to -0.13; none is the fastest. mppca "
+         "gives tracking more streamlines on noisy scans (README, 'How the CST is found').",
          kind="denoise"),
     _opt("denoise_patch_radius", 1, int, "denoise", "Patch radius (voxels) for nlmeans / mppca."),
     _opt("patch2self_model", "ols", str, "denoise", "Regression model of patch2self: ols or ridge."),
