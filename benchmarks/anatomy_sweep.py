@@ -65,7 +65,7 @@ def _process(seed: int, voxel: float, options: dict) -> dict:
     s = _subject(seed, voxel)
     t_gen = time.perf_counter() - t0
     gtab = gradient_table(s.bvals, bvecs=bids_to_voxel_axes(s.bvecs, s.affine), b0_threshold=50)
-    data = s.data
+    data = implementation_for("denoise", options, None).func(s.data, gtab, options)
     mask = mask_median_otsu(data, gtab, options)
     maps = fit_tensor_maps(data, gtab, mask)
     atlas = implementation_for("register", options, None).func(options)
@@ -96,7 +96,7 @@ def _fov_z(mask, affine, reg) -> list[float]:
 def _cached(seed, voxel, options, cache: Path | None) -> dict:
     if cache is None:
         return _process(seed, voxel, options)
-    track_keys = sorted(k for k in options if k.startswith(("track_", "mask_")))
+    track_keys = sorted(k for k in options if k.startswith(("track_", "mask_", "denoise")))
     key = hashlib.sha1(json.dumps([seed, voxel, [(k, options[k]) for k in track_keys]]).encode()).hexdigest()[:16]
     path = cache / f"s{seed}_{key}.pkl"
     if path.exists():
