@@ -77,6 +77,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "streamlines on a 2 mm brain; keep seeds per mm³ alike across resolutions, e.g. 2 for 2.5 mm voxels)."),
     _opt("track_seed_fa", 0.2, _NUM, "track", "FA above which voxels are seeded."),
     _opt("track_stop_fa", 0.15, _NUM, "track", "Tracking stops where FA drops below this."),
+    _opt("track_denoise", "mppca", str, "track",
+         "Denoising of the DWI that the tracking CSD fit sees, inside the tracking region only "
+         "(none or mppca; the tensor maps and metrics are not affected; steps/track.py)."),
     _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel)."),
     _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees."),
     _opt("track_min_length", 20.0, _NUM, "track", "Streamlines shorter than this (mm) are dropped."),
