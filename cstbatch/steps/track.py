@@ -347,10 +347,11 @@ def _csd_tracking(getter, data, gtab, mask, maps, affine, options) -> list[np.nd
     # before the crop: the patch lattice stays on the image grid, so the crop changes nothing
     data = denoise_for_tracking(np.asarray(data), mask, method)
     data, mask, maps, affine = crop_to_region(data, mask, maps, affine)
-    if method != "none":  # stop and seed by the FA of what is tracked
+    if method != "none":  # stop and seed by the FA of what is tracked, where the model step fitted one
         from cstbatch.steps.model import fit_tensor_maps
 
-        maps = {**maps, "fa": fit_tensor_maps(data, gtab, mask)["fa"]}
+        fa0 = np.asarray(maps["fa"])
+        maps = {**maps, "fa": np.where(fa0 > 0, fit_tensor_maps(data, gtab, mask)["fa"], 0).astype(np.float32)}
     sc, fa = _stopping(maps, mask, _opt(options, "track_stop_fa"))
     shm, _ = fit_csd_sh(data, gtab, mask, fa, float(_opt(options, "track_stop_fa")))
     with warnings.catch_warnings():
