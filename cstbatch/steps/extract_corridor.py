@@ -45,7 +45,7 @@ the shared real scans together. On fresh phantoms (``benchmarks/anatomy_sweep.py
 recall 0.83, precision 0.54 (the 0.1 default on the first 10 of them: 0.443 / 0.581); Trio
 repeats' test-retest Dice 0.61 / 0.60 with 132-211 streamlines per side. With the tracker's
 denoising (``track_denoise``), on a second fresh set (seeds 9000-9019): 0.545 / 0.647, and the
-Trio repeats 0.68 / 0.67 with 247-413 streamlines (README, "How the CST is found").
+Trio repeats 0.72 / 0.65 with 239-399 streamlines (README, "How the CST is found").
 """
 from __future__ import annotations
 
