@@ -103,17 +103,18 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str) -> list[str]:
     return subjects
 
 
-def world_cells(trk: Path) -> set:
-    """The 2 mm world cells a tractogram's streamlines visit (sampled every 0.5 mm)."""
+def world_cells(trk: Path | None) -> tuple[set, int]:
+    """(the 2 mm world cells a tractogram's streamlines visit, sampled every 0.5 mm; how many
+    streamlines it holds); an empty set and 0 when there is no tractogram."""
     import nibabel as nib
 
     from cstbatch.steps.metrics import densify
 
-    sl = nib.streamlines.load(str(trk)).streamlines
+    sl = nib.streamlines.load(str(trk)).streamlines if trk is not None else []
     if len(sl) == 0:
-        return set()
+        return set(), 0
     pts = np.concatenate([densify(np.asarray(s, float), 0.5) for s in sl])
-    return set(map(tuple, np.floor(pts / 2.0).astype(np.int64)))
+    return set(map(tuple, np.floor(pts / 2.0).astype(np.int64))), len(sl)
 
 
 def dice(a: set, b: set) -> float:
@@ -150,8 +151,7 @@ def main() -> int:
         for sub in subjects:
             for side in "LR":
                 trk = next(iter(sorted((deriv / f"sub-{sub}").glob(f"**/*desc-cst{side}_tractogram.trk"))), None)
-                cells[sub, side] = world_cells(trk) if trk else set()
-                counts[sub, side] = 0 if trk is None else len(__import__("nibabel").streamlines.load(str(trk)).streamlines)
+                cells[sub, side], counts[sub, side] = world_cells(trk)
         ref, shift = subjects[0], subjects[1]
         for sub in subjects[1:]:
             row = [dice(cells[sub, s], cells[ref, s]) for s in "LR"]

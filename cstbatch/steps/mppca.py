@@ -2,11 +2,11 @@
 
 Why our own loop: dipy's ``mppca`` is the reference algorithm, but it visits one patch per
 voxel in Python (a slice, an eigendecomposition and three accumulations each); on a 2 mm,
-21-volume session that took 74 CPU s, more than the rest of the session together, which is
-why the default denoiser used to be none. This runs the same algorithm as dipy's ``genpca``
-(``sigma=None``, ``pca_method="eig"``, ``tau_factor=None``) on thousands of patches at once:
-the patches are gathered with one fancy index, their covariances built with one batched matrix
-product and decomposed with one batched ``eigh``; the noise classification of
+21-volume session that took 74 CPU s, more than the rest of the session together. This runs
+the same algorithm as dipy's ``genpca`` (``sigma=None``, ``pca_method="eig"``,
+``tau_factor=None``) on thousands of patches at once: the patches are gathered with one fancy
+index, their covariances built with one batched matrix product and decomposed together
+(:func:`_eigh`); the noise classification of
 ``dipy.denoise.localpca._pca_classifier`` is evaluated for every candidate cut at once. The
 overlapping reconstructions are accumulated offset by offset (within a batch each offset hits
 every voxel at most once). ``tests/test_steps.py`` compares the result with dipy's.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: patches per batch: with a 27-voxel patch and ~30 volumes, ~10 MB of float32 per batch
+#: patches per batch: with a 27-voxel patch and 21 volumes, ~19 MB of float64 patches per batch
 BATCH = 4096
 
 
