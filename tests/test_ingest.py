@@ -188,11 +188,35 @@ def test_non_unit_vectors(dwi):
     assert f"volume {N_B0 + 3}" in msg
 
 
-def test_zero_vectors_allowed_for_b0_only(dwi):
+def test_derived_isotropic_volume_is_left_out(dwi, tmp_path):
+    """A Philips-style trace image appended to the series (b 1000, zero vector) is not a
+    measurement: ingest leaves it out of the image and the gradients, and says which."""
+    trace = np.exp(np.mean(np.log(dwi["data"][..., N_B0:]), axis=-1, keepdims=True))
+    data = np.concatenate([dwi["data"], trace], axis=-1)
+    nib.save(nib.Nifti1Image(data, dwi["affine"]), str(dwi["nifti"]))
+    bvals, bvecs = np.r_[dwi["bvals"], 1000.0], np.r_[dwi["bvecs"], np.zeros((1, 3))]
+    _write_grad(dwi["bval"], dwi["bvec"], bvals, bvecs)
+    with pytest.raises(InputError, match="not unit length"):  # the plain reader stays strict
+        read_bvals_bvecs(dwi["bval"], dwi["bvec"], bvals.size)
+    checked = check_nifti_dwi(*_args(dwi))
+    assert checked.derived == (N_B0 + N_DIR,)
+    assert checked.gtab.bvals.size == N_B0 + N_DIR
+    np.testing.assert_allclose(load_dwi_data(checked), dwi["data"])
+    out = tmp_path / "out"
+    paths = (out / "dwi.nii.gz", out / "dwi.bval", out / "dwi.bvec")
+    for dtype in (None, "original"):
+        write_preproc(checked, *paths, dtype=dtype)
+        again = check_nifti_dwi(*paths)
+        assert again.derived == () and again.img.shape == SHAPE + (N_B0 + N_DIR,)
+        np.testing.assert_allclose(load_dwi_data(again), dwi["data"], rtol=1e-6)
+        np.testing.assert_allclose(again.bvals, dwi["bvals"])
+
+
+def test_only_derived_volumes_is_an_error(dwi):
     bvecs = dwi["bvecs"].copy()
-    bvecs[N_B0] = 0
+    bvecs[N_B0:] = 0
     _write_grad(dwi["bval"], dwi["bvec"], dwi["bvals"], bvecs)
-    _expect_error(dwi["bvec"], "not unit length", *_args(dwi))
+    _expect_error(dwi["bvec"], "no diffusion-weighted volume has a direction", *_args(dwi))
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])

@@ -73,6 +73,11 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
             raise InputError(nifti, f"no .{kind} file found (same name, or inherited by BIDS rules)")
         bval, bvec = spec.bval, spec.bvec
     checked = check_nifti_dwi(Path(nifti), Path(bval), Path(bvec))
+    if checked.derived:
+        info["derived_volumes_dropped"] = list(checked.derived)
+        ctx.log.warning("ingest: %s: left out volume(s) %s: b > 0 with a zero b-vector (the scanner's "
+                        "derived isotropic/trace image, not a measurement)", Path(nifti).name,
+                        ", ".join(str(i) for i in checked.derived))
     from cstbatch.steps.qc import MIN_DIRECTIONS, shells, unique_directions
     n_dirs = unique_directions(checked.bvals, checked.bvecs_bids)
     if n_dirs < MIN_DIRECTIONS:

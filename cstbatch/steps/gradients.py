@@ -39,6 +39,21 @@ from cstbatch.errors import InputError
 B0_THRESHOLD = 50.0
 #: allowed deviation of a diffusion-weighted b-vector's norm from 1.
 UNIT_TOLERANCE = 1e-2
+#: a diffusion-weighted volume whose b-vector is shorter than this has no direction at all
+DERIVED_NORM = 1e-3
+
+
+def derived_isotropic(bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
+    """Bool per volume: diffusion-weighted (b > 50) with a zero b-vector.
+
+    Why: Philips (and some older GE) exports append the scanner's own isotropic image -- the
+    trace-weighted or ADC map computed from the acquired directions -- to the series, with the
+    shell's b-value and no direction. It is not a measurement: a tensor or CSD fit that took it
+    for one would be biased toward isotropy. dcm2niix usually drops it, but not from every
+    export, so ingest leaves it out and says so.
+    """
+    bvals = np.asarray(bvals, float)
+    return (bvals > B0_THRESHOLD) & (np.linalg.norm(np.asarray(bvecs, float), axis=1) < DERIVED_NORM)
 
 
 def _read_numbers(path: Path, what: str) -> list[list[float]]:
@@ -81,7 +96,7 @@ def _read_numbers(path: Path, what: str) -> list[list[float]]:
 
 
 def read_bvals_bvecs(
-    bval_path: str | Path, bvec_path: str | Path, n_volumes: int
+    bval_path: str | Path, bvec_path: str | Path, n_volumes: int, allow_derived: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate an FSL/BIDS ``.bval``/``.bvec`` pair.
 
@@ -94,6 +109,10 @@ def read_bvals_bvecs(
         Number of volumes in the DWI the files belong to; both files must have exactly that
         many entries, because a mismatch means the gradients belong to a different series (or
         volumes were dropped) and every model fit downstream would be wrong without any error.
+    allow_derived : bool
+        Accept diffusion-weighted volumes with a zero vector (:func:`derived_isotropic`, the
+        scanner's trace image); the caller must then leave them out. Ingest does; every later
+        step reads the ingested files, which no longer hold them.
 
     Returns
     -------
@@ -108,7 +127,8 @@ def read_bvals_bvecs(
         Naming the offending file for: missing/unparseable files, a bvec file that does not
         have 3 rows, counts that differ from ``n_volumes``, negative b-values, no b0 volume
         (b ≤ 50 s/mm²; models need an unweighted reference), or diffusion-weighted vectors
-        whose norm is not 1 within 1e-2 (zero vectors are allowed for b0s only).
+        whose norm is not 1 within 1e-2 (zero vectors are allowed for b0s only, and with
+        ``allow_derived`` for derived isotropic volumes).
     """
     bval_path, bvec_path = Path(bval_path), Path(bvec_path)
 
@@ -152,6 +172,8 @@ def read_bvals_bvecs(
         )
     norms = np.linalg.norm(bvecs, axis=1)
     bad = (~is_b0) & (np.abs(norms - 1.0) > UNIT_TOLERANCE)
+    if allow_derived:
+        bad &= ~derived_isotropic(bvals, bvecs)
     if bad.any():
         idx = np.flatnonzero(bad)
         i = int(idx[0])

@@ -30,6 +30,7 @@ from cstbatch.errors import DependencyError, InputError
 from cstbatch.steps.gradients import (
     B0_THRESHOLD,
     bids_to_voxel_axes,
+    derived_isotropic,
     read_bvals_bvecs,
 )
 
@@ -56,6 +57,10 @@ class CheckedDwi:
     gtab : dipy GradientTable
         Built from ``bvals`` and ``bvecs_voxel`` with ``b0_threshold=50``: the table every
         model/tracker receives, so directions computed from it are voxel-axis directions.
+    derived : tuple of int
+        Volumes of ``img`` left out: the scanner's derived isotropic (trace) images
+        (:func:`cstbatch.steps.gradients.derived_isotropic`). ``bvals`` and the vectors
+        describe the other volumes only, and :func:`load_dwi_data` returns only those.
     """
 
     img: nib.spatialimages.SpatialImage
@@ -63,6 +68,14 @@ class CheckedDwi:
     bvecs_bids: np.ndarray
     bvecs_voxel: np.ndarray
     gtab: GradientTable
+    derived: tuple[int, ...] = ()
+
+    @property
+    def volumes(self) -> np.ndarray | None:
+        """Indices of the accepted volumes in ``img`` (None: all of them)."""
+        if not self.derived:
+            return None
+        return np.setdiff1d(np.arange(self.img.shape[3]), np.asarray(self.derived, int))
 
 
 @dataclass
@@ -277,7 +290,12 @@ def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
         shown = "x".join(f"{z:g}" for z in aff_zooms)
         raise InputError(nifti, f"absurd voxel size {shown} mm in the affine (sform/qform)")
 
-    bvals, bvecs_bids = read_bvals_bvecs(bval, bvec, shape[3])
+    bvals, bvecs_bids = read_bvals_bvecs(bval, bvec, shape[3], allow_derived=True)
+    derived = derived_isotropic(bvals, bvecs_bids)
+    if derived.any() and not (~derived & (bvals > B0_THRESHOLD)).any():
+        raise InputError(bvec, "no diffusion-weighted volume has a direction (only derived isotropic "
+                               "images, b > 0 with a zero b-vector)")
+    bvals, bvecs_bids = bvals[~derived], bvecs_bids[~derived]
     _check_sidecar(nifti)
     _scan_voxels(nifti, img)
 
@@ -289,12 +307,15 @@ def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
         gtab = gradient_table(bvals, bvecs=bvecs_voxel, b0_threshold=B0_THRESHOLD, atol=1e-2)
     except ValueError as exc:  # pragma: no cover - read_bvals_bvecs checks the same things
         raise InputError(bvec, f"invalid gradient table: {_one_line(exc)}") from None
-    return CheckedDwi(img=img, bvals=bvals, bvecs_bids=bvecs_bids, bvecs_voxel=bvecs_voxel, gtab=gtab)
+    return CheckedDwi(img=img, bvals=bvals, bvecs_bids=bvecs_bids, bvecs_voxel=bvecs_voxel, gtab=gtab,
+                      derived=tuple(int(i) for i in np.flatnonzero(derived)))
 
 
 def load_dwi_data(checked: CheckedDwi) -> np.ndarray:
-    """Load the checked DWI as a float32 (X, Y, Z, N) array (scaling applied, one copy)."""
-    return np.asarray(checked.img.dataobj, dtype=np.float32)
+    """Load the checked DWI as a float32 (X, Y, Z, N) array (scaling applied), its accepted
+    volumes only."""
+    data = np.asarray(checked.img.dataobj, dtype=np.float32)
+    return data if checked.volumes is None else data[..., checked.volumes]
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,13 +355,15 @@ def write_preproc(checked: CheckedDwi, out_nifti, out_bval, out_bvec, data=None,
     if data is None and dtype == "original":
         # scaled values; nibabel recomputes scl_slope/inter for an integer on-disk type
         arr = np.asanyarray(img.dataobj)
+        if checked.volumes is not None:
+            arr = arr[..., checked.volumes]
         out_dtype = hdr.get_data_dtype()
     else:
         arr = load_dwi_data(checked) if data is None else np.asarray(data)
         out_dtype = np.dtype(np.float32 if dtype in (None, "original") else dtype)
         if arr.dtype != out_dtype and out_dtype.kind == "f":
             arr = arr.astype(out_dtype)
-    if arr.ndim != 4 or arr.shape[:3] != img.shape[:3]:
+    if arr.ndim != 4 or arr.shape[:3] != tuple(img.shape[:3]):
         raise ValueError(f"data shape {arr.shape} does not match image grid {img.shape}")
     if arr.shape[3] != checked.bvals.size:
         raise ValueError(f"data has {arr.shape[3]} volumes but the gradient table has {checked.bvals.size}")
