@@ -106,3 +106,16 @@ def test_options_layering_and_type_errors():
     assert merged["track_step_size"] == 1.0
     with pytest.raises(OptionError, match="generate_pdf: expected bool"):
         merge_options({"generate_pdf": "yes"})
+
+
+def test_option_values_outside_their_choices_fail_at_planning():
+    from cstbatch.study.options import OPTIONS
+
+    for name, opt in OPTIONS.items():
+        if opt.choices:
+            assert opt.default is None or opt.default in opt.choices, name
+    with pytest.raises(OptionError, match="track_denoise: 'gaussian' is not one of mppca, none"):
+        merge_options({"track_denoise": "gaussian"})
+    with pytest.raises(OptionError, match="registration_method: 'SyN' is not one of affine, syn"):
+        merge_options({}, {"registration_method": "SyN"})
+    assert merge_options({"extract_clean": "fan"})["extract_clean"] == "fan"

@@ -492,7 +492,8 @@ def test_denoising_for_tracking_lowers_error_inside_the_region_only(noisy_object
     reach = ndimage.binary_dilation(region, np.ones((5, 5, 5), bool))  # patch radius 2 (33 volumes)
     assert np.array_equal(out[~reach], noisy[~reach])  # no patch centre outside the region
     assert denoise_for_tracking(noisy, region, "none") is noisy
-    with pytest.raises(ValueError, match="track_denoise"):
+    from cstbatch.errors import OptionError
+    with pytest.raises(OptionError, match="track_denoise"):
         denoise_for_tracking(noisy, region, "gaussian")
 
 

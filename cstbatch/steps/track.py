@@ -376,7 +376,8 @@ def denoise_for_tracking(data: np.ndarray, region, method: str) -> np.ndarray:
     if method == "none" or region is None:
         return data
     if method != "mppca":
-        raise ValueError(f"track_denoise must be none or mppca, not {method!r}")
+        from cstbatch.errors import OptionError
+        raise OptionError(f"track_denoise: {method!r} is not one of mppca, none")
     from cstbatch.steps.denoise import mppca_patch_radius
     from cstbatch.steps.mppca import mppca_batched
 

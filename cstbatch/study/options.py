@@ -37,10 +37,13 @@ class Option:
     steps: tuple[str, ...]
     help: str
     kind: str | None = None  # plugin kind this option selects, if any
+    #: the only values a string option takes, checked when options are merged: a typo then fails
+    #: the whole run at planning time with one line, instead of every session at its step
+    choices: tuple[str, ...] = ()
 
 
-def _opt(name, default, type_, steps, help_, kind=None):
-    return Option(name, default, type_, tuple(steps.split()), help_, kind)
+def _opt(name, default, type_, steps, help_, kind=None, choices=()):
+    return Option(name, default, type_, tuple(steps.split()), help_, kind, tuple(choices))
 
 
 _NUM = (int, float)
@@ -56,7 +59,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "gives tracking more streamlines on noisy scans (README, 'How the CST is found').",
          kind="denoise"),
     _opt("denoise_patch_radius", 1, int, "denoise", "Patch radius (voxels) for nlmeans / mppca."),
-    _opt("patch2self_model", "ols", str, "denoise", "Regression model of patch2self: ols or ridge."),
+    _opt("patch2self_model", "ols", str, "denoise", "Regression model of patch2self: ols or ridge.",
+         choices=("ols", "ridge")),
     _opt("mask_method", "median_otsu", str, "mask", "Brain-mask method.", kind="mask"),
     _opt("mask_median_radius", 2, int, "mask", "median_otsu median filter radius (voxels)."),
     _opt("mask_numpass", 2, int, "mask", "median_otsu number of median filter passes."),
@@ -66,7 +70,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("track_region", "cst", str, "track",
          "Where tracking runs: cst (a generous CST corridor from the template registration, seeded in the "
          "brainstem, the posterior limb and under the precentral gyrus; steps/track_region.py) or brain "
-         "(whole-brain tractogram, every white-matter voxel seeded)."),
+         "(whole-brain tractogram, every white-matter voxel seeded).", choices=("cst", "brain")),
     _opt("track_cst_seeds", 20000, int, "track",
          "track_region=cst: seeds spread over the CST seed regions (a fixed budget, whatever the voxel size)."),
     _opt("track_cst_seed_regions", "brainstem,capsule,precentral", (str, list), "track",
@@ -79,7 +83,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("track_stop_fa", 0.15, _NUM, "track", "Tracking stops where FA drops below this."),
     _opt("track_denoise", "mppca", str, "track",
          "Denoising of the DWI that the tracking CSD fit sees, inside the tracking region only "
-         "(none or mppca; the tensor maps and metrics are not affected; steps/track.py)."),
+         "(none or mppca; the tensor maps and metrics are not affected; steps/track.py).",
+         choices=("mppca", "none")),
     _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel)."),
     _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees."),
     _opt("track_min_length", 20.0, _NUM, "track", "Streamlines shorter than this (mm) are dropped."),
@@ -88,7 +93,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "Also save the whole-brain tractogram as TRX (needs the extra: pip install 'cstbatch[trx]')."),
     _opt("gradient_check", "flag", str, "model",
          "Gradient-table check (steps/gradcheck.py): off, flag (flag gradient_table_suspect when a flipped or "
-         "permuted b-vector table tracks 25 % longer) or fix (also use that table, flag gradient_table_fixed)."),
+         "permuted b-vector table tracks 25 % longer) or fix (also use that table, flag gradient_table_fixed).",
+         choices=("off", "flag", "fix")),
     _opt("atlas", "icbm2009a", str, "register extract metrics",
          "Atlas provider giving the MNI template and CST ROIs.", kind="atlas"),
     _opt("accept_fsl_license", False, bool, "register extract metrics",
@@ -101,14 +107,15 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "custom atlas: label ids of left motor cortex."),
     _opt("atlas_motor_right_ids", None, (list, type(None)), "register extract metrics",
          "custom atlas: label ids of right motor cortex."),
-    _opt("registration_method", "affine", str, "register", "Template→subject registration: affine or syn."),
+    _opt("registration_method", "affine", str, "register", "Template→subject registration: affine or syn.",
+         choices=("affine", "syn")),
     _opt("extraction_method", "corridor", str, "extract",
          "CST selection: corridor (pons or lowest covered level + posterior limb of the internal capsule + whole "
          "precentral gyrus, tract-density cleaning), passthrough (brainstem + one motor ROI; the method before "
          "0.2), or endpoint.", kind="extract"),
     _opt("extract_clean", "tdi", str, "extract",
          "corridor: how strays are removed: tdi (tract-density cells, extract_tdi_*) or fan (per-level density "
-         "and QuickBundles branches, the corridor method's first cleaning)."),
+         "and QuickBundles branches, the corridor method's first cleaning).", choices=("tdi", "fan")),
     _opt("extract_tdi_fraction", 0.3, _NUM, "extract",
          "corridor/tdi: a 2 mm MNI cell is dense when this share of the 95th-percentile cell's streamline count visits it."),
     _opt("extract_tdi_inside", 0.9, _NUM, "extract",
@@ -130,7 +137,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("reporter", "html", str, "report", "Report format (see `cstbatch plugins`).", kind="report"),
     _opt("generate_pdf", True, bool, "report", "Also write report.pdf (the same pages as the HTML report, matplotlib only)."),
     _opt("report_convention", "radiological", str, "report",
-         "Image display in reports: radiological (patient left on screen right) or neurological."),
+         "Image display in reports: radiological (patient left on screen right) or neurological.",
+         choices=("radiological", "neurological")),
     _opt("reference_rc_fa", None, (int, float, type(None)), "",
          "Repeatability coefficient of CST mean FA (absolute FA units, e.g. from a published "
          "test-retest study) used to flag change_beyond_rc in longitudinal.tsv when this study has "
@@ -183,6 +191,8 @@ def check_options(options: Mapping[str, Any], where: str = "options") -> list[st
             problems.append(f"{where}.{name}: expected a number, got {value!r}")
         elif not isinstance(value, opt.type):
             problems.append(f"{where}.{name}: expected {_type_name(opt.type)}, got {value!r}")
+        elif opt.choices and value not in opt.choices:
+            problems.append(f"{where}.{name}: {value!r} is not one of {', '.join(opt.choices)}")
     return problems
 
 
