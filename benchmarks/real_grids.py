@@ -1,15 +1,17 @@
 """Same head, other acquisition grids: does the CST stay where it is when only the grid changes?
 
     python benchmarks/real_grids.py OUT [--real ../shared/real-dwi] [--scan elition] [--scan trio/rep1]
-                                        [-n 2] [--option NAME=VALUE ...]
+                                        [--grids yaw12,sagittal,...] [-n 2] [--option NAME=VALUE ...]
 
 Issue 14 judges "Dice between acquisitions of the same head" on held-back scans (slice
 orientations and angulations). Without such acquisitions here, each shared real scan is
 resampled (trilinear, per volume) onto grids a scanner could have used for the same head: half
 a voxel shifted, turned 12° about the vertical axis, tilted ±15–20° about the left-right axis,
-rolled 10° about the front-back axis. The b-vectors are rotated with the grid (they are defined
-on the voxel axes), the head does not move, so every grid's CST should land on the same world
-positions. The whole pipeline runs on all of them (``OUT/bids`` → ``OUT/derivatives``), and this
+rolled 10° about the front-back axis; and stored without interpolation as a sagittal or coronal
+acquisition would be (the voxel axes in another order, one reversed), or with slices twice as
+thick (pairs of slices averaged: 2 × 2 × 4 mm voxels). The b-vectors are rotated with the grid
+(they are defined on the voxel axes), the head does not move, so every grid's CST should land
+on the same world positions. The whole pipeline runs on all of them (``OUT/bids`` → ``OUT/derivatives``), and this
 prints, per side, the Dice of the 2 mm world cells each CST visits: every grid against the
 original scan, and every grid against the half-voxel shift (both resampled once, so the same
 interpolation smoothing; the original has none, which by itself raises the streamline count).
@@ -32,9 +34,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: grid name -> (rotation axis, degrees); "shift" moves the grid by half a voxel on every axis
+#: grid name -> (rotation axis, degrees); "shift" moves the grid by half a voxel on every axis;
+#: "perm" stores the same voxels in another axis order (slices along another axis, one axis
+#: reversed: a sagittal or coronal acquisition's storage, no interpolation); "thick" averages
+#: pairs of slices (the slice thickness doubled, anisotropic voxels)
 GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
-         "pitchm20": ("x", -20.0), "roll10": ("y", 10.0)}
+         "pitchm20": ("x", -20.0), "roll10": ("y", 10.0),
+         "sagittal": ("perm", (1, 2, 0)), "coronal": ("perm", (0, 2, 1)), "thick": ("thick", 2)}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -66,7 +72,31 @@ def regrid(affine: np.ndarray, shape, axis: str, degrees: float) -> tuple[np.nda
     return new, tuple(int(v) for v in hi - lo + 1)
 
 
-def write_grids(src_dir: Path, stem: str, bids: Path, name: str) -> list[str]:
+def reorder(data: np.ndarray, affine: np.ndarray, order) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels with the voxel axes taken in ``order`` and the new last axis reversed:
+    (data, affine) of an image whose slices run along another axis of the head."""
+    order = tuple(int(v) for v in order)
+    out = np.flip(np.transpose(data, order + (3,)), axis=2)
+    perm = np.zeros((4, 4))
+    for new_axis, old_axis in enumerate(order):
+        perm[old_axis, new_axis] = 1.0
+    perm[3, 3] = 1.0
+    flip = np.eye(4)
+    flip[2, 2], flip[2, 3] = -1.0, out.shape[2] - 1
+    return np.ascontiguousarray(out), affine @ perm @ flip
+
+
+def thicken(data: np.ndarray, affine: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slices averaged in groups of ``factor`` along the third voxel axis (thicker slices)."""
+    n = data.shape[2] // factor
+    out = data[:, :, : n * factor].reshape(data.shape[:2] + (n, factor) + data.shape[3:]).mean(axis=3)
+    new = affine.copy()
+    new[:3, 2] *= factor
+    new[:3, 3] += affine[:3, 2] * (factor - 1) / 2.0
+    return out, new
+
+
+def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> list[str]:
     """The original scan and its regridded copies as subjects ``<name><grid>`` of ``bids``."""
     import nibabel as nib
     from scipy import ndimage
@@ -79,7 +109,7 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str) -> list[str]:
     bvecs = np.loadtxt(src_dir / f"{stem}.bvec").T
     world_dirs = voxel_to_world_dirs(bids_to_voxel_axes(bvecs, affine), affine)
     subjects = []
-    for grid, spec in {"orig": None, **GRIDS}.items():
+    for grid, spec in {"orig": None, **{g: GRIDS[g] for g in (grids or GRIDS)}}.items():
         sub = f"{name}{grid}"
         subjects.append(sub)
         d = bids / f"sub-{sub}" / "dwi"
@@ -88,12 +118,17 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str) -> list[str]:
             shutil.copyfile(src_dir / f"{stem}.{ext}", d / f"sub-{sub}_dwi.{ext}")
         if spec is None:
             continue
-        new_aff, new_shape = regrid(affine, data.shape, *spec)
-        to_old = np.linalg.solve(affine, new_aff)
-        grid_ijk = np.indices(new_shape, dtype=np.float32).reshape(3, -1)
-        coords = to_old[:3, :3] @ grid_ijk + to_old[:3, 3:4]
-        out = np.stack([ndimage.map_coordinates(data[..., v], coords, order=1).reshape(new_shape)
-                        for v in range(data.shape[3])], axis=-1)
+        if spec[0] == "perm":
+            out, new_aff = reorder(data, affine, spec[1])
+        elif spec[0] == "thick":
+            out, new_aff = thicken(data, affine, spec[1])
+        else:
+            new_aff, new_shape = regrid(affine, data.shape, *spec)
+            to_old = np.linalg.solve(affine, new_aff)
+            grid_ijk = np.indices(new_shape, dtype=np.float32).reshape(3, -1)
+            coords = to_old[:3, :3] @ grid_ijk + to_old[:3, 3:4]
+            out = np.stack([ndimage.map_coordinates(data[..., v], coords, order=1).reshape(new_shape)
+                            for v in range(data.shape[3])], axis=-1)
         nimg = nib.Nifti1Image(out.astype(np.float32), new_aff)
         nimg.set_qform(new_aff, 1)
         nimg.set_sform(new_aff, 1)
@@ -126,6 +161,8 @@ def main() -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real-dwi")
     p.add_argument("--scan", action="append", help="subject or subject/session (default: elition, trio/rep1)")
+    p.add_argument("--grids", default=None, help=f"comma-separated, from {', '.join(GRIDS)} (default: all; "
+                   "shift is always made: the second column compares with it)")
     p.add_argument("-n", "--jobs", type=int, default=2)
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE")
     args = p.parse_args()
@@ -138,7 +175,8 @@ def main() -> int:
         sub, _, ses = scan.partition("/")
         src = args.real / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "dwi"
         stem = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + "_dwi"
-        groups.append(write_grids(src, stem, bids, f"{sub}{ses}"))
+        grids = None if not args.grids else ["shift"] + [g for g in args.grids.split(",") if g != "shift"]
+        groups.append(write_grids(src, stem, bids, f"{sub}{ses}", grids))
     cmd = [sys.executable, "-m", "cstbatch", str(bids), str(deriv), "participant", "-n", str(args.jobs)]
     for option in args.option:
         cmd += ["--option", option]
