@@ -314,3 +314,28 @@ def test_group_report_without_metrics(tmp_path):
     text = write_group_report(tmp_path, summary, [{"participant_id": "sub-01", "key": "sub-01",
                                                    "status": "failed"}]).read_text()
     assert "bad bvec" in text and "sub-01" in text
+
+
+def test_profile_difference_ignores_one_noisy_node_near_the_end():
+    """A three-node dip in the lower brainstem is scatter, a broad difference mid-tract is a
+    finding, and the sentence gives its size against the spread across streamlines."""
+    from cstbatch.steps.report import profile_difference, summary_sentences
+
+    n = 100
+    left = np.full(n, 0.55)
+    right = np.full(n, 0.55)
+    right[7:10] = 0.40  # 7-9 % along the tract: inside the end share left out
+    left[40:60] = 0.62  # a focal rise on the left mid-tract, 20 nodes wide
+    sd = np.full(n, 0.05)
+    side = lambda p: {"profiles": {"fa": list(p)}, "profiles_std": {"fa": list(sd)}}  # noqa: E731
+    metrics = {"left": side(left), "right": side(right)}
+    d = profile_difference(metrics, "fa")
+    assert 40 <= d["node"] < 60
+    assert d["relative"] == pytest.approx(0.07 / 0.55)
+    assert d["effect"] == pytest.approx(0.07 / 0.05)
+    text = " ".join(summary_sentences(metrics))
+    assert "13% higher" in text and "1.4 times the spread across streamlines" in text
+    right[40:60] = 0.62  # no difference left but the dip
+    metrics = {"left": side(left), "right": side(right)}
+    assert abs(profile_difference(metrics, "fa")["relative"]) < 0.10
+    assert "No focal left–right FA difference" in " ".join(summary_sentences(metrics))

@@ -73,4 +73,4 @@ def register_extractors(register):
 @hookimpl
 def register_reporters(register):
     register("html", _lazy(".report", "report_html",
-             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="1")
+             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="2")
