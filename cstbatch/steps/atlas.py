@@ -184,6 +184,21 @@ def precentral_crown_y(z):
     return -8.0 - 0.45 * (z - 40.0)
 
 
+def precentral_band(x, y, z, margin_mm: float = 0.0, deep: bool = False, z_range=(18.0, 80.0),
+                    max_abs_x: float = 66.0):
+    """Bool per point (MNI mm): inside the precentral gyrus band, tissue aside: the crown
+    (:func:`precentral_crown_y`) 13 mm behind to 11 mm in front, widened front and back by
+    ``margin_mm``, 4 ≤ |x| ≤ ``max_abs_x``, z in ``z_range``; below z 38 only |x| ≥ 40 (the
+    face area on the lateral surface: the band also crosses the insula and the deep grey matter
+    there) unless ``deep`` keeps the white matter under the gyrus too (the corona radiata on the
+    way to it). The one band the motor ROIs (hand to leg, z 38-78) and the corridor extractor's
+    target (the whole gyrus, z 18-80) are cut from."""
+    yc = precentral_crown_y(z)
+    ax = np.abs(x)
+    return ((z >= z_range[0]) & (z <= z_range[1]) & (y >= yc - 13.0 - margin_mm) & (y <= yc + 11.0 + margin_mm)
+            & (ax >= 4.0) & (ax <= max_abs_x) & (deep | (z >= 38) | (ax >= 40.0)))
+
+
 def icbm_rois(gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> dict[str, np.ndarray]:
     """The CST ROIs of the ICBM 2009a atlas, from its GM / WM probability maps (0..1).
 
@@ -221,12 +236,9 @@ def icbm_rois(gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> dict[str, n
     dist_to_gm = np.full(gm.shape, np.inf, np.float32)
     dist_to_gm[sl] = ndimage.distance_transform_edt(~gm_mask[sl], sampling=vox)
     ribbon = gm_mask | ((wm >= 0.3) & (dist_to_gm <= 3.0))
-    yc_m = precentral_crown_y(z)
-    band = (z >= 38) & (z <= 78) & (y >= yc_m - 13.0) & (y <= yc_m + 11.0) & ribbon
-    ax = np.abs(x)
-    lateral = (ax >= 4.0) & (ax <= 60.0)
-    motor_left = band & lateral & (x < 0)
-    motor_right = band & lateral & (x > 0)
+    band = precentral_band(x, y, z, z_range=(38.0, 78.0), max_abs_x=60.0) & ribbon
+    motor_left = band & (x < 0)
+    motor_right = band & (x > 0)
     return {"brainstem": brainstem, "motor_left": motor_left, "motor_right": motor_right}
 
 

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from cstbatch.steps.atlas import precentral_band
 from cstbatch.steps.extract import (
     BRAINSTEM,
     _chunks,
@@ -94,19 +95,6 @@ FAN_THRESHOLD = 0.5
 FAN_SUPPORT = 4
 MIN_STREAMLINES = 20
 TARGET_LEFT, TARGET_RIGHT = 1, 2
-
-
-def precentral_band(x, y, z, margin_mm: float = 0.0, deep: bool = False):
-    """Bool per point (MNI mm): inside the precentral gyrus band, tissue aside (crown
-    ``y = -8 - 0.45 (z - 40)``, 13 mm behind to 11 mm in front, 4 ≤ |x| ≤ 66, z 18 to 80, below
-    z 38 only |x| ≥ 40), widened front and back by ``margin_mm``. ``deep`` keeps the white
-    matter under the gyrus below z 38 too (|x| < 40: the corona radiata on the way to it)."""
-    from cstbatch.steps.atlas import precentral_crown_y
-
-    yc = precentral_crown_y(z)
-    ax = np.abs(x)
-    return ((z >= 18) & (z <= 80) & (y >= yc - 13.0 - margin_mm) & (y <= yc + 11.0 + margin_mm)
-            & (ax >= 4.0) & (ax <= 66.0) & (deep | (z >= 38) | (ax >= 40.0)))
 
 
 @functools.lru_cache(maxsize=2)
