@@ -55,3 +55,51 @@ def test_toshiba_scan_gives_both_csts(toshiba_run):
         assert len(trk.streamlines) == counts[side]
     metrics = json.loads((out / "sub-toshiba" / "metrics" / "sub-toshiba_metrics.json").read_text())
     assert metrics["key"] == "sub-toshiba"
+
+
+@pytest.mark.skipif(not TOSHIBA.is_dir(), reason="../shared/real-dwi not present")
+def test_real_scan_stored_as_a_sagittal_acquisition_gives_the_same_tensors(tmp_path):
+    """The Toshiba scan's voxels stored in another axis order with one axis reversed (how a
+    sagittal acquisition stores a head; the voxel-to-world determinant changes sign, so the
+    BIDS x-flip of the b-vectors changes too). FA must be the same voxel for voxel and the
+    principal direction the same in the world: a left/right or b-vector convention slip would
+    mirror or swap the fibre directions."""
+    import numpy as np
+
+    from cstbatch.steps.gradients import voxel_to_world_dirs
+    from cstbatch.steps.ingest import check_nifti_dwi, load_dwi_data
+    from cstbatch.steps.model import fit_tensor_maps
+
+    stem = TOSHIBA / "dwi" / "sub-toshiba_dwi"
+    img = nib.load(f"{stem}.nii.gz")
+    data = np.asarray(img.dataobj, np.float32)
+    # new voxel (p, q, r) = old voxel (i, j, k) with p = j, q = k, r = n_i - 1 - i
+    new = np.ascontiguousarray(np.flip(np.transpose(data, (1, 2, 0, 3)), axis=2))
+    to_old = np.array([[0, 0, -1, data.shape[0] - 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], float)
+    aff_new = img.affine @ to_old
+    assert np.sign(np.linalg.det(aff_new[:3, :3])) != np.sign(np.linalg.det(img.affine[:3, :3]))
+    bvecs = np.loadtxt(f"{stem}.bvec")  # LAS storage: BIDS vectors are voxel-axis vectors
+    assert np.linalg.det(img.affine[:3, :3]) < 0
+    v_new = np.stack([bvecs[1], bvecs[2], -bvecs[0]])  # the same vectors on the new voxel axes
+    v_new[0] *= -1  # BIDS: x flipped for a positive determinant
+    d = tmp_path / "sag"
+    d.mkdir()
+    nib.save(nib.Nifti1Image(new, aff_new), str(d / "dwi.nii.gz"))
+    np.savetxt(d / "dwi.bvec", v_new, fmt="%.6f")
+    (d / "dwi.bval").write_text((stem.parent / "sub-toshiba_dwi.bval").read_text())
+
+    fits = []
+    for nii, bval, bvec in ((f"{stem}.nii.gz", f"{stem}.bval", f"{stem}.bvec"),
+                            (d / "dwi.nii.gz", d / "dwi.bval", d / "dwi.bvec")):
+        checked = check_nifti_dwi(nii, bval, bvec)
+        maps = fit_tensor_maps(load_dwi_data(checked), checked.gtab, None)
+        e1 = voxel_to_world_dirs(maps["evecs"][..., :, 0], checked.img.affine)
+        fits.append((maps["fa"], e1))
+    back = lambda a: np.transpose(np.flip(a, axis=2), (2, 0, 1) + tuple(range(3, a.ndim)))  # noqa: E731
+    fa0, e0 = fits[0]
+    fa1, e1 = back(fits[1][0]), back(fits[1][1])
+    np.testing.assert_allclose(fa1, fa0, atol=1e-4)
+    wm = fa0 > 0.3
+    assert wm.sum() > 1000
+    agree = np.abs(np.sum(e0[wm] * e1[wm], axis=-1))
+    assert np.median(agree) > 0.9999 and np.mean(agree > 0.99) > 0.99
