@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 #: reversed: a sagittal or coronal acquisition's storage, no interpolation); "thick" averages
 #: pairs of slices (the slice thickness doubled, anisotropic voxels)
 GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
-         "pitchm20": ("x", -20.0), "roll10": ("y", 10.0),
+         "pitchm20": ("x", -20.0), "roll10": ("y", 10.0), "pitch30": ("x", 30.0), "roll20": ("y", 20.0),
          "sagittal": ("perm", (1, 2, 0)), "coronal": ("perm", (0, 2, 1)), "thick": ("thick", 2)}
 
 

@@ -190,3 +190,30 @@ def test_streamlines_turning_out_of_the_pons_are_cut_at_the_turn(atlas):
     deep = _polyline((-4, -36, -75), *TRUNK, *ENDS["hand"])
     (a, b), = brainstem_ranges([deep], np.array([0]))
     assert deep[a:b, 2].min() >= -60.0 > deep[a - 1, 2] and b == len(deep)
+
+
+def test_density_cleaning_drops_strays_and_keeps_a_floor_of_the_best_supported():
+    """Tract-density cleaning: streamlines that leave the bundle for cells only they visit go,
+    the bundle stays. When the share threshold sits above nearly every streamline's share (here
+    streamlines that wander by ~3 mm along their length and an ``extract_tdi_inside`` of 1),
+    ``extract_tdi_keep`` still keeps that share of the candidates, the best supported ones,
+    instead of a handful."""
+    from scipy import ndimage
+
+    from cstbatch.steps.extract_corridor import clean_density
+
+    rng = np.random.default_rng(5)
+    base = _polyline(*TRUNK, *ENDS["hand"])
+    bundle = [base + ndimage.gaussian_filter1d(rng.normal(0.0, 3.0, base.shape), 3, axis=0) for _ in range(160)]
+    strays = [_polyline(*[np.array(p, float) + off for p in TRUNK[:4]], (-40 - 10 * k, -40, 20), (-45, -60, 45))
+              for k, off in enumerate(rng.normal(0.0, 1.0, (40, 3)))]
+    sl = bundle + strays
+    idx = np.arange(len(sl))
+    kept = clean_density(sl, idx, {})
+    assert np.isin(np.arange(160), kept).mean() > 0.9
+    assert not np.isin(np.arange(160, 200), kept).any()
+    strict = clean_density(sl, idx, {"extract_tdi_inside": 1.0, "extract_tdi_keep": 0.0})
+    floor = clean_density(sl, idx, {"extract_tdi_inside": 1.0, "extract_tdi_keep": 0.25})
+    assert len(strict) < 0.1 * len(sl)
+    assert len(floor) >= 0.25 * len(sl) and set(strict) <= set(floor)
+    assert not np.isin(np.arange(160, 200), floor).any()  # the floor takes bundle streamlines

@@ -120,6 +120,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "corridor/tdi: a 2 mm MNI cell is dense when this share of the 95th-percentile cell's streamline count visits it."),
     _opt("extract_tdi_inside", 0.9, _NUM, "extract",
          "corridor/tdi: share of a streamline's cells that must be dense for it to stay."),
+    _opt("extract_tdi_keep", 0.1, _NUM, "extract",
+         "corridor/tdi: at least this share of a side's candidate streamlines stays (those with the most dense "
+         "cells), when extract_tdi_inside would keep fewer; 0 turns it off."),
     _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm)."),
     _opt("extract_max_length", 250.0, _NUM, "extract", "Longest CST streamline kept (mm)."),
     _opt("extract_core_filter", True, bool, "extract",
