@@ -176,7 +176,8 @@ def _maps(fa_left=0.6, fa_right=0.4):
 def test_metrics_known_values_and_laterality(bundle):
     left = [bundle["left"], bundle["left_curved"]]
     right = [bundle["right"]]
-    m = compute_metrics(left, right, _maps(), AFF, {"profile_nodes": 50}, mni=np.eye(4))
+    # one and two streamlines: measurement, not detection (min_cst_streamlines 1)
+    m = compute_metrics(left, right, _maps(), AFF, {"profile_nodes": 50, "min_cst_streamlines": 1}, mni=np.eye(4))
     assert m["left"]["streamline_count"] == 2 and m["right"]["streamline_count"] == 1
     assert m["left"]["fa_mean"] == pytest.approx(0.6, abs=1e-6)
     assert m["right"]["fa_mean"] == pytest.approx(0.4, abs=1e-6)
@@ -201,7 +202,8 @@ def test_profile_orientation_brainstem_to_cortex(bundle):
     maps = {"fa": (0.2 + 0.004 * (z + 60)).astype(np.float32)}  # FA rises with z
     left = bundle["left"]
     for mni in (np.eye(4), None):
-        m1 = compute_metrics([left], [left[::-1]], maps, AFF, {"profile_nodes": 20}, mni=mni)
+        m1 = compute_metrics([left], [left[::-1]], maps, AFF, {"profile_nodes": 20, "min_cst_streamlines": 1},
+                             mni=mni)
         for side in ("left", "right"):
             prof = m1[side]["profiles"]["fa"]
             assert prof[0] < prof[-1], (side, mni)
@@ -222,6 +224,22 @@ def test_empty_sides_and_laterality_none():
     assert laterality_index(3.0, 1.0) == pytest.approx(0.5)
     json.dumps(m)
     assert len(metrics_to_rows(m)) == 3 and profiles_to_rows(m) == []
+
+
+def test_a_side_with_too_few_streamlines_is_not_measured(bundle):
+    """Below min_cst_streamlines a side is no tract: its count stays, nothing else is measured,
+    and no laterality is computed against it (a volume LI of -1 would read as a finding)."""
+    right = [bundle["right"]] * 12
+    m = compute_metrics([bundle["left"]] * 5, right, _maps(), AFF, {"profile_nodes": 20}, mni=np.eye(4))
+    assert m["left"]["found"] is False and m["left"]["streamline_count"] == 5
+    assert m["left"]["fa_mean"] is None and m["left"]["volume_mm3"] is None
+    assert m["left"]["profiles"]["fa"] is None
+    assert m["right"]["found"] is True and m["right"]["fa_mean"] == pytest.approx(0.4, abs=1e-6)
+    assert all(v is None for v in m["laterality"].values())
+    rows = metrics_to_rows(m)
+    assert rows[0]["fa_mean"] is None and rows[2]["volume_mm3"] is None
+    m = compute_metrics([bundle["left"]] * 5, right, _maps(), AFF, {"min_cst_streamlines": 5}, mni=np.eye(4))
+    assert m["left"]["found"] and m["laterality"]["fa_mean"] == pytest.approx(0.2, abs=1e-6)
 
 
 def test_visited_voxel_mask_counts_every_voxel_crossed():

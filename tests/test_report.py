@@ -87,7 +87,7 @@ def make_session(root: Path, orientation: str = "LAS", key: str = "sub-01_ses-01
     save_trk(left, ref, t / f"{key}_cstL.trk")
     save_trk(right, ref, t / f"{key}_cstR.trk")
     metrics = compute_metrics(left, right, {"fa": fa, "md": md, "rd": md * 0.8, "ad": md * 1.4}, affine,
-                              {"profile_nodes": 20})
+                              {"profile_nodes": 20, "min_cst_streamlines": 1})
     fig = Figure(figsize=(3, 1.5), dpi=60)
     FigureCanvasAgg(fig)
     fig.add_subplot(1, 1, 1).imshow(fa[:, :, 10].T, cmap="gray", origin="lower")

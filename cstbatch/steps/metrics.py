@@ -31,9 +31,15 @@ regions
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
     cerebral peduncle), ``precentral`` z ≥ 40 (precentral white matter and cortex end).
     Without an MNI transform, node thirds are used instead (first / middle / last third).
+found
+    Whether the side has at least ``min_cst_streamlines`` (10) streamlines. A side that has fewer
+    is no tract: its count is kept, every other value is ``None`` (a handful of streamlines
+    gave "right CST FA 0.39" and a volume laterality of −1 on a scan with a scrambled gradient
+    table, numbers a group analysis would have taken for a tract), and the QC flag
+    ``cst_not_found`` says why.
 laterality
     (L − R) / (L + R) for each scalar (count, volume, length, fa/md/rd/ad means); ``None``
-    when either side is missing/NaN or both are zero.
+    when either side is not found, missing/NaN, or both are zero.
 
 Everything returned is JSON-serialisable (floats, lists, None for NaN).
 """
@@ -239,7 +245,18 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
         side: _side_metrics(sl, maps, affine, nodes, mni, brainstem_mask)
         for side, sl in (("left", cst_left), ("right", cst_right))
     }
-    result["laterality"] = {k: laterality_index(result["left"][k], result["right"][k]) for k in LATERALITY_KEYS}
+    from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
+
+    minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
+    for side in SIDES:
+        n = result[side]["streamline_count"]
+        if n < minimum:  # no tract: nothing of it to measure (the count stays, QC flags cst_not_found)
+            result[side] = {**_side_metrics([], maps, affine, nodes, mni, brainstem_mask),
+                            "streamline_count": n, "volume_mm3": None}
+        result[side]["found"] = n >= minimum
+    both = result["left"]["found"] and result["right"]["found"]
+    result["laterality"] = {k: laterality_index(result["left"][k], result["right"][k]) if both else None
+                            for k in LATERALITY_KEYS}
     result["profile_nodes"] = nodes
     result["regions_definition"] = (
         {r: [lo, None if math.isinf(hi) else hi] for r, (lo, hi) in REGIONS_MNI_Z.items()}

@@ -38,7 +38,8 @@ COLLINEAR_DEG = 3.0
 MIN_SNR = 8.0
 
 QC_CODES: dict[str, str] = {
-    "cst_not_found": "a side has fewer than min_cst_streamlines CST streamlines: its metrics describe no tract",
+    "cst_not_found": "a side has fewer than min_cst_streamlines CST streamlines: no tract, so its metrics and the "
+                     "laterality indices are left empty",
     "fov_truncated": "the image does not cover every CST level (medulla → precentral gyrus, MNI z ranges in "
                      "cstbatch.steps.coverage): the tract is cut and its metrics are partial",
     "gradient_table_suspect": "another sign flip / axis permutation of the b-vectors gives clearly longer "
@@ -113,8 +114,8 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     empty = [f"{side} {int(counts.get(side, 0))}" for side in ("left", "right") if int(counts.get(side, 0)) < minimum]
     if empty:
         flags.append(flag("cst_not_found", f"CST not found: streamlines {', '.join(empty)} "
-                                           f"(fewer than min_cst_streamlines={minimum}); those sides' metrics "
-                                           "describe no tract"))
+                                           f"(fewer than min_cst_streamlines={minimum}); no tract, so those sides' "
+                                           "metrics and the laterality indices are left empty"))
     cov = register.get("coverage") or {}
     if cov.get("missing"):
         flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; missing levels: "
