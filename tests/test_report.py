@@ -339,3 +339,13 @@ def test_profile_difference_ignores_one_noisy_node_near_the_end():
     metrics = {"left": side(left), "right": side(right)}
     assert abs(profile_difference(metrics, "fa")["relative"]) < 0.10
     assert "No focal left–right FA difference" in " ".join(summary_sentences(metrics))
+
+
+def test_summary_says_a_side_was_not_found_instead_of_sizing_it():
+    from cstbatch.steps.report import summary_sentences
+
+    metrics = {"left": {"streamline_count": 4, "found": False, "volume_mm3": None},
+               "right": {"streamline_count": 300, "found": True, "volume_mm3": 9000.0, "fa_mean": 0.5}}
+    text = " ".join(summary_sentences(metrics))
+    assert "The left CST was not found (4 streamlines" in text
+    assert "The right CST has 300 streamlines (9000 mm³)" in text and "n/a mm³" not in text

@@ -217,9 +217,17 @@ def summary_sentences(metrics: dict) -> list[str]:
     out = [_pct_sentence("FA", L.get("fa_mean"), R.get("fa_mean"), lat.get("fa_mean"))]
     scale, unit = _md_scale([L.get("md_mean"), R.get("md_mean")])
     out.append(_pct_sentence("MD", L.get("md_mean"), R.get("md_mean"), lat.get("md_mean"), scale, unit=unit))
-    out.append(f"The left CST has {L.get('streamline_count', 0) or 0} streamlines "
-               f"({fmt(L.get('volume_mm3'), 0)} mm³), the right CST {R.get('streamline_count', 0) or 0} "
-               f"({fmt(R.get('volume_mm3'), 0)} mm³).")
+    missing = [side for side, m in (("left", L), ("right", R)) if m.get("found") is False]
+    if missing:  # a handful of streamlines is no tract: say so instead of giving its size
+        out.append(" ".join(f"The {side} CST was not found ({_side(metrics, side).get('streamline_count', 0) or 0} "
+                            "streamlines; see the quality-control flags)." for side in missing))
+        found = [(side, m) for side, m in (("left", L), ("right", R)) if side not in missing]
+        out += [f"The {side} CST has {m.get('streamline_count', 0) or 0} streamlines "
+                f"({fmt(m.get('volume_mm3'), 0)} mm³)." for side, m in found]
+    else:
+        out.append(f"The left CST has {L.get('streamline_count', 0) or 0} streamlines "
+                   f"({fmt(L.get('volume_mm3'), 0)} mm³), the right CST {R.get('streamline_count', 0) or 0} "
+                   f"({fmt(R.get('volume_mm3'), 0)} mm³).")
     d = profile_difference(metrics, "fa")
     if d is not None:
         where = f"about {d['fraction'] * 100:.0f}% of the way from the brainstem to the cortex"
