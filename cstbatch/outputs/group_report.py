@@ -251,6 +251,8 @@ def fa_distribution_figure(entries: Sequence[Mapping[str, Any]], outliers: Mappi
     ax.set_xlim(0.5, 2.5)
     ax.set_ylabel("mean FA")
     ax.set_title("FA per side (lines join a session's two sides)")
+    if not any(d.size for d in data):  # e.g. every CST not found: say so, not an empty frame
+        ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center")
     ax.grid(axis="y", alpha=0.3, lw=0.5)
     fig.subplots_adjust(left=0.16, right=0.97, top=0.91, bottom=0.1)
     return fig
