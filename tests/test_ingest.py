@@ -212,6 +212,28 @@ def test_derived_isotropic_volume_is_left_out(dwi, tmp_path):
         np.testing.assert_allclose(again.bvals, dwi["bvals"])
 
 
+def test_ingest_step_writes_the_acquired_volumes_and_names_the_dropped_one(dwi, tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from cstbatch.engine.session_steps import ingest as ingest_step
+    from cstbatch.outputs.layout import SessionLayout
+
+    data = np.concatenate([dwi["data"], dwi["data"][..., -1:]], axis=-1)
+    nib.save(nib.Nifti1Image(data, dwi["affine"]), str(dwi["nifti"]))
+    _write_grad(dwi["bval"], dwi["bvec"], np.r_[dwi["bvals"], 1000.0], np.r_[dwi["bvecs"], np.zeros((1, 3))])
+    out = tmp_path / "deriv"
+    layout = SessionLayout(out, "sub-01", Path("sub-01"))
+    spec = SimpleNamespace(input_type="nifti", input_path=dwi["nifti"], bval=dwi["bval"], bvec=dwi["bvec"],
+                           inputs=[("dwi", dwi["nifti"])])
+    with caplog.at_level(logging.WARNING):
+        info = ingest_step(SimpleNamespace(spec=spec, layout=layout, options={}, log=logging.getLogger("t")))
+    assert info["derived_volumes_dropped"] == [N_B0 + N_DIR]
+    assert info["shape"] == list(SHAPE) + [N_B0 + N_DIR] and info["n_directions"] == N_DIR
+    assert nib.load(str(layout.dwi)).shape == SHAPE + (N_B0 + N_DIR,)
+    assert "derived isotropic" in caplog.text
+
+
 def test_only_derived_volumes_is_an_error(dwi):
     bvecs = dwi["bvecs"].copy()
     bvecs[N_B0:] = 0

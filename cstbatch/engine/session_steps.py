@@ -95,7 +95,7 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
     # the inputs as the user gave them (never dcm2niix's scratch files), named relative to the
     # study root: provenance, and what the ingest task's up-to-date check compares
     info["inputs"] = {label: input_sha256(path) for label, path in spec.inputs}
-    info["shape"] = list(checked.img.shape)
+    info["shape"] = list(checked.img.shape[:3]) + [int(checked.bvals.size)]  # as written (derived volumes out)
     info["voxel_mm"] = [round(float(z), 4) for z in checked.img.header.get_zooms()[:3]]
     info["n_b0"] = int(np.sum(checked.bvals <= 50))
     info["n_directions"], info["shells"] = n_dirs, shells(checked.bvals)
