@@ -180,6 +180,11 @@ def test_no_b0(dwi):
     _expect_error(dwi["bval"], "no b0 volume", *_args(dwi))
 
 
+def test_bvalues_in_the_wrong_unit(dwi):
+    _write_grad(dwi["bval"], dwi["bvec"], dwi["bvals"] / 1000.0, dwi["bvecs"])
+    _expect_error(dwi["bval"], "b-values look like ms/um^2 (largest 1)", *_args(dwi))
+
+
 def test_non_unit_vectors(dwi):
     bvecs = dwi["bvecs"].copy()
     bvecs[N_B0 + 3] *= 0.8

@@ -165,6 +165,12 @@ def read_bvals_bvecs(
         i = int(np.flatnonzero(bvals < 0)[0])
         raise InputError(bval_path, f"negative b-value {bvals[i]:g} at volume {i}")
     is_b0 = bvals <= B0_THRESHOLD
+    if is_b0.all() and 0 < bvals.max() <= 10:
+        raise InputError(
+            bval_path,
+            f"b-values look like ms/um^2 (largest {bvals.max():g}); BIDS/FSL .bval files hold s/mm^2 "
+            "(e.g. 1000)",
+        )
     if not is_b0.any():
         raise InputError(
             bval_path,
