@@ -217,3 +217,26 @@ def test_density_cleaning_drops_strays_and_keeps_a_floor_of_the_best_supported()
     assert len(strict) < 0.1 * len(sl)
     assert len(floor) >= 0.25 * len(sl) and set(strict) <= set(floor)
     assert not np.isin(np.arange(160, 200), floor).any()  # the floor takes bundle streamlines
+
+
+def test_clip_cortex_ends_each_streamline_where_it_enters_the_gyrus(atlas):
+    """extract_clip_cortex: the same streamlines are selected, each kept part ends at its first
+    point in the precentral gyrus (cortex or juxtacortical white matter), whichever way the
+    streamline runs; without the option the ends stay in the gyrus."""
+    rng = np.random.default_rng(3)
+    left, right = _fan(rng, -1), _fan(rng, +1)
+    streamlines = left + [s[::-1] for s in right]  # the right side runs cortex -> brainstem
+    plain = extract_corridor(streamlines, atlas, {})
+    clipped = extract_corridor(streamlines, atlas, {"extract_clip_cortex": True})
+    code, aff = precentral_rois(0.0)
+    for side in ("left", "right"):
+        assert np.array_equal(plain[side], clipped[side]) and len(plain[side]) > 20
+        ends = []
+        for i, (a, b), (a0, b0) in zip(clipped[side], clipped["ranges"][side], plain["ranges"][side]):
+            part = streamlines[i][a:b]
+            end, before = (part[-1], part[-2]) if part[-1, 2] >= part[0, 2] else (part[0], part[1])
+            codes = point_codes(np.array([end, before]), code, aff)
+            assert codes[0] > 0 and codes[1] == 0  # the end is the first point in the gyrus
+            ends.append(b - a < b0 - a0)
+        assert np.mean(ends) > 0.8  # most lose the part inside the gyrus
+    assert "extract_clip_cortex" in clipped["info"]["superior_end"]
