@@ -240,3 +240,4 @@ def test_clip_cortex_ends_each_streamline_where_it_enters_the_gyrus(atlas):
             ends.append(b - a < b0 - a0)
         assert np.mean(ends) > 0.8  # most lose the part inside the gyrus
     assert "extract_clip_cortex" in clipped["info"]["superior_end"]
+    assert plain["info"]["candidates"]["left"] >= len(plain["left"])

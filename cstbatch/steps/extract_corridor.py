@@ -480,9 +480,10 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
     options = dict(options or {})
     side, info = _classify(streamlines_mni, atlas, options)
     out: dict[str, Any] = {"ranges": {}}
-    trimmed = {}
+    trimmed, candidates = {}, {}
     for name, v in (("left", 1), ("right", -1)):
         idx = np.flatnonzero(side == v).astype(np.int64)
+        candidates[name] = int(len(idx))  # before cleaning: how much the anatomical test let through
         if options.get("extract_core_filter", True):
             clean = clean_fan if options.get("extract_clean", "tdi") == "fan" else clean_density
             idx = clean(streamlines_mni, idx, options)
@@ -491,7 +492,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
         trimmed[name] = int(sum(int(b - a) < len(streamlines_mni[i]) for i, (a, b) in zip(idx, ranges)))
         if options.get("extract_clip_cortex", False):
             out["ranges"][name] = cortex_entry_ranges(streamlines_mni, idx, ranges)
-    out["info"] = {**info, "trimmed_in_brainstem": trimmed}
+    out["info"] = {**info, "candidates": candidates, "trimmed_in_brainstem": trimmed}
     if options.get("extract_clip_cortex", False):
         out["info"]["superior_end"] += ", cut where the streamline enters it (extract_clip_cortex)"
     return out
