@@ -335,6 +335,9 @@ def test_profile_difference_ignores_one_noisy_node_near_the_end():
     assert d["effect"] == pytest.approx(0.07 / 0.05)
     text = " ".join(summary_sentences(metrics))
     assert "13% higher" in text and "1.4 times the spread across streamlines" in text
+    sd[:] = 0.1  # the same difference within a wider spread
+    metrics = {"left": side(left), "right": side(right)}
+    assert "only 0.7 times the spread across streamlines there, so possibly scatter" in " ".join(summary_sentences(metrics))
     right[40:60] = 0.62  # no difference left but the dip
     metrics = {"left": side(left), "right": side(right)}
     assert abs(profile_difference(metrics, "fa")["relative"]) < 0.10

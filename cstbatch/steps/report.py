@@ -233,8 +233,10 @@ def summary_sentences(metrics: dict) -> list[str]:
         where = f"about {d['fraction'] * 100:.0f}% of the way from the brainstem to the cortex"
         if abs(d["relative"]) >= PROFILE_DIFF_NOTE:
             word = "lower" if d["relative"] < 0 else "higher"
-            spread = ("" if d["effect"] is None else
-                      f"; {abs(d['effect']):.1f} times the spread across streamlines there")
+            e = None if d["effect"] is None else abs(d["effect"])
+            spread = ("" if e is None else
+                      f"; {e:.1f} times the spread across streamlines there" if e >= 1.0 else
+                      f"; only {e:.1f} times the spread across streamlines there, so possibly scatter")
             out.append(f"Along the tract, left and right FA differ most {where}, where left CST FA is "
                        f"{abs(d['relative']) * 100:.0f}% {word} than right (left {fmt(d['left'])}, "
                        f"right {fmt(d['right'])}{spread}); see the tract profiles.")
