@@ -27,11 +27,13 @@ Then strays are removed per side (``extract_core_filter``, default on), by tract
 (``extract_clean=tdi``, :func:`clean_density`): the side's streamlines are counted in 2 mm MNI
 cells; a cell is dense when at least ``extract_tdi_fraction`` (0.3) of the 95th-percentile
 cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) of its cells are
-dense, and the best-supported ``extract_tdi_keep`` (10 %) of the side's candidates stay in any case. ``extract_clean=fan`` keeps the method's first cleaning (:func:`clean_fan`: per-level
+dense, and the best-supported ``extract_tdi_keep`` (10 %) of the side's candidates stay in
+any case. ``extract_clean=fan`` keeps the method's first cleaning (:func:`clean_fan`: per-level
 density below ``FAN_Z``, QuickBundles branches above it, each branch scored against its own
 peak), for comparison. Last, in the pons and below (z < ``TRIM_BELOW_Z``) each kept
 streamline is cut where it first leaves the brainstem (into a cerebellar peduncle or across the
-pons), and at the brainstem ROI's lower end (z −60): :func:`brainstem_ranges`.
+pons), and at the brainstem ROI's lower end (z −60): :func:`brainstem_ranges`; with
+``extract_clip_cortex`` also where it enters the precentral gyrus (:func:`cortex_entry_ranges`).
 
 Why tract density: with the tracker seeded on the tract (``track_region=cst``) a side has
 hundreds to thousands of candidates, and the first cleaning, which keeps a streamline by its
