@@ -146,10 +146,9 @@ def model(ctx: StepContext) -> dict[str, Any]:
     from cstbatch.atomic import write_text
     from cstbatch.steps.model import TENSOR_MAX_B, fit_tensor_maps, tensor_volumes, white_matter_snr
 
-    mode = str(ctx.options.get("gradient_check", "flag"))
-    if mode not in ("off", "flag", "fix"):
-        from cstbatch.errors import OptionError
-        raise OptionError(f"gradient_check: {mode!r} is not one of off, flag, fix")
+    from cstbatch.study.options import require_choice
+
+    mode = require_choice("gradient_check", str(ctx.options.get("gradient_check", "flag")))
     img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options))
     keep = tensor_volumes(gtab.bvals)
     info: dict[str, Any] = {"tensor_max_b": TENSOR_MAX_B, "tensor_volumes": int(keep.size)}

@@ -47,9 +47,7 @@ import nibabel as nib
 import numpy as np
 
 from cstbatch.atomic import atomic_path
-from cstbatch.errors import InputError, OptionError
-
-REGISTRATION_METHODS = ("affine", "syn")
+from cstbatch.errors import InputError
 
 #: Iterations per pyramid level (coarse → fine) of the affine stage. On the 2 mm phantom
 #: (100, 50, 10) lands within 0.06 mm of (250, 100, 30) (mean over the brain) in half the time,
@@ -230,9 +228,9 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
     from dipy.align.transforms import AffineTransform3D, RigidTransform3D
 
     options = dict(options or {})
-    method = str(options.get("registration_method") or "affine").lower()
-    if method not in REGISTRATION_METHODS:
-        raise OptionError(f"registration_method: {method!r} is not one of {', '.join(REGISTRATION_METHODS)}")
+    from cstbatch.study.options import require_choice
+
+    method = require_choice("registration_method", str(options.get("registration_method") or "affine").lower())
     fa_img = _as_image(fa_img, "FA map")
     template = _template_from(template_img)
     fa, fa_affine = _clean_fa(fa_img)

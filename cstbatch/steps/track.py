@@ -375,9 +375,9 @@ def denoise_for_tracking(data: np.ndarray, region, method: str) -> np.ndarray:
     """
     if method == "none" or region is None:
         return data
-    if method != "mppca":
-        from cstbatch.errors import OptionError
-        raise OptionError(f"track_denoise: {method!r} is not one of mppca, none")
+    from cstbatch.study.options import require_choice
+
+    require_choice("track_denoise", method)
     from cstbatch.steps.denoise import mppca_patch_radius
     from cstbatch.steps.mppca import mppca_batched
 

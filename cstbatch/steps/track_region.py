@@ -44,10 +44,6 @@ import numpy as np
 
 from cstbatch.steps.atlas import _mm_grid, precentral_crown_y
 
-#: track_region values: "cst" (corridor + CST seeds) or "brain" (whole brain, every WM voxel seeded)
-TRACK_REGIONS = ("cst", "brain")
-
-
 def mni_coordinates(shape, affine, subject_to_mni) -> np.ndarray:
     """MNI mm of every voxel centre, (X, Y, Z, 3)."""
     grid = _mm_grid(tuple(shape[:3]), np.asarray(subject_to_mni, float) @ np.asarray(affine, float))
@@ -110,10 +106,9 @@ def tracking_inputs(brain: np.ndarray, maps: Mapping[str, np.ndarray], affine,
     ``track_region=cst``. ``track_region=brain`` returns the brain mask and the maps unchanged:
     whole-brain tracking as before, for users who want the tractogram, with no registration.
     """
-    region = str(options.get("track_region") or "cst")
-    if region not in TRACK_REGIONS:
-        from cstbatch.errors import OptionError
-        raise OptionError(f"track_region: {region!r} is not one of {', '.join(TRACK_REGIONS)}")
+    from cstbatch.study.options import require_choice
+
+    region = require_choice("track_region", str(options.get("track_region") or "cst"))
     brain = np.asarray(brain, bool)
     if region == "brain":
         return brain, dict(maps), {"region": "brain", "region_voxels": int(brain.sum())}

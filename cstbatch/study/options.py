@@ -198,8 +198,22 @@ def check_options(options: Mapping[str, Any], where: str = "options") -> list[st
         elif not isinstance(value, opt.type):
             problems.append(f"{where}.{name}: expected {_type_name(opt.type)}, got {value!r}")
         elif opt.choices and value not in opt.choices:
-            problems.append(f"{where}.{name}: {value!r} is not one of {', '.join(opt.choices)}")
+            problems.append(f"{where}.{name}: {_not_a_choice(opt, value)}")
     return problems
+
+
+def _not_a_choice(opt: Option, value) -> str:
+    return f"{value!r} is not one of {', '.join(opt.choices)}"
+
+
+def require_choice(name: str, value: Any) -> Any:
+    """``value`` if it is one of option ``name``'s ``choices``, else an OptionError: the check
+    :func:`check_options` makes at planning, for steps called with options that did not go
+    through it (plugins, benchmarks, tests)."""
+    opt = OPTIONS[name]
+    if value not in opt.choices:
+        raise OptionError(f"{name}: {_not_a_choice(opt, value)}")
+    return value
 
 
 def _type_name(t) -> str:
