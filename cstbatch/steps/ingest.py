@@ -315,7 +315,8 @@ def load_dwi_data(checked: CheckedDwi) -> np.ndarray:
     """Load the checked DWI as a float32 (X, Y, Z, N) array (scaling applied), its accepted
     volumes only."""
     data = np.asarray(checked.img.dataobj, dtype=np.float32)
-    return data if checked.volumes is None else data[..., checked.volumes]
+    keep = checked.volumes
+    return data if keep is None else data[..., keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,8 +356,9 @@ def write_preproc(checked: CheckedDwi, out_nifti, out_bval, out_bvec, data=None,
     if data is None and dtype == "original":
         # scaled values; nibabel recomputes scl_slope/inter for an integer on-disk type
         arr = np.asanyarray(img.dataobj)
-        if checked.volumes is not None:
-            arr = arr[..., checked.volumes]
+        keep = checked.volumes
+        if keep is not None:
+            arr = arr[..., keep]
         out_dtype = hdr.get_data_dtype()
     else:
         arr = load_dwi_data(checked) if data is None else np.asarray(data)

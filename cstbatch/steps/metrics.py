@@ -241,19 +241,18 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
 
         raise OptionError(f"profile_nodes: must be at least 2, got {nodes}")
     maps = {k: np.asarray(v) for k, v in (maps or {}).items() if k in SCALARS}
-    result: dict[str, Any] = {
-        side: _side_metrics(sl, maps, affine, nodes, mni, brainstem_mask)
-        for side, sl in (("left", cst_left), ("right", cst_right))
-    }
     from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
 
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
-    for side in SIDES:
-        n = result[side]["streamline_count"]
-        if n < minimum:  # no tract: nothing of it to measure (the count stays, QC flags cst_not_found)
-            result[side] = {**_side_metrics([], maps, affine, nodes, mni, brainstem_mask),
-                            "streamline_count": n, "volume_mm3": None}
-        result[side]["found"] = n >= minimum
+    result: dict[str, Any] = {}
+    for side, sl in (("left", cst_left), ("right", cst_right)):
+        sl = [s for s in _as_list(sl) if len(s) > 0]
+        found = len(sl) >= minimum
+        # no tract: nothing of it to measure (the count stays, QC flags cst_not_found)
+        result[side] = _side_metrics(sl if found else [], maps, affine, nodes, mni, brainstem_mask)
+        if not found:
+            result[side].update(streamline_count=len(sl), volume_mm3=None)
+        result[side]["found"] = found
     both = result["left"]["found"] and result["right"]["found"]
     result["laterality"] = {k: laterality_index(result["left"][k], result["right"][k]) if both else None
                             for k in LATERALITY_KEYS}
