@@ -483,6 +483,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
     side, info = _classify(streamlines_mni, atlas, options)
     out: dict[str, Any] = {"ranges": {}}
     trimmed, candidates = {}, {}
+    clip = bool(options.get("extract_clip_cortex", False))
     for name, v in (("left", 1), ("right", -1)):
         idx = np.flatnonzero(side == v).astype(np.int64)
         candidates[name] = int(len(idx))  # before cleaning: how much the anatomical test let through
@@ -492,10 +493,10 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
         out[name] = idx
         out["ranges"][name] = ranges = brainstem_ranges(streamlines_mni, idx)
         trimmed[name] = int(sum(int(b - a) < len(streamlines_mni[i]) for i, (a, b) in zip(idx, ranges)))
-        if options.get("extract_clip_cortex", False):
+        if clip:
             out["ranges"][name] = cortex_entry_ranges(streamlines_mni, idx, ranges)
     out["info"] = {**info, "candidates": candidates, "trimmed_in_brainstem": trimmed}
-    if options.get("extract_clip_cortex", False):
+    if clip:
         out["info"]["superior_end"] += ", cut where the streamline enters it (extract_clip_cortex)"
     return out
 
