@@ -37,10 +37,13 @@ sys.path.insert(0, str(ROOT))
 #: grid name -> (rotation axis, degrees); "shift" moves the grid by half a voxel on every axis;
 #: "perm" stores the same voxels in another axis order (slices along another axis, one axis
 #: reversed: a sagittal or coronal acquisition's storage, no interpolation); "thick" averages
-#: pairs of slices (the slice thickness doubled, anisotropic voxels)
+#: pairs of slices (the slice thickness doubled, anisotropic voxels). Two more change the
+#: acquisition rather than the grid: "noise2" doubles the noise (:func:`add_noise`), "dirs12"
+#: keeps the b0s and the first 12 diffusion directions (the fewest of the held-back scans)
 GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
          "pitchm20": ("x", -20.0), "roll10": ("y", 10.0), "pitch30": ("x", 30.0), "roll20": ("y", 20.0),
-         "sagittal": ("perm", (1, 2, 0)), "coronal": ("perm", (0, 2, 1)), "thick": ("thick", 2)}
+         "sagittal": ("perm", (1, 2, 0)), "coronal": ("perm", (0, 2, 1)), "thick": ("thick", 2),
+         "noise2": ("noise", 2.0), "dirs12": ("dirs", 12)}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -96,6 +99,18 @@ def thicken(data: np.ndarray, affine: np.ndarray, factor: int) -> tuple[np.ndarr
     return out, new
 
 
+def add_noise(data: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
+    """The scan with its noise ``factor`` times as large: complex Gaussian noise of
+    σ0·sqrt(factor² − 1) added to the magnitude (so it stays Rician), where σ0 is the scan's own
+    noise (dipy's ``estimate_sigma`` over the volumes, median). A second, noisier acquisition of
+    the same head: lower SNR is what the held-back 3 mm b 2000–2500 scans have."""
+    from dipy.denoise.noise_estimate import estimate_sigma
+
+    sigma = float(np.median(estimate_sigma(data, N=0))) * np.sqrt(factor ** 2 - 1.0)
+    rng = np.random.default_rng(seed)
+    return np.sqrt((data + rng.normal(0.0, sigma, data.shape)) ** 2 + rng.normal(0.0, sigma, data.shape) ** 2)
+
+
 def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> list[str]:
     """The original scan and its regridded copies as subjects ``<name><grid>`` of ``bids``."""
     import nibabel as nib
@@ -118,7 +133,15 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> 
             shutil.copyfile(src_dir / f"{stem}.{ext}", d / f"sub-{sub}_dwi.{ext}")
         if spec is None:
             continue
-        if spec[0] == "perm":
+        keep = np.arange(data.shape[3])
+        if spec[0] == "dirs":  # the b0s and the first spec[1] diffusion directions
+            bvals = np.loadtxt(src_dir / f"{stem}.bval").ravel()
+            keep = np.flatnonzero((bvals <= 50) | (np.cumsum(bvals > 50) <= spec[1]))
+            np.savetxt(d / f"sub-{sub}_dwi.bval", bvals[keep][None], fmt="%g")
+            out, new_aff = data[..., keep], affine
+        elif spec[0] == "noise":
+            out, new_aff = add_noise(data, spec[1]), affine
+        elif spec[0] == "perm":
             out, new_aff = reorder(data, affine, spec[1])
         elif spec[0] == "thick":
             out, new_aff = thicken(data, affine, spec[1])
@@ -134,7 +157,7 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> 
         nimg.set_sform(new_aff, 1)
         nib.save(nimg, str(d / f"sub-{sub}_dwi.nii.gz"))
         axes = new_aff[:3, :3] / np.linalg.norm(new_aff[:3, :3], axis=0, keepdims=True)
-        np.savetxt(d / f"sub-{sub}_dwi.bvec", voxel_axes_to_bids(world_dirs @ axes, new_aff).T, fmt="%.6f")
+        np.savetxt(d / f"sub-{sub}_dwi.bvec", voxel_axes_to_bids(world_dirs[keep] @ axes, new_aff).T, fmt="%.6f")
     return subjects
 
 
