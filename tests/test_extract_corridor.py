@@ -13,6 +13,7 @@ from cstbatch.steps.extract_corridor import (
     brainstem_ranges,
     coverage_options,
     coverage_top_z,
+    cortex_entry_ranges,
     coverage_z,
     extract_corridor,
     inferior_levels,
@@ -132,7 +133,7 @@ def test_slab_stopping_under_the_vertex_ends_the_tract_at_the_image_top(atlas):
     assert superior_end_z(SUPERIOR_FULL_Z) is None and superior_end_z(None) is None
     assert superior_end_z(40.0) == pytest.approx(34.0)
     full = extract_corridor(streamlines, atlas, {"coverage_top_z": 80.0})
-    assert len(full["left"]) == 0 and full["info"]["superior_end"] == "precentral gyrus"
+    assert len(full["left"]) == 0 and full["info"]["superior_end"].startswith("precentral gyrus, cut")
 
 
 def test_coverage_top_z_is_the_highest_covered_level_under_the_gyrus():
@@ -162,7 +163,7 @@ def test_streamlines_turning_out_of_the_pons_are_cut_at_the_turn(atlas):
     backward = _jittered(ENDS["hand"][::-1] + TRUNK[::-1][:-2] + [(-9, -27, -30), (-10, -44, -36), (-12, -56, -40)],
                          rng, 20)
     streamlines = straight + lateral + backward
-    out = extract_corridor(streamlines, atlas, {})
+    out = extract_corridor(streamlines, atlas, {"extract_clip_cortex": False})  # the brainstem end only
     kept = out["left"].tolist()
     assert set(range(40)) <= set(kept) and len(kept) >= 70, kept
     cut = dict(zip(kept, map(tuple, out["ranges"]["left"])))
@@ -220,14 +221,14 @@ def test_density_cleaning_drops_strays_and_keeps_a_floor_of_the_best_supported()
 
 
 def test_clip_cortex_ends_each_streamline_where_it_enters_the_gyrus(atlas):
-    """extract_clip_cortex: the same streamlines are selected, each kept part ends at its first
-    point in the precentral gyrus (cortex or juxtacortical white matter), whichever way the
-    streamline runs; without the option the ends stay in the gyrus."""
+    """extract_clip_cortex (the default): the same streamlines are selected, each kept part ends
+    where it enters the precentral gyrus (cortex or juxtacortical white matter), whichever way
+    the streamline runs; with the option off the ends stay in the gyrus."""
     rng = np.random.default_rng(3)
     left, right = _fan(rng, -1), _fan(rng, +1)
     streamlines = left + [s[::-1] for s in right]  # the right side runs cortex -> brainstem
-    plain = extract_corridor(streamlines, atlas, {})
-    clipped = extract_corridor(streamlines, atlas, {"extract_clip_cortex": True})
+    plain = extract_corridor(streamlines, atlas, {"extract_clip_cortex": False})
+    clipped = extract_corridor(streamlines, atlas, {})
     code, aff = precentral_rois(0.0)
     for side in ("left", "right"):
         assert np.array_equal(plain[side], clipped[side]) and len(plain[side]) > 20
@@ -236,8 +237,26 @@ def test_clip_cortex_ends_each_streamline_where_it_enters_the_gyrus(atlas):
             part = streamlines[i][a:b]
             end, before = (part[-1], part[-2]) if part[-1, 2] >= part[0, 2] else (part[0], part[1])
             codes = point_codes(np.array([end, before]), code, aff)
-            assert codes[0] > 0 and codes[1] == 0  # the end is the first point in the gyrus
+            assert codes[0] > 0 and codes[1] == 0  # the end is where it enters the gyrus
             ends.append(b - a < b0 - a0)
         assert np.mean(ends) > 0.8  # most lose the part inside the gyrus
     assert "extract_clip_cortex" in clipped["info"]["superior_end"]
     assert plain["info"]["candidates"]["left"] >= len(plain["left"])
+
+
+def test_clip_cortex_cuts_at_the_last_entry_not_where_the_streamline_grazes_the_gyrus():
+    """A streamline that touches the gyrus on its way up (a sulcus's depth, a registration a
+    few mm off), leaves it and enters it again keeps everything up to the second entry, whichever
+    way it runs; the cut at the first touch lost the whole upper fan on the phantoms."""
+    code, aff = precentral_rois(0.0)
+    ijk = np.argwhere(code == 1)
+    world = ijk @ aff[:3, :3].T + aff[:3, 3]
+    low, high = world[np.argmin(world[:, 2])], world[np.argmax(world[:, 2])]
+    outside = np.array([[-20.0, -20.0, 0.0], [-20.0, 10.0, 35.0], [-20.0, 10.0, 90.0]])
+    assert list(point_codes(np.vstack([low, high]), code, aff)) == [1, 1]
+    assert not point_codes(outside, code, aff).any()
+    up = np.vstack([outside[0], low, outside[1], high, outside[2]])  # in, out, in, out
+    for s, expect in ((up, (0, 4)), (up[::-1], (1, 5))):
+        assert tuple(cortex_entry_ranges([s], np.array([0]), np.array([[0, 5]]))[0]) == expect
+    # never in the gyrus (an image that stops under it): the end stays
+    assert tuple(cortex_entry_ranges([outside], np.array([0]), np.array([[0, 3]]))[0]) == (0, 3)

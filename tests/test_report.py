@@ -165,7 +165,7 @@ def test_report_names_the_levels_a_truncated_image_used(las_session, tmp_path):
     full = dataclasses.replace(las_session, metrics={**las_session.metrics, "extraction": {
         "inferior_levels": ["medulla", "pons"], "fov_truncated": False, "superior_end": "precentral gyrus"}})
     text = report_html(full, tmp_path / "full", {"generate_pdf": False})[0].read_text(encoding="utf-8")
-    assert "CST starts in" in text and "CST ends at" not in text
+    assert "CST starts in" in text and "CST ends at" in text and "stops under the vertex" not in text
 
 
 def test_pdf_report_is_valid_and_deterministic(reports):

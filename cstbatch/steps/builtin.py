@@ -67,10 +67,10 @@ def register_extractors(register):
              "One end in the brainstem, the other in a motor ROI."), version="2")
     register("corridor", _lazy(".extract_corridor", "extract_corridor",
              "Pons (or lowest covered level) + posterior limb of the internal capsule + "
-             "whole precentral gyrus; tract-density cleaning (the default)."), version="4")
+             "whole precentral gyrus; tract-density cleaning; cut at the gyrus (the default)."), version="5")
 
 
 @hookimpl
 def register_reporters(register):
     register("html", _lazy(".report", "report_html",
-             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="2")
+             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="3")

@@ -608,8 +608,9 @@ def build_session_document(session: SessionReportInput, options: dict):
     if extraction.get("inferior_levels"):
         counts.append(["CST starts in (lowest levels used)", ", ".join(extraction["inferior_levels"]).replace("_", " ")
                        + (" — field of view truncated" if extraction.get("fov_truncated") else "")])
-    if extraction.get("superior_end") and extraction["superior_end"] != "precentral gyrus":
-        counts.append(["CST ends at", extraction["superior_end"] + " — the image stops under the vertex"])
+    if extraction.get("superior_end"):
+        counts.append(["CST ends at", extraction["superior_end"]
+                       + (" — the image stops under the vertex" if "image's top" in extraction["superior_end"] else "")])
     if reg_info.get("atlas"):
         counts.append(["Atlas", f"{reg_info['atlas']} (v{reg_info.get('atlas_version', '?')})"])
     b.append(Table(["Quantity", "Value"], counts, caption="Streamlines and registration"))
