@@ -121,8 +121,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("extract_tdi_inside", 0.9, _NUM, "extract",
          "corridor/tdi: share of a streamline's cells that must be dense for it to stay."),
     _opt("extract_clip_cortex", True, bool, "extract",
-         "corridor: cut each CST streamline where it enters the precentral gyrus for good (the tract between its "
-         "ROIs at both ends): more reproducible between repeats; false keeps the part inside the gyrus (README)."),
+         "corridor: cut each CST streamline where it enters the precentral cortex for good (the white-matter "
+         "tract up to the cortex): more reproducible between repeats; false keeps the part in the cortex (README)."),
     _opt("extract_tdi_keep", 0.1, _NUM, "extract",
          "corridor/tdi: at least this share of a side's candidate streamlines stays (those with the most dense "
          "cells), when extract_tdi_inside would keep fewer; 0 turns it off."),
