@@ -102,9 +102,10 @@ MIN_STREAMLINES = 20
 TARGET_LEFT, TARGET_RIGHT = 1, 2
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def precentral_rois(dilate_mm: float = TARGET_TOLERANCE_MM, grey_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 code volume: bit 1 left, 2 right precentral gyrus, affine) on the ICBM 1 mm grid.
+    """(uint8 code volume: bit 1 left, 2 right precentral gyrus, affine) on every second voxel of
+    the ICBM 1 mm grid (2 mm).
 
     The gyrus band of :func:`cstbatch.steps.atlas.icbm_rois` (crown ``y = -8 - 0.45 (z - 40)``,
     13 mm behind to 11 mm in front, cortex or juxtacortical white matter) taken from z = 18 to
@@ -112,8 +113,9 @@ def precentral_rois(dilate_mm: float = TARGET_TOLERANCE_MM, grey_only: bool = Fa
     below z = 38 only lateral cortex (|x| ≥ 40) counts, so the insula and the deep grey matter,
     which the band also crosses there, stay out. Dilated by ``dilate_mm`` (tracking stops a
     little short of the cortex). ``grey_only``: the gyrus's cortex alone, without the white
-    matter within 3 mm of it (where :func:`cortex_entry_ranges` cuts the tract). Always the ICBM maps (installed with nilearn): the test is in
-    MNI mm, whatever atlas the ROIs came from.
+    matter within 3 mm of it; :func:`cortex_entry_ranges` cuts the tract where it enters that.
+    Always the ICBM maps (installed with nilearn): the test is in MNI mm, whatever atlas the ROIs
+    came from.
     """
     import nibabel as nib
     from scipy import ndimage
