@@ -261,5 +261,7 @@ def test_clip_cortex_cuts_at_the_last_entry_not_where_the_streamline_grazes_the_
     up = np.vstack([outside[0], low, outside[1], high, outside[2]])  # in, out, in, out
     for s, expect in ((up, (0, 4)), (up[::-1], (1, 5))):
         assert tuple(cortex_entry_ranges([s], np.array([0]), np.array([[0, 5]]))[0]) == expect
+    # inside from its first point: two points stay, not one
+    assert tuple(cortex_entry_ranges([np.vstack([low, high])], np.array([0]), np.array([[0, 2]]))[0]) == (0, 2)
     # never in the gyrus (an image that stops under it): the end stays
     assert tuple(cortex_entry_ranges([outside], np.array([0]), np.array([[0, 3]]))[0]) == (0, 3)

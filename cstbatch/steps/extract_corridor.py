@@ -482,7 +482,9 @@ def cortex_entry_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, 
             continue
         last_in = int(np.flatnonzero(inside)[-1])
         outside_before = np.flatnonzero(~inside[:last_in])
-        entry = int(outside_before[-1]) + 1 if outside_before.size else 0
+        # at least two points stay (a streamline inside the cortex from its first point is not
+        # one the corridor keeps, but a one-point tract would break its profile)
+        entry = max(int(outside_before[-1]) + 1 if outside_before.size else 0, 1)
         if up:  # keep up to the entry point
             out[j, 1] = a + entry + 1
         else:
