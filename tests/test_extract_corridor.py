@@ -129,11 +129,13 @@ def test_slab_stopping_under_the_vertex_ends_the_tract_at_the_image_top(atlas):
     assert len(kept) >= 25 and kept <= set(range(30)), sorted(kept)
     assert len(out["right"]) == 0
     assert out["info"]["fov_truncated"] is True and "image's top" in out["info"]["superior_end"]
+    assert out["info"]["superior_end_at_image_top"] is True
     # covered to the top: the rule stays off and nothing changes
     assert superior_end_z(SUPERIOR_FULL_Z) is None and superior_end_z(None) is None
     assert superior_end_z(40.0) == pytest.approx(34.0)
     full = extract_corridor(streamlines, atlas, {"coverage_top_z": 80.0})
     assert len(full["left"]) == 0 and full["info"]["superior_end"].startswith("precentral gyrus, cut")
+    assert full["info"]["superior_end_at_image_top"] is False
 
 
 def test_coverage_top_z_is_the_highest_covered_level_under_the_gyrus():

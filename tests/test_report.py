@@ -157,7 +157,7 @@ def test_report_names_the_levels_a_truncated_image_used(las_session, tmp_path):
 
     metrics = {**las_session.metrics, "extraction": {
         "inferior_levels": ["pons"], "fov_truncated": True,
-        "superior_end": "precentral gyrus, or the image's top under it (MNI z >= 31)"}}
+        "superior_end": "precentral gyrus, or the image's top under it (MNI z >= 31)", "superior_end_at_image_top": True}}
     session = dataclasses.replace(las_session, metrics=metrics)
     text = html.unescape(report_html(session, tmp_path, {"generate_pdf": False})[0].read_text(encoding="utf-8"))
     assert "CST starts in (lowest levels used)" in text and "pons — field of view truncated" in text

@@ -262,6 +262,7 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     info = {"inferior_levels": used, "inferior_top_z_mni": top_z,
             "fov_truncated": bool(truncated) or sup_z is not None,
             "coverage_z_mni": options.get("coverage_z"), "coverage_top_z_mni": options.get("coverage_top_z"),
+            "superior_end_at_image_top": sup_z is not None,
             "superior_end": "precentral gyrus" if sup_z is None else
             f"precentral gyrus, or the image's top under it (MNI z >= {sup_z:.0f})"}
     return side, info

@@ -610,7 +610,7 @@ def build_session_document(session: SessionReportInput, options: dict):
                        + (" — field of view truncated" if extraction.get("fov_truncated") else "")])
     if extraction.get("superior_end"):
         counts.append(["CST ends at", extraction["superior_end"]
-                       + (" — the image stops under the vertex" if "image's top" in extraction["superior_end"] else "")])
+                       + (" — the image stops under the vertex" if extraction.get("superior_end_at_image_top") else "")])
     if reg_info.get("atlas"):
         counts.append(["Atlas", f"{reg_info['atlas']} (v{reg_info.get('atlas_version', '?')})"])
     b.append(Table(["Quantity", "Value"], counts, caption="Streamlines and registration"))
