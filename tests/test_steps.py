@@ -507,3 +507,13 @@ def test_tracking_with_and_without_denoising_gets_through(crossing):
     assert len(on) > 20 and len(off) > 20
     assert len(on) == len(again) and all(np.array_equal(x, y) for x, y in zip(on, again))
     assert len(on) != len(off) or any(not np.array_equal(x, y) for x, y in zip(on, off))
+
+
+def test_patch2self_unknown_model_is_an_option_error(noisy_object):
+    """Called directly (as a plugin would), a bad model is the one-line option error the
+    batch summary reports, not a bare ValueError."""
+    from cstbatch.errors import OptionError
+
+    noisy, _, gtab, _ = noisy_object
+    with pytest.raises(OptionError, match="patch2self_model.*'lasso'"):
+        denoise_patch2self(noisy, gtab, {"patch2self_model": "lasso"})
