@@ -118,3 +118,13 @@ def write_empty_manifest(root: Path, n: int, options: dict | None = None, name: 
     manifest = root / "study.json"
     manifest.write_text(json.dumps({"name": name, "options": options or {}, "subjects": entries}))
     return manifest
+
+
+@pytest.fixture
+def default_limits(monkeypatch):
+    """Dry runs plan with SLURM's default limits, not those of whatever cluster the environment has
+    (the cluster's configuration is a system boundary; the CI cluster's MaxArraySize is 3)."""
+    from cstbatch.cluster import slurm as slurm_module
+    from cstbatch.cluster.arrays import SlurmLimits
+
+    monkeypatch.setattr(slurm_module, "slurm_limits", lambda: SlurmLimits())

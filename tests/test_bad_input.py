@@ -4,7 +4,6 @@ doit tasks (ingest), next to a good session; study-level cases refuse the whole 
 """
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from pathlib import Path

@@ -10,7 +10,6 @@ from conftest import write_empty_manifest
 from cstbatch.engine.plan import never_run, plan_text
 from cstbatch.engine.runner import doit_plan_text, run_doit
 from cstbatch.study import load_study
-from test_slurm import default_limits  # noqa: F401 (a fixture)
 
 
 def _manifest(root, n, options=None):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cstbatch import sample
-from cstbatch.sample.phantom import BUNDLES, centreline, make_phantom_session
+from cstbatch.sample.phantom import centreline, make_phantom_session
 
 VOX = 4.0
 REPO = Path(__file__).resolve().parents[1]

@@ -144,16 +144,6 @@ def submitted_ids(text: str) -> tuple[list[str], str]:
     return arrays, aggregate.group(1)
 
 
-@pytest.fixture
-def default_limits(monkeypatch):
-    """Dry runs plan with SLURM's default limits, not those of whatever cluster the environment has
-    (the cluster's configuration is a system boundary; the CI cluster's MaxArraySize is 3)."""
-    from cstbatch.cluster import slurm as slurm_module
-    from cstbatch.cluster.arrays import SlurmLimits
-
-    monkeypatch.setattr(slurm_module, "slurm_limits", lambda: SlurmLimits())
-
-
 # -- tests ------------------------------------------------------------------------------------------
 
 def test_dry_run_prints_both_scripts_and_submits_nothing(tmp_path, default_limits):

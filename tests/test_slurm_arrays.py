@@ -15,7 +15,7 @@ from cstbatch.cluster import arrays as arrays_mod
 from cstbatch.cluster import slurm
 from cstbatch.cluster.arrays import SlurmLimits, array_of_element, element_keys, parse_config, plan_arrays
 from cstbatch.errors import CstBatchError
-from test_slurm import cli, default_limits  # noqa: F401 (a fixture)
+from test_slurm import cli
 
 SCONTROL = """Configuration data as of 2026-12-02T12:00:00
 AccountingStorageType   = (null)

@@ -11,10 +11,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from cstbatch.outputs.records import content_digest
-from cstbatch.engine.state import LockError, RunLock, ShardedJsonDB
+from cstbatch.engine.state import RunLock, ShardedJsonDB
 from conftest import write_tiny_dwi
 
 ROOT = Path(__file__).resolve().parents[1]
