@@ -281,6 +281,10 @@ def test_group_report_longitudinal_section(tmp_path):
     assert re.search(r"<td>fa_mean</td><td>left</td>", section)
     without = write_group_report(tmp_path / "none", summary, rows[5:6], None).read_text(encoding="utf-8")
     assert "No subject has two or more successful sessions." in without
+    one = [r for r in rows if r["participant_id"] == "sub-01"]
+    _, rep1 = write_longitudinal(tmp_path / "one", specs[:len(one)], one, 0.03)
+    single = write_group_report(tmp_path / "one", summary, one, rep1).read_text(encoding="utf-8")
+    assert re.search(r"1 subject with repeated sessions \(\d sessions\)\. Sessions are ordered by", single)
 
 
 # --------------------------------------------------------------------------- aggregation reruns

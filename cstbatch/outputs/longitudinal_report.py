@@ -200,10 +200,17 @@ def longitudinal_blocks(output_dir: Path, repeated: Mapping[str, Any] | None) ->
     subjects = _by_subject(long_rows)
     n_sessions = len({r["key"] for r in long_rows})
     by_time = sorted({s for s, rows in subjects.items() if rows[0]["order_source"] == "acq_time"})
-    blocks.append(P(f"{len(subjects)} subjects with repeated sessions ({n_sessions} sessions). Sessions are "
-                    f"ordered by acquisition time for {len(by_time)} of them, by session label for the others "
-                    "(a subject is ordered by time only when every one of its sessions has one); the first "
-                    "is the baseline. Tables: longitudinal.tsv, reliability.tsv.", css="meta"))
+    n = len(subjects)
+    if not by_time:
+        order = "by session label (a subject is ordered by acquisition time only when every one of its sessions has one)"
+    elif len(by_time) == n:
+        order = "by acquisition time"
+    else:
+        order = (f"by acquisition time for {len(by_time)} of them, by session label for the others (a subject is "
+                 "ordered by time only when every one of its sessions has one)")
+    blocks.append(P(f"{n} {'subject' if n == 1 else 'subjects'} with repeated sessions ({n_sessions} sessions). "
+                    f"Sessions are ordered {order}; the first is the baseline. Tables: longitudinal.tsv, "
+                    "reliability.tsv.", css="meta"))
     blocks.append(Fig(trajectories_figure(long_rows), "Mean FA of the left and right CST per session, "
                                                        "one line per subject."))
     rcs = fa_rc(rel_rows, (repeated or {}).get("reference_rc_fa"))
