@@ -11,7 +11,6 @@ import textwrap
 import time
 from pathlib import Path
 
-
 from cstbatch.outputs.records import content_digest
 from cstbatch.engine.state import RunLock, ShardedJsonDB
 from conftest import write_tiny_dwi

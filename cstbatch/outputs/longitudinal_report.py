@@ -201,13 +201,13 @@ def longitudinal_blocks(output_dir: Path, repeated: Mapping[str, Any] | None) ->
     n_sessions = len({r["key"] for r in long_rows})
     by_time = sorted({s for s, rows in subjects.items() if rows[0]["order_source"] == "acq_time"})
     n = len(subjects)
-    if not by_time:
-        order = "by session label (a subject is ordered by acquisition time only when every one of its sessions has one)"
-    elif len(by_time) == n:
+    rule = " (a subject is ordered by acquisition time only when every one of its sessions has one)"
+    if len(by_time) == n:
         order = "by acquisition time"
+    elif not by_time:
+        order = "by session label" + rule
     else:
-        order = (f"by acquisition time for {len(by_time)} of them, by session label for the others (a subject is "
-                 "ordered by time only when every one of its sessions has one)")
+        order = f"by acquisition time for {len(by_time)} of them, by session label for the others" + rule
     blocks.append(P(f"{n} {'subject' if n == 1 else 'subjects'} with repeated sessions ({n_sessions} sessions). "
                     f"Sessions are ordered {order}; the first is the baseline. Tables: longitudinal.tsv, "
                     "reliability.tsv.", css="meta"))

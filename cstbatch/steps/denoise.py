@@ -25,7 +25,6 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-from cstbatch.errors import OptionError
 
 #: b-values at or below this count as b0 (same as the gradient table built at ingest).
 _B0_THRESHOLD = 50.0
@@ -81,10 +80,10 @@ def denoise_patch2self(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np
     """
     import dipy.denoise.patch2self as p2s_module
 
+    from cstbatch.study.options import require_choice
+
     data = _as_float32(data)
-    model = str(options.get("patch2self_model", "ols")).lower()
-    if model not in ("ols", "ridge"):
-        raise OptionError(f"option patch2self_model: must be 'ols' or 'ridge', got {model!r}")
+    model = require_choice("patch2self_model", str(options.get("patch2self_model", "ols")).lower())
     with warnings.catch_warnings(), _quiet_progress(p2s_module):
         warnings.simplefilter("ignore", UserWarning)  # "< 10 volumes" advice on tiny tests
         out = p2s_module.patch2self(
