@@ -2,6 +2,7 @@
 
     python benchmarks/anatomy_sweep.py [--seed0 1000] [--n 20] [--voxel 3]
         [--methods passthrough,corridor] [--track csd_deterministic] [--cache DIR] [--json OUT]
+        [--bvalue 1000] [--directions 32] [--b0s 5] [--fov-bottom-z Z]
 
 Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.sample.anatomy.
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
@@ -13,6 +14,12 @@ FA metrics), in one process without doit or files, and scored like the sample st
 (:mod:`cstbatch.sample.accuracy`): Dice / precision / recall of the visited voxels with the
 side's truth mask, swap Dice with the other side's mask, distractor share, |FA − noise-free FA|.
 Prints one row per subject and method, then the minimum and median per method.
+
+``--bvalue``, ``--directions`` and ``--b0s`` change the acquisition (the sample study's 5 b0s +
+32 directions at b 1000 by default; the held-back clinical scans include 3 mm b 2000–2500
+ones). ``--fov-bottom-z`` removes the axial slices (along the voxel axis nearest to S-I) whose
+centre lies below that MNI z, as a field of view that stops in the pons does; the truth masks
+are cut with the image.
 
 Develop on one seed range and report on a fresh one (``--seed0``). ``--cache`` keeps the
 tracked and registered subjects (pickles keyed by seed, voxel, tracker and its options), so
@@ -37,19 +44,48 @@ COLUMNS = ("seed", "method", "orient", "snr", "lesion", "n_L", "n_R", "dice_L", 
            "rec_L", "rec_R", "swap_L", "swap_R", "distr", "faerr_L", "faerr_R")
 
 
-def _subject(seed: int, voxel: float):
+#: the sample study's acquisition; ``--bvalue`` / ``--directions`` / ``--b0s`` / ``--fov-bottom-z``
+ACQUISITION = {"b_value": 1000.0, "n_directions": 32, "n_b0": 5, "fov_bottom_z": None}
+
+
+def _subject(seed: int, voxel: float, acq: dict | None = None):
     from cstbatch.sample.anatomy import random_anatomy
     from cstbatch.sample.phantom import make_phantom_session
 
+    acq = {**ACQUISITION, **(acq or {})}
     rng = np.random.default_rng([seed, 99])
     snr = float(rng.uniform(15.0, 30.0))
     orientation = "LAS" if rng.uniform() < 0.5 else "RAS"
     lesion = None if rng.uniform() >= 0.25 else ("left" if rng.uniform() < 0.5 else "right")
-    return make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
-                                lesion=lesion, anatomy=random_anatomy(seed))
+    s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
+                             lesion=lesion, anatomy=random_anatomy(seed), b_value=acq["b_value"],
+                             n_directions=acq["n_directions"], n_b0=acq["n_b0"])
+    if acq["fov_bottom_z"] is not None:
+        _cut_below(s, float(acq["fov_bottom_z"]))
+    return s
 
 
-def _process(seed: int, voxel: float, options: dict) -> dict:
+def _cut_below(s, z_mni: float) -> None:
+    """Remove the slices of ``s`` (along the voxel axis nearest to MNI z) whose centre lies below
+    ``z_mni``, from the image, the noise-free FA and the truth masks; the affine follows."""
+    vox2mni = s.subject_to_mni @ s.affine
+    axis = int(np.argmax(np.abs(vox2mni[2, :3])))
+    n = s.data.shape[axis]
+    centre = (np.array(s.data.shape[:3]) - 1) / 2.0
+    ijk = np.tile(centre, (n, 1))
+    ijk[:, axis] = np.arange(n)
+    keep = np.flatnonzero(ijk @ vox2mni[2, :3] + vox2mni[2, 3] >= z_mni)
+    lo, hi = int(keep.min()), int(keep.max()) + 1
+    cut = tuple(slice(lo, hi) if a == axis else slice(None) for a in range(3))
+    s.data = s.data[cut]
+    s.fa_noisefree = s.fa_noisefree[cut]
+    s.masks = {k: v[cut] for k, v in s.masks.items()}
+    aff = s.affine.copy()
+    aff[:3, 3] += aff[:3, axis] * lo
+    s.affine = aff
+
+
+def _process(seed: int, voxel: float, options: dict, acq: dict | None = None) -> dict:
     """Everything up to (not including) extraction, for one subject."""
     import nibabel as nib
     from dipy.core.gradients import gradient_table
@@ -62,7 +98,7 @@ def _process(seed: int, voxel: float, options: dict) -> dict:
     from cstbatch.steps.track_region import tracking_inputs
 
     t0 = time.perf_counter()
-    s = _subject(seed, voxel)
+    s = _subject(seed, voxel, acq)
     t_gen = time.perf_counter() - t0
     gtab = gradient_table(s.bvals, bvecs=bids_to_voxel_axes(s.bvecs, s.affine), b0_threshold=50)
     data = implementation_for("denoise", options, None).func(s.data, gtab, options)
@@ -93,15 +129,19 @@ def _fov_z(mask, affine, reg) -> list[float]:
     return [float(mni[:, 2].min()), float(mni[:, 2].max())]
 
 
-def _cached(seed, voxel, options, cache: Path | None) -> dict:
+def _cached(seed, voxel, options, cache: Path | None, acq: dict | None = None) -> dict:
     if cache is None:
-        return _process(seed, voxel, options)
+        return _process(seed, voxel, options, acq)
     track_keys = sorted(k for k in options if k.startswith(("track_", "mask_", "denoise")))
-    key = hashlib.sha1(json.dumps([seed, voxel, [(k, options[k]) for k in track_keys]]).encode()).hexdigest()[:16]
+    ident = [seed, voxel, [(k, options[k]) for k in track_keys]]
+    changed = {k: v for k, v in (acq or {}).items() if ACQUISITION.get(k) != v}
+    if changed:  # the sample study's acquisition keeps the keys older caches were written with
+        ident.append(sorted(changed.items()))
+    key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
     path = cache / f"s{seed}_{key}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
-    out = _process(seed, voxel, options)
+    out = _process(seed, voxel, options, acq)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(pickle.dumps(out))
@@ -173,7 +213,14 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", default=[], help="NAME=JSON, e.g. track_seed_density=2")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--bvalue", type=float, default=ACQUISITION["b_value"])
+    ap.add_argument("--directions", type=int, default=ACQUISITION["n_directions"])
+    ap.add_argument("--b0s", type=int, default=ACQUISITION["n_b0"])
+    ap.add_argument("--fov-bottom-z", type=float, default=None,
+                    help="remove the slices below this MNI z (a field of view that stops in the pons)")
     args = ap.parse_args(argv)
+    acq = {"b_value": args.bvalue, "n_directions": args.directions, "n_b0": args.b0s,
+           "fov_bottom_z": args.fov_bottom_z}
     limit_threads()
     options = defaults()
     if args.track:
@@ -185,7 +232,7 @@ def main(argv=None) -> int:
     rows = []
     print("\t".join(COLUMNS), flush=True)
     for i in range(args.n):
-        subj = _cached(args.seed0 + i, args.voxel, options, args.cache)
+        subj = _cached(args.seed0 + i, args.voxel, options, args.cache, acq)
         for m in methods:
             row = score(subj, m, options)
             row["track_s"] = round(subj["seconds"]["track"], 1)

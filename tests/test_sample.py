@@ -182,6 +182,30 @@ def test_bvecs_match_fibres_in_memory(orientation):
         assert naive_cos > 0.9, "LAS (det < 0) bvecs carry no flip"
 
 
+def test_b_value_sets_the_shell_and_the_attenuation():
+    """A b 2500 session (the held-back clinical scans reach it) is simulated at that b-value, not
+    relabelled: in background white matter (one Gaussian compartment) ln(S/S0) of every
+    direction is 2.5 times its b 1000 value (to 1 %: the voxels hold traces of grey matter),
+    and the CST still points along its centre line."""
+    kw = dict(seed=123, voxel_mm=VOX, orientation="RAS", snr=0, compute_fa=False, n_b0=2, n_directions=30)
+    low, high = make_phantom_session(**kw), make_phantom_session(b_value=2500.0, **kw)
+    assert sorted(set(high.bvals.tolist())) == [0.0, 2500.0] and high.bvals.size == 32
+    assert np.array_equal(low.bvals > 0, high.bvals > 0)
+    wm = tuple(np.argwhere(high.fractions["wm"] > 0.999).T)
+    assert len(wm[0]) >= 5
+    dw = high.bvals > 0
+
+    def log_att(sess):
+        sig = sess.signal[wm].astype(np.float64)
+        return np.log(sig[:, dw] / sig[:, ~dw].mean(axis=1, keepdims=True))
+
+    assert np.allclose(log_att(high), 2.5 * log_att(low), rtol=0.01)
+    ijk = np.argwhere(high.fractions["cst_left"] > 0.95)
+    truth, _, _ = centreline_dirs_subject("cst_left", ijk, high.affine, high.subject_to_mni)
+    e1 = world_principal_dirs(high.signal[tuple(ijk.T)], high.bvals, high.bvecs, high.affine)
+    assert np.abs(np.sum(e1 * truth, axis=1)).min() > 0.9
+
+
 @pytest.mark.parametrize("rel,orientation", [
     ("sub-01/ses-01/dwi/sub-01_ses-01_dwi", "LAS"),
     ("sub-02/dwi/sub-02_dwi", "RAS"),

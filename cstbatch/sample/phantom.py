@@ -147,11 +147,13 @@ def _hemisphere_directions(n: int) -> np.ndarray:
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
 
-def gradient_scheme(n_b0: int = N_B0, n_directions: int = N_DIRS) -> tuple[np.ndarray, np.ndarray]:
+def gradient_scheme(n_b0: int = N_B0, n_directions: int = N_DIRS,
+                    b_value: float = B_VALUE) -> tuple[np.ndarray, np.ndarray]:
     """(bvals (N,), gradient directions in world RAS+ (N, 3)); b0 rows are zero vectors.
 
     The default is the sample study's scheme: 5 b0 volumes + 32 directions at b = 1000 s/mm²
-    (37 volumes), a b0 first, last and after every 8 directions. Other counts (larger
+    (37 volumes), a b0 first, last and after every 8 directions; ``b_value`` sets the shell
+    (the held-back clinical scans go up to b 2500). Other counts (larger
     synthetic sessions, ``benchmarks/memory.py``) keep that layout: a b0 first, the directions
     split as evenly as possible between the following b0s, the last b0 at the end (with a
     single b0, all directions follow it).
@@ -168,7 +170,7 @@ def gradient_scheme(n_b0: int = N_B0, n_directions: int = N_DIRS) -> tuple[np.nd
         vecs.append(np.zeros(3))
         if blk < gaps:
             for _ in range(per_gap[blk]):
-                bvals.append(B_VALUE)
+                bvals.append(float(b_value))
                 vecs.append(dirs[di])
                 di += 1
     return np.array(bvals), np.array(vecs)
@@ -478,7 +480,7 @@ class PhantomSession:
                                 "component negated when det(affine[:3,:3]) > 0"),
             "bundles_mni_mm": {k: [list(p) for p in v] for k, v in BUNDLES.items()},
             "model": {
-                "b_value": B_VALUE, "s0": S0, "d_csf": D_CSF, "d_gm": D_GM,
+                "b_value": float(self.bvals.max()), "s0": S0, "d_csf": D_CSF, "d_gm": D_GM,
                 "wm_eigenvalues": list(WM_EIG),
                 "bundle_eigenvalues": {k: list(v) for k, v in BUNDLE_EIG.items()},
             },
@@ -544,7 +546,8 @@ def fit_fa(signal: np.ndarray, bvals: np.ndarray, bvecs_voxel: np.ndarray,
 def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
                          orientation: str = "LAS", lesion: str | None = None,
                          noise_seed=None, compute_fa: bool = True, n_b0: int = N_B0,
-                         n_directions: int = N_DIRS, anatomy=None) -> PhantomSession:
+                         n_directions: int = N_DIRS, anatomy=None,
+                         b_value: float = B_VALUE) -> PhantomSession:
     """Simulate one DWI session of the MNI-shaped phantom.
 
     Parameters
@@ -568,6 +571,8 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
         Fit the noise-free FA with dipy (a few seconds at 2 mm); False leaves it None.
     n_b0, n_directions
         Gradient scheme (:func:`gradient_scheme`); the default is the sample study's 5 + 32.
+    b_value
+        The shell's b-value (s/mm²); every compartment's signal is simulated at it.
     anatomy
         None (the fixed bundles of :data:`BUNDLES`, the sample study), or a
         :class:`cstbatch.sample.anatomy.Anatomy`: its own bundles (several tubes may form one
@@ -639,7 +644,7 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     frac["wm"] = (wm * (1.0 - share)).astype(np.float32)
     frac["csf"] = csf.astype(np.float32)
 
-    bvals, g_world = gradient_scheme(n_b0, n_directions)
+    bvals, g_world = gradient_scheme(n_b0, n_directions, b_value)
     g = g_world.astype(np.float32)
     b = bvals.astype(np.float32)
     sig = np.zeros((n_in, bvals.size), np.float32)
