@@ -25,7 +25,6 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-
 #: b-values at or below this count as b0 (same as the gradient table built at ingest).
 _B0_THRESHOLD = 50.0
 
