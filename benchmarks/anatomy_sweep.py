@@ -3,6 +3,7 @@
     python benchmarks/anatomy_sweep.py [--seed0 1000] [--n 20] [--voxel 3]
         [--methods passthrough,corridor] [--track csd_deterministic] [--cache DIR] [--json OUT]
         [--bvalue 1000] [--directions 32] [--b0s 5] [--fov-bottom-z Z]
+        [--lesion random|none|left|right|alternate] [--lesion-eig PAR,PERP]
 
 Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.sample.anatomy.
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
@@ -20,6 +21,13 @@ Prints one row per subject and method, then the minimum and median per method.
 ones). ``--fov-bottom-z`` removes the axial slices (along the voxel axis nearest to S-I) whose
 centre lies below that MNI z, as a field of view that stops in the pons does; the truth masks
 are cut with the image.
+
+``--lesion`` puts a capsular lesion in every subject (``left``, ``right``, or ``alternate``:
+right for even seeds, left for odd) or in none, instead of one subject in four; anatomy, SNR and
+grid stay those of the seed. ``--lesion-eig`` sets the damaged compartment's (λ∥, λ⊥) in
+10⁻³ mm²/s: the default 1.35,0.72 (FA ≈ 0.37) is moderate, 1.1,0.85 (FA ≈ 0.15) an infarct
+core below the tracker's stopping FA. The summary says on how many lesioned subjects the
+lesioned side has the lower mean CST FA.
 
 Develop on one seed range and report on a fresh one (``--seed0``). ``--cache`` keeps the
 tracked and registered subjects (pickles keyed by seed, voxel, tracker and its options), so
@@ -45,7 +53,8 @@ COLUMNS = ("seed", "method", "orient", "snr", "lesion", "n_L", "n_R", "dice_L", 
 
 
 #: the sample study's acquisition; ``--bvalue`` / ``--directions`` / ``--b0s`` / ``--fov-bottom-z``
-ACQUISITION = {"b_value": 1000.0, "n_directions": 32, "n_b0": 5, "fov_bottom_z": None}
+ACQUISITION = {"b_value": 1000.0, "n_directions": 32, "n_b0": 5, "fov_bottom_z": None,
+               "lesion": "random", "lesion_eig": None}
 
 
 def _subject(seed: int, voxel: float, acq: dict | None = None):
@@ -57,9 +66,13 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
     snr = float(rng.uniform(15.0, 30.0))
     orientation = "LAS" if rng.uniform() < 0.5 else "RAS"
     lesion = None if rng.uniform() >= 0.25 else ("left" if rng.uniform() < 0.5 else "right")
+    if acq["lesion"] != "random":
+        lesion = {"none": None, "left": "left", "right": "right",
+                  "alternate": "right" if seed % 2 == 0 else "left"}[acq["lesion"]]
+    extra = {} if acq["lesion_eig"] is None else {"lesion_eigenvalues": tuple(1e-3 * v for v in acq["lesion_eig"])}
     s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
                              lesion=lesion, anatomy=random_anatomy(seed), b_value=acq["b_value"],
-                             n_directions=acq["n_directions"], n_b0=acq["n_b0"])
+                             n_directions=acq["n_directions"], n_b0=acq["n_b0"], **extra)
     if acq["fov_bottom_z"] is not None:
         _cut_below(s, float(acq["fov_bottom_z"]))
     return s
@@ -187,6 +200,7 @@ def score(subj: dict, method: str, options: dict) -> dict:
         row[f"rec_{k}"] = float((v & t_).sum() / t_.sum())
         row[f"swap_{k}"] = dice(v, masks[f"cst_{other}"]) if v.any() else 0.0
         fa = res[s]["fa_mean"]
+        row[f"fa_{k}"] = fa
         row[f"faerr_{k}"] = math.inf if fa is None else abs(fa - subj["fa_truth"][f"cst_{s}"])
     inv = np.linalg.inv(aff)
     cst = masks["cst_left"] | masks["cst_right"]
@@ -194,6 +208,18 @@ def score(subj: dict, method: str, options: dict) -> dict:
     bad = sum(_points_in(x, masks["distractor"], inv) > _points_in(x, cst, inv) for x in every)
     row["distr"] = bad / len(every) if every else math.nan
     return row
+
+
+def lesion_side_check(rows: list[dict]) -> str:
+    """How many lesioned subjects have the lower mean CST FA on the lesioned side."""
+    les = [r for r in rows if r["lesion"] != "-"]
+    if not les:
+        return "none"
+    ok = 0
+    for r in les:
+        k, o = ("L", "R") if "left" in r["lesion"] else ("R", "L")
+        ok += r[f"fa_{k}"] is not None and r[f"fa_{o}"] is not None and r[f"fa_{k}"] < r[f"fa_{o}"]
+    return f"the lesioned side has the lower mean FA in {ok} of {len(les)}"
 
 
 def _fmt(v) -> str:
@@ -218,9 +244,14 @@ def main(argv=None) -> int:
     ap.add_argument("--b0s", type=int, default=ACQUISITION["n_b0"])
     ap.add_argument("--fov-bottom-z", type=float, default=None,
                     help="remove the slices below this MNI z (a field of view that stops in the pons)")
+    ap.add_argument("--lesion", default="random", choices=("random", "none", "left", "right", "alternate"))
+    ap.add_argument("--lesion-eig", default=None, help="PAR,PERP of the lesion in 1e-3 mm^2/s (default 1.35,0.72)")
     args = ap.parse_args(argv)
+    lesion_eig = None if args.lesion_eig is None else [float(v) for v in args.lesion_eig.split(",")]
+    if lesion_eig is not None and len(lesion_eig) != 2:
+        ap.error(f"--lesion-eig: two numbers PAR,PERP expected, got {args.lesion_eig!r}")
     acq = {"b_value": args.bvalue, "n_directions": args.directions, "n_b0": args.b0s,
-           "fov_bottom_z": args.fov_bottom_z}
+           "fov_bottom_z": args.fov_bottom_z, "lesion": args.lesion, "lesion_eig": lesion_eig}
     limit_threads()
     options = defaults()
     if args.track:
@@ -249,6 +280,7 @@ def main(argv=None) -> int:
               f"subjects with both Dice >= 0.70: {int((dl >= 0.70).sum())}/{len(rs)}")
         for c, (lo, med, hi) in summ.items():
             print(f"  {c:8s} min {lo:.3f}  median {med:.3f}  max {hi:.3f}")
+        print(f"  lesions: {lesion_side_check(rs)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -287,6 +287,19 @@ def test_lesion_lowers_left_fa_only():
     assert np.allclose(lesioned.fa_noisefree[right], healthy.fa_noisefree[right], atol=1e-4)
 
 
+def test_lesion_eigenvalues_set_its_severity():
+    """An infarct core (λ⊥ close to λ∥) lowers the lesion's FA further than the default
+    moderate lesion, in the same voxels, and leaves the other side alone."""
+    kw = dict(seed=7, voxel_mm=VOX, orientation="RAS", snr=0, lesion="left")
+    moderate = make_phantom_session(**kw)
+    severe = make_phantom_session(lesion_eigenvalues=(1.1e-3, 0.85e-3), **kw)
+    les = moderate.masks["lesion"]
+    assert np.array_equal(les, severe.masks["lesion"])
+    assert severe.fa_noisefree[les].mean() < moderate.fa_noisefree[les].mean() - 0.1
+    right = moderate.masks["cst_right"]
+    assert np.allclose(severe.fa_noisefree[right], moderate.fa_noisefree[right], atol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------
 # DICOM
 # --------------------------------------------------------------------------------------------

@@ -547,7 +547,8 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
                          orientation: str = "LAS", lesion: str | None = None,
                          noise_seed=None, compute_fa: bool = True, n_b0: int = N_B0,
                          n_directions: int = N_DIRS, anatomy=None,
-                         b_value: float = B_VALUE) -> PhantomSession:
+                         b_value: float = B_VALUE,
+                         lesion_eigenvalues: tuple[float, float] = LESION_EIG) -> PhantomSession:
     """Simulate one DWI session of the MNI-shaped phantom.
 
     Parameters
@@ -564,6 +565,10 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     lesion
         None, or a key of :data:`LESIONS` (aliases "left"/"right"): the CST compartment of
         that segment becomes nearly isotropic.
+    lesion_eigenvalues
+        (λ∥, λ⊥) of the damaged CST compartment, mm²/s. The default :data:`LESION_EIG` (FA ≈
+        0.37) is a moderate lesion; (1.1e-3, 0.85e-3) (FA ≈ 0.15) is a chronic infarct's core,
+        below the tracker's stopping FA.
     noise_seed
         Seed of the Rician noise (default: ``seed``); a new session of the same subject uses a
         new noise seed.
@@ -674,7 +679,7 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
         lpar, lperp = eigs[name]
         if name in lesion_ws:
             w = lesion_ws[name][sel]
-            eig = (lpar + w * (LESION_EIG[0] - lpar), lperp + w * (LESION_EIG[1] - lperp))
+            eig = (lpar + w * (lesion_eigenvalues[0] - lpar), lperp + w * (lesion_eigenvalues[1] - lperp))
         else:
             eig = (lpar, lperp)
         sig[sel] += (frac[name][sel] * S0["wm"])[:, None] * _cyl_signal(g, b, bundle_dir[name][sel], eig)
