@@ -197,13 +197,17 @@ def test_session_flags_codes_and_messages():
                              ingest={"n_directions": 12}, model={"snr": 5.0},
                              register={"quality": 0.3, "coverage": cov})
     codes = [f["code"] for f in flags]
-    assert codes == ["cst_not_found", "fov_truncated", "registration_poor", "few_directions", "low_snr"]
+    assert codes == ["cst_not_found", "cst_sparse", "fov_truncated", "registration_poor", "few_directions", "low_snr"]
     msg = {f["code"]: f["message"] for f in flags}
     assert "left 0" in msg["cst_not_found"] and "right" not in msg["cst_not_found"]
+    # a side that is found but thin is flagged as such, an absent one only as not found
+    assert "right 40" in msg["cst_sparse"] and "left" not in msg["cst_sparse"]
     assert "medulla (MNI z -58 to -42 mm)" in msg["fov_truncated"] and "pons" in msg["fov_truncated"]
-    clean = qc.session_flags({"left": 40, "right": 40}, {}, ingest={"n_directions": 30}, model={"snr": 20.0},
+    clean = qc.session_flags({"left": 50, "right": 400}, {}, ingest={"n_directions": 30}, model={"snr": 20.0},
                              register={"quality": 0.7, "coverage": coverage.coverage(*_grid_mm(-72, 82), np.eye(4))})
     assert clean == []
+    lax = qc.session_flags({"left": 30, "right": 400}, {"sparse_cst_streamlines": 20})
+    assert "cst_sparse" not in [f["code"] for f in lax]
     assert json.loads(json.dumps(flags)) == flags
 
 

@@ -38,6 +38,8 @@ BUILTIN_STEP_VERSION.update(model="2", metrics="2")
 BUILTIN_STEP_VERSION["track"] = "2"
 # metrics 3: a side with fewer than min_cst_streamlines is not measured (None), no laterality
 BUILTIN_STEP_VERSION["metrics"] = "3"
+# metrics 4: the cst_sparse QC flag
+BUILTIN_STEP_VERSION["metrics"] = "4"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's

@@ -20,6 +20,14 @@ from cstbatch.errors import OptionError
 
 #: A side with fewer CST streamlines than this (option ``min_cst_streamlines``) is "not found".
 DEFAULT_MIN_CST_STREAMLINES = 10
+#: A found side with fewer CST streamlines than this (option ``sparse_cst_streamlines``) is
+#: flagged ``cst_sparse``. Measured: phantom sides (healthy, or with the default moderate
+#: lesion) keep at least 92 (fresh sets at 2–3 mm, b 1000–2500, README), the shared real scans
+#: 239–596; a capsular lesion whose core falls below the tracker's stopping FA left 20–54 on the
+#: lesioned side (``benchmarks/anatomy_sweep.py --lesion alternate --lesion-eig 1.1,0.85``). So
+#: few streamlines are a finding in themselves (an interrupted tract), and the side's volume,
+#: shape and profile rest on a handful of paths.
+DEFAULT_SPARSE_CST_STREAMLINES = 50
 #: Registration quality (Pearson r of subject FA and warped template FA, see
 #: :class:`cstbatch.steps.register.Registration`) below this: ``registration_poor``. Measured:
 #: the shared real scans register at r 0.50–0.53 (noisy FA against a smooth template; the sample
@@ -40,6 +48,8 @@ MIN_SNR = 8.0
 QC_CODES: dict[str, str] = {
     "cst_not_found": "a side has fewer than min_cst_streamlines CST streamlines: no tract, so its metrics and the "
                      "laterality indices are left empty",
+    "cst_sparse": "a side was found but has fewer than sparse_cst_streamlines streamlines: its volume, shape and "
+                  "profile rest on few paths (a lesion may interrupt the tract)",
     "fov_truncated": "the image does not cover every CST level (medulla → precentral gyrus, MNI z ranges in "
                      "cstbatch.steps.coverage): the tract is cut and its metrics are partial",
     "gradient_table_suspect": "another sign flip / axis permutation of the b-vectors gives clearly longer "
@@ -116,6 +126,13 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
         flags.append(flag("cst_not_found", f"CST not found: streamlines {', '.join(empty)} "
                                            f"(fewer than min_cst_streamlines={minimum}); no tract, so those sides' "
                                            "metrics and the laterality indices are left empty"))
+    sparse_below = int(options.get("sparse_cst_streamlines", DEFAULT_SPARSE_CST_STREAMLINES))
+    sparse = [f"{side} {int(counts.get(side, 0))}" for side in ("left", "right")
+              if minimum <= int(counts.get(side, 0)) < sparse_below]
+    if sparse:
+        flags.append(flag("cst_sparse", f"few CST streamlines: {', '.join(sparse)} (fewer than "
+                                        f"sparse_cst_streamlines={sparse_below}); the tract may be interrupted "
+                                        "(a lesion?), and its volume, shape and profile rest on few paths"))
     cov = register.get("coverage") or {}
     if cov.get("missing"):
         flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; missing levels: "

@@ -138,6 +138,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("profile_nodes", 100, int, "metrics", "Nodes per tract profile (brainstem → cortex)."),
     _opt("min_cst_streamlines", 10, int, "metrics",
          "A CST side with fewer streamlines is flagged cst_not_found (QC codes: steps/qc.py)."),
+    _opt("sparse_cst_streamlines", 50, int, "metrics",
+         "A found CST side with fewer streamlines is flagged cst_sparse (few paths: an interrupted tract?)."),
     _opt("qc_fail", None, (str, list, type(None)), "metrics",
          "QC codes that fail the session (category qc), e.g. cst_not_found,fov_truncated; None: flags only."),
     _opt("reporter", "html", str, "report", "Report format (see `cstbatch plugins`).", kind="report"),
