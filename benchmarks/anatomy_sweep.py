@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 COLUMNS = ("seed", "method", "orient", "snr", "lesion", "n_L", "n_R", "dice_L", "dice_R", "prec_L", "prec_R",
-           "rec_L", "rec_R", "swap_L", "swap_R", "distr", "faerr_L", "faerr_R")
+           "rec_L", "rec_R", "swap_L", "swap_R", "distr", "faerr_L", "faerr_R", "course_mm")
 
 
 #: the sample study's acquisition; ``--bvalue`` / ``--directions`` / ``--b0s`` / ``--fov-bottom-z``
@@ -202,6 +202,7 @@ def score(subj: dict, method: str, options: dict) -> dict:
         fa = res[s]["fa_mean"]
         row[f"fa_{k}"] = fa
         row[f"faerr_{k}"] = math.inf if fa is None else abs(fa - subj["fa_truth"][f"cst_{s}"])
+    row["course_mm"] = (res.get("course_asymmetry") or {}).get("median_mm", math.nan)
     inv = np.linalg.inv(aff)
     cst = masks["cst_left"] | masks["cst_right"]
     every = bundles["left"] + bundles["right"]
@@ -273,8 +274,8 @@ def main(argv=None) -> int:
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         dl = np.array([min(r["dice_L"], r["dice_R"]) for r in rs])
-        summ = {c: (float(np.min([r[c] for r in rs])), float(np.median([r[c] for r in rs])),
-                    float(np.max([r[c] for r in rs])))
+        summ = {c: (float(np.nanmin([r[c] for r in rs])), float(np.nanmedian([r[c] for r in rs])),
+                    float(np.nanmax([r[c] for r in rs])))
                 for c in COLUMNS[5:]}
         print(f"{m}: worst-side Dice min {dl.min():.3f} median {np.median(dl):.3f}; "
               f"subjects with both Dice >= 0.70: {int((dl >= 0.70).sum())}/{len(rs)}")

@@ -9,6 +9,7 @@ import pytest
 from cstbatch.steps.extract import classify_streamlines, extract_endpoint, extract_passthrough
 from cstbatch.steps.metrics import (
     compute_metrics,
+    course_asymmetry,
     laterality_index,
     metrics_to_rows,
     orient_streamlines,
@@ -240,6 +241,34 @@ def test_a_side_with_too_few_streamlines_is_not_measured(bundle):
     assert rows[0]["fa_mean"] is None and rows[2]["volume_mm3"] is None
     m = compute_metrics([bundle["left"]] * 5, right, _maps(), AFF, {"min_cst_streamlines": 5}, mni=np.eye(4))
     assert m["left"]["found"] and m["laterality"]["fa_mean"] == pytest.approx(0.2, abs=1e-6)
+
+
+def test_course_asymmetry_is_the_distance_between_mirrored_courses():
+    """Mirror-image tracts are 0 mm apart; one moved 6 mm forward is 6 mm apart at every level
+    from the peduncle to the centrum semiovale, and one that bends away above the capsule (a
+    detour) is apart only there. The MNI transform is applied first."""
+    def tract(sign, dy=0.0, bend=0.0):
+        return _polyline([sign * 8, -25 + dy, -30], [sign * 20, -18 + dy, 10],
+                         [sign * (28 + bend), -20 + dy + bend, 40], [sign * 34, -22 + dy, 60])
+
+    left = [tract(-1), tract(-1, dy=2.0)]
+    m = course_asymmetry(left, [tract(1), tract(1, dy=2.0)], np.eye(4))
+    assert m["median_mm"] == pytest.approx(0.0, abs=1e-6) and m["levels"] == 24
+    moved = course_asymmetry(left, [tract(1, dy=6.0), tract(1, dy=8.0)], np.eye(4))
+    assert moved["median_mm"] == pytest.approx(6.0, abs=0.05) and moved["max_mm"] == pytest.approx(6.0, abs=0.05)
+    detour = course_asymmetry(left, [tract(1, bend=8.0), tract(1, dy=2.0, bend=8.0)], np.eye(4))
+    assert detour["max_mm"] > 8.0 and detour["median_mm"] < detour["max_mm"]
+    shift = np.eye(4)
+    shift[0, 3] = 5.0  # the subject sits 5 mm to the right of MNI: mirror in MNI, not subject space
+    sub = [[p - [5.0, 0, 0] for p in side] for side in (left, [tract(1), tract(1, dy=2.0)])]
+    assert course_asymmetry(*sub, shift)["median_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert course_asymmetry(*sub, np.eye(4))["median_mm"] == pytest.approx(10.0, abs=1e-6)
+    assert course_asymmetry(left, [], np.eye(4)) is None
+    assert course_asymmetry(left, left, None) is None
+    # in the metrics, and absent when a side is not found
+    full = compute_metrics(left * 5, [tract(1, dy=6.0), tract(1, dy=8.0)] * 5, _maps(), AFF, {"profile_nodes": 20}, mni=np.eye(4))
+    assert full["course_asymmetry"]["median_mm"] == pytest.approx(6.0, abs=0.05)
+    assert compute_metrics(left, left * 5, _maps(), AFF, {}, mni=np.eye(4))["course_asymmetry"] is None
 
 
 def test_visited_voxel_mask_counts_every_voxel_crossed():

@@ -38,7 +38,7 @@ BUILTIN_STEP_VERSION.update(model="2", metrics="2")
 BUILTIN_STEP_VERSION["track"] = "2"
 # metrics 3: a side with fewer than min_cst_streamlines is not measured (None), no laterality
 BUILTIN_STEP_VERSION["metrics"] = "3"
-# metrics 4: the cst_sparse QC flag
+# metrics 4: the cst_sparse and cst_course_asymmetric QC flags, course_asymmetry
 BUILTIN_STEP_VERSION["metrics"] = "4"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes

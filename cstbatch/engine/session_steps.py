@@ -342,7 +342,8 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
     from cstbatch.steps.qc import failing, session_flags
 
     infos = {s: (read_record(ctx.layout.record(s)) or {}).get("info") or {} for s in ("ingest", "model", "register")}
-    flags = session_flags({s: result[s]["streamline_count"] for s in ("left", "right")}, ctx.options, **infos)
+    flags = session_flags({s: result[s]["streamline_count"] for s in ("left", "right")}, ctx.options, **infos,
+                          course=result.get("course_asymmetry"))
     # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
     # them as entity values conflicting with the file name
     from cstbatch.outputs.records import read_record

@@ -37,6 +37,13 @@ found
     gave "right CST FA 0.39" and a volume laterality of −1 on a scan with a scrambled gradient
     table, numbers a group analysis would have taken for a tract), and the QC flag
     ``cst_not_found`` says why.
+course_asymmetry
+    How far the two tracts are from mirror images of each other between the cerebral peduncle
+    and the centrum semiovale (MNI z −6 to 40, :data:`COURSE_Z`): at every 2 mm level the
+    centroid of each side's points within 1 mm of it, the distance between the left centroid
+    and the right one mirrored (x → −x); ``median_mm`` and ``max_mm`` over the levels both
+    sides reach, ``levels``. ``None`` without an MNI transform, when a side is not found, or
+    when fewer than 3 levels are shared. The QC flag ``cst_course_asymmetric`` reads it.
 laterality
     (L − R) / (L + R) for each scalar (count, volume, length, fa/md/rd/ad means); ``None``
     when either side is not found, missing/NaN, or both are zero.
@@ -62,6 +69,8 @@ REGIONS_MNI_Z = {
     "precentral": (40.0, math.inf),
 }
 REGION_THIRDS = {"pontine": 0, "internal_capsule": 1, "precentral": 2}
+#: MNI z range (mm) over which :func:`course_asymmetry` compares the two sides
+COURSE_Z = (-6.0, 40.0)
 LATERALITY_KEYS = ("streamline_count", "volume_mm3", "mean_length_mm") + tuple(f"{s}_mean" for s in SCALARS)
 
 
@@ -256,6 +265,7 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     both = result["left"]["found"] and result["right"]["found"]
     result["laterality"] = {k: laterality_index(result["left"][k], result["right"][k]) if both else None
                             for k in LATERALITY_KEYS}
+    result["course_asymmetry"] = course_asymmetry(cst_left, cst_right, mni) if both else None
     result["profile_nodes"] = nodes
     result["regions_definition"] = (
         {r: [lo, None if math.isinf(hi) else hi] for r, (lo, hi) in REGIONS_MNI_Z.items()}
@@ -264,6 +274,45 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     result["orientation"] = ("mni_z" if _mni_matrix(mni) is not None
                              else "brainstem_mask" if brainstem_mask is not None else "subject_z")
     return result
+
+
+def course_asymmetry(cst_left, cst_right, mni) -> dict | None:
+    """Distance between the left tract's course and the mirrored right one's (module doc).
+
+    Why: when the true path is blocked (a lesion below the tracker's stopping FA, a bend it
+    cannot take) a neighbouring path that passes every anatomical test can be reported instead,
+    with hundreds of streamlines. Healthy CSTs are near mirror images in MNI space (the shared
+    real scans: median 2.1–2.7 mm), so a course far from the other side's is worth a look:
+    such a detour, or a tract displaced by a mass.
+    """
+    if _mni_matrix(mni) is None:
+        return None
+    levels = np.arange(COURSE_Z[0], COURSE_Z[1] + 1e-6, 2.0)
+    centroids = []
+    for sl in (cst_left, cst_right):
+        sl = [s for s in _as_list(sl) if len(s) > 1]
+        if not sl:
+            return None
+        pts = np.concatenate([densify(s, 1.0) for s in sl])
+        if hasattr(mni, "subject_to_mni"):
+            from cstbatch.steps.register import points_to_mni
+
+            pts = points_to_mni(pts, mni)
+        else:
+            m = _mni_matrix(mni)
+            pts = pts @ m[:3, :3].T + m[:3, 3]
+        c = np.full((len(levels), 2), np.nan)
+        for i, z in enumerate(levels):
+            near = np.abs(pts[:, 2] - z) <= 1.0
+            if near.any():
+                c[i] = pts[near, :2].mean(axis=0)
+        centroids.append(c)
+    left, right = centroids
+    d = np.hypot(left[:, 0] + right[:, 0], left[:, 1] - right[:, 1])
+    d = d[np.isfinite(d)]
+    if len(d) < 3:
+        return None
+    return {"median_mm": round(float(np.median(d)), 2), "max_mm": round(float(d.max()), 2), "levels": int(len(d))}
 
 
 # ---------------------------------------------------------------------------------------

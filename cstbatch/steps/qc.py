@@ -28,6 +28,14 @@ DEFAULT_MIN_CST_STREAMLINES = 10
 #: few streamlines are a finding in themselves (an interrupted tract), and the side's volume,
 #: shape and profile rest on a handful of paths.
 DEFAULT_SPARSE_CST_STREAMLINES = 50
+#: Median distance (mm) between the two CSTs' courses, one mirrored, from the cerebral peduncle to
+#: the centrum semiovale (:func:`cstbatch.steps.metrics.course_asymmetry`) above which the session
+#: is flagged ``cst_course_asymmetric``. Measured: the shared real scans 2.1–2.7 mm; 83 phantoms
+#: (healthy, or lesions down to FA 0.26), whose two sides are drawn independently, 1.5–7.4 mm;
+#: tracts that detour around a blocked path (anatomy 19107's sharp bend, lesions below the
+#: stopping FA) 7.1–9.9 mm: 3 of the 4 severe-lesion sessions above 8, 19107 at 7.5–7.9 (README,
+#: "Quality control flags").
+COURSE_ASYMMETRY_MM = 8.0
 #: Registration quality (Pearson r of subject FA and warped template FA, see
 #: :class:`cstbatch.steps.register.Registration`) below this: ``registration_poor``. Measured:
 #: the shared real scans register at r 0.50–0.53 (noisy FA against a smooth template; the sample
@@ -50,6 +58,8 @@ QC_CODES: dict[str, str] = {
                      "laterality indices are left empty",
     "cst_sparse": "a side was found but has fewer than sparse_cst_streamlines streamlines: its volume, shape and "
                   "profile rest on few paths (a lesion may interrupt the tract)",
+    "cst_course_asymmetric": f"the two CSTs' courses (peduncle to centrum semiovale, one mirrored) lie more than "
+                             f"{COURSE_ASYMMETRY_MM:g} mm apart: a detour around a blocked path, or a displaced tract",
     "fov_truncated": "the image does not cover every CST level (medulla → precentral gyrus, MNI z ranges in "
                      "cstbatch.steps.coverage): the tract is cut and its metrics are partial",
     "gradient_table_suspect": "another sign flip / axis permutation of the b-vectors gives clearly longer "
@@ -114,8 +124,10 @@ def parse_codes(value: Any) -> list[str]:
 
 
 def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest: Mapping | None = None,
-                  model: Mapping | None = None, register: Mapping | None = None) -> list[dict[str, str]]:
-    """The session's flags, from the steps' record ``info`` dicts and the CST counts per side."""
+                  model: Mapping | None = None, register: Mapping | None = None,
+                  course: Mapping | None = None) -> list[dict[str, str]]:
+    """The session's flags, from the steps' record ``info`` dicts, the CST counts per side and
+    the metrics' ``course_asymmetry``."""
     from cstbatch.steps.coverage import describe
 
     ingest, model, register = ingest or {}, model or {}, register or {}
@@ -133,6 +145,12 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
         flags.append(flag("cst_sparse", f"few CST streamlines: {', '.join(sparse)} (fewer than "
                                         f"sparse_cst_streamlines={sparse_below}); the tract may be interrupted "
                                         "(a lesion?), and its volume, shape and profile rest on few paths"))
+    apart = (course or {}).get("median_mm")
+    if isinstance(apart, (int, float)) and apart > COURSE_ASYMMETRY_MM:
+        flags.append(flag("cst_course_asymmetric",
+                          f"the left CST and the mirrored right one run {apart:.1f} mm apart (median over MNI z "
+                          f"-6 to 40; healthy scans: 2-3 mm): one side may detour around a blocked path (a lesion, "
+                          "a bend the tracker cannot take) or be displaced; check the tract figure"))
     cov = register.get("coverage") or {}
     if cov.get("missing"):
         flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; missing levels: "
