@@ -282,7 +282,7 @@ def course_asymmetry(cst_left, cst_right, mni) -> dict | None:
     Why: when the true path is blocked (a lesion below the tracker's stopping FA, a bend it
     cannot take) a neighbouring path that passes every anatomical test can be reported instead,
     with hundreds of streamlines. Healthy CSTs are near mirror images in MNI space (the shared
-    real scans: median 2.1–2.7 mm), so a course far from the other side's is worth a look:
+    real scans: median 2.0–2.7 mm), so a course far from the other side's is worth a look:
     such a detour, or a tract displaced by a mass.
     """
     if _mni_matrix(mni) is None:

@@ -30,7 +30,7 @@ DEFAULT_MIN_CST_STREAMLINES = 10
 DEFAULT_SPARSE_CST_STREAMLINES = 50
 #: Median distance (mm) between the two CSTs' courses, one mirrored, from the cerebral peduncle to
 #: the centrum semiovale (:func:`cstbatch.steps.metrics.course_asymmetry`) above which the session
-#: is flagged ``cst_course_asymmetric``. Measured: the shared real scans 2.1–2.7 mm; 83 phantoms
+#: is flagged ``cst_course_asymmetric``. Measured: the shared real scans 2.0–2.7 mm; 83 phantoms
 #: (healthy, or lesions down to FA 0.26), whose two sides are drawn independently, 1.5–7.4 mm;
 #: tracts that detour around a blocked path (anatomy 19107's sharp bend, lesions below the
 #: stopping FA) 7.1–9.9 mm: 3 of the 4 severe-lesion sessions above 8, 19107 at 7.5–7.9 (README,
