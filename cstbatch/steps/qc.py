@@ -133,24 +133,26 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     ingest, model, register = ingest or {}, model or {}, register or {}
     flags = []
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
-    empty = [f"{side} {int(counts.get(side, 0))}" for side in ("left", "right") if int(counts.get(side, 0)) < minimum]
+    n = {side: int(counts.get(side, 0)) for side in ("left", "right")}
+    empty = [f"{side} {k}" for side, k in n.items() if k < minimum]
     if empty:
         flags.append(flag("cst_not_found", f"CST not found: streamlines {', '.join(empty)} "
                                            f"(fewer than min_cst_streamlines={minimum}); no tract, so those sides' "
                                            "metrics and the laterality indices are left empty"))
     sparse_below = int(options.get("sparse_cst_streamlines", DEFAULT_SPARSE_CST_STREAMLINES))
-    sparse = [f"{side} {int(counts.get(side, 0))}" for side in ("left", "right")
-              if minimum <= int(counts.get(side, 0)) < sparse_below]
+    sparse = [f"{side} {k}" for side, k in n.items() if minimum <= k < sparse_below]
     if sparse:
         flags.append(flag("cst_sparse", f"few CST streamlines: {', '.join(sparse)} (fewer than "
                                         f"sparse_cst_streamlines={sparse_below}); the tract may be interrupted "
                                         "(a lesion?), and its volume, shape and profile rest on few paths"))
     apart = (course or {}).get("median_mm")
     if isinstance(apart, (int, float)) and apart > COURSE_ASYMMETRY_MM:
+        from cstbatch.steps.metrics import COURSE_Z
+
         flags.append(flag("cst_course_asymmetric",
                           f"the left CST and the mirrored right one run {apart:.1f} mm apart (median over MNI z "
-                          f"-6 to 40; healthy scans: 2-3 mm): one side may detour around a blocked path (a lesion, "
-                          "a bend the tracker cannot take) or be displaced; check the tract figure"))
+                          f"{COURSE_Z[0]:g} to {COURSE_Z[1]:g}; healthy scans: 2-3 mm): one side may detour around a "
+                          "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
     cov = register.get("coverage") or {}
     if cov.get("missing"):
         flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; missing levels: "
