@@ -254,6 +254,7 @@ def test_course_asymmetry_is_the_distance_between_mirrored_courses():
     left = [tract(-1), tract(-1, dy=2.0)]
     m = course_asymmetry(left, [tract(1), tract(1, dy=2.0)], np.eye(4))
     assert m["median_mm"] == pytest.approx(0.0, abs=1e-6) and m["levels"] == 24
+    assert m["z_range_mni"] == [-6.0, 40.0]
     moved = course_asymmetry(left, [tract(1, dy=6.0), tract(1, dy=8.0)], np.eye(4))
     assert moved["median_mm"] == pytest.approx(6.0, abs=0.05) and moved["max_mm"] == pytest.approx(6.0, abs=0.05)
     detour = course_asymmetry(left, [tract(1, bend=8.0), tract(1, dy=2.0, bend=8.0)], np.eye(4))

@@ -206,8 +206,10 @@ def test_session_flags_codes_and_messages():
     clean = qc.session_flags({"left": 50, "right": 400}, {}, ingest={"n_directions": 30}, model={"snr": 20.0},
                              register={"quality": 0.7, "coverage": coverage.coverage(*_grid_mm(-72, 82), np.eye(4))})
     assert clean == []
-    apart = qc.session_flags({"left": 400, "right": 400}, {}, course={"median_mm": 9.3, "max_mm": 14.0})
-    assert [f["code"] for f in apart] == ["cst_course_asymmetric"] and "9.3 mm apart" in apart[0]["message"]
+    course = {"median_mm": 9.3, "max_mm": 14.0, "z_range_mni": [-6.0, 40.0]}
+    apart = qc.session_flags({"left": 400, "right": 400}, {}, course=course)
+    assert [f["code"] for f in apart] == ["cst_course_asymmetric"] and "9.3 mm apart" in apart[0]["message"] \
+        and "MNI z -6 to 40" in apart[0]["message"]
     assert qc.session_flags({"left": 400, "right": 400}, {}, course={"median_mm": 7.4}) == []
     assert qc.session_flags({"left": 400, "right": 400}, {}, course=None) == []
     lax = qc.session_flags({"left": 30, "right": 400}, {"sparse_cst_streamlines": 20})

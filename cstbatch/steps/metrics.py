@@ -42,8 +42,9 @@ course_asymmetry
     and the centrum semiovale (MNI z −6 to 40, :data:`COURSE_Z`): at every 2 mm level the
     centroid of each side's points within 1 mm of it, the distance between the left centroid
     and the right one mirrored (x → −x); ``median_mm`` and ``max_mm`` over the levels both
-    sides reach, ``levels``. ``None`` without an MNI transform, when a side is not found, or
-    when fewer than 3 levels are shared. The QC flag ``cst_course_asymmetric`` reads it.
+    sides reach, ``levels``, and the ``z_range_mni`` compared. ``None`` without an MNI
+    transform, when a side is not found, or when fewer than 3 levels are shared. The QC flag
+    ``cst_course_asymmetric`` reads it.
 laterality
     (L − R) / (L + R) for each scalar (count, volume, length, fa/md/rd/ad means); ``None``
     when either side is not found, missing/NaN, or both are zero.
@@ -312,7 +313,8 @@ def course_asymmetry(cst_left, cst_right, mni) -> dict | None:
     d = d[np.isfinite(d)]
     if len(d) < 3:
         return None
-    return {"median_mm": round(float(np.median(d)), 2), "max_mm": round(float(d.max()), 2), "levels": int(len(d))}
+    return {"median_mm": round(float(np.median(d)), 2), "max_mm": round(float(d.max()), 2), "levels": int(len(d)),
+            "z_range_mni": list(COURSE_Z)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -147,11 +147,10 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                                         "(a lesion?), and its volume, shape and profile rest on few paths"))
     apart = (course or {}).get("median_mm")
     if isinstance(apart, (int, float)) and apart > COURSE_ASYMMETRY_MM:
-        from cstbatch.steps.metrics import COURSE_Z
-
+        z0, z1 = course["z_range_mni"]
         flags.append(flag("cst_course_asymmetric",
                           f"the left CST and the mirrored right one run {apart:.1f} mm apart (median over MNI z "
-                          f"{COURSE_Z[0]:g} to {COURSE_Z[1]:g}; healthy scans: 2-3 mm): one side may detour around a "
+                          f"{z0:g} to {z1:g}; healthy scans: 2-3 mm): one side may detour around a "
                           "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
     cov = register.get("coverage") or {}
     if cov.get("missing"):
