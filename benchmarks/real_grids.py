@@ -166,13 +166,10 @@ def world_cells(trk: Path | None) -> tuple[set, int]:
     streamlines it holds); an empty set and 0 when there is no tractogram."""
     import nibabel as nib
 
-    from cstbatch.steps.metrics import densify
+    from benchmarks.real_scans import visited_cells
 
     sl = nib.streamlines.load(str(trk)).streamlines if trk is not None else []
-    if len(sl) == 0:
-        return set(), 0
-    pts = np.concatenate([densify(np.asarray(s, float), 0.5) for s in sl])
-    return set(map(tuple, np.floor(pts / 2.0).astype(np.int64))), len(sl)
+    return visited_cells(sl, step_mm=0.5), len(sl)
 
 
 def dice(a: set, b: set) -> float:

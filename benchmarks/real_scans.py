@@ -8,7 +8,8 @@ Reads what ``cstbatch BIDS DERIV_DIR participant`` wrote for every session (trac
 transform to MNI), runs each extraction method on the same tractogram as the extract step does
 (with the image's MNI coverage), and prints per session and side the streamline count, mean FA
 along the tract and volume (visited voxels × voxel volume), then, for ``--pair``, the Dice of the
-2 mm MNI cells visited by each side's CST in the two sessions. No ground truth: a check that
+2 mm cells visited by each side's CST in the two sessions, in MNI and in scanner coordinates
+(:func:`visited_cells`). No ground truth: a check that
 both CSTs are found and that repeats agree.
 
 ``--retrack NAME=JSON`` (repeatable; ``--retrack default`` for the defaults alone) tracks again
@@ -35,14 +36,23 @@ def _sessions(root: Path) -> dict[str, Path]:
             for p in sorted(root.rglob("*_tractogram.trk")) if "desc-" not in p.name}
 
 
-def _mni_cells(streamlines, reg) -> set:
+def visited_cells(streamlines, reg=None, step_mm: float = 1.0) -> set:
+    """The 2 mm cells the streamlines visit (sampled every ``step_mm``): in MNI mm through the
+    session's registration ``reg``, or, without one, in the scanner's own world mm.
+
+    Why both: for two series of one head that did not move between them (the Trio repeats), the
+    scanner's coordinates compare the tracts directly, as the issue's bar does; the MNI cells add
+    each session's registration to the comparison (on the Trio pair they differ by 0.8 mm median).
+    """
     from cstbatch.steps.metrics import densify
     from cstbatch.steps.register import points_to_mni
 
-    if not streamlines:
+    if not len(streamlines):
         return set()
-    pts = np.concatenate([densify(s, 1.0) for s in streamlines])
-    return set(map(tuple, np.floor(points_to_mni(pts, reg) / 2.0).astype(int)))
+    pts = np.concatenate([densify(np.asarray(s, np.float64), step_mm) for s in streamlines])
+    if reg is not None:
+        pts = points_to_mni(pts, reg)
+    return set(map(tuple, np.floor(pts / 2.0).astype(np.int64)))
 
 
 def _registration(sdir: Path):
@@ -120,16 +130,18 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
                   + "\t".join("-" if v is None else f"{v:.3f}" for v in fa) + "\t"
                   + "\t".join("-" if v is None else f"{v:.0f}" for v in vol), flush=True)
             for s in ("left", "right"):
-                cells[(key, m, s)] = _mni_cells(b[s], reg)
+                cells[(key, m, s, "MNI")] = visited_cells(b[s], reg)
+                cells[(key, m, s, "scanner")] = visited_cells(b[s])
     if pair:
         a, b_ = pair
         for m in methods:
-            out = []
-            for s in ("left", "right"):
-                x, y = cells.get((a, m, s), set()), cells.get((b_, m, s), set())
-                out.append(2 * len(x & y) / (len(x) + len(y)) if (x or y) else float("nan"))
-            print(f"test-retest {a} vs {b_} ({m}): Dice of visited 2 mm MNI cells "
-                  f"left {out[0]:.3f} right {out[1]:.3f}")
+            for space in ("MNI", "scanner"):
+                out = []
+                for s in ("left", "right"):
+                    x, y = cells.get((a, m, s, space), set()), cells.get((b_, m, s, space), set())
+                    out.append(2 * len(x & y) / (len(x) + len(y)) if (x or y) else float("nan"))
+                print(f"test-retest {a} vs {b_} ({m}): Dice of visited 2 mm {space} cells "
+                      f"left {out[0]:.3f} right {out[1]:.3f}")
 
 
 def _name_json(items: list[str]) -> dict:
