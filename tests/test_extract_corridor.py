@@ -222,6 +222,34 @@ def test_density_cleaning_drops_strays_and_keeps_a_floor_of_the_best_supported()
     assert not np.isin(np.arange(160, 200), floor).any()  # the floor takes bundle streamlines
 
 
+def test_branch_recovery_adds_the_core_of_a_minor_branch_off_the_trunk_not_a_stray():
+    """A fan branch that carries few of the side's streamlines (the face area's) falls to the
+    density cleaning with the strays; recover_branches adds back its core, because it runs in
+    the kept tract's trunk up to the corona radiata, but not a group as large that leaves the
+    trunk in the capsule for the white matter beside it."""
+    from cstbatch.steps.extract_corridor import clean_density, recover_branches
+
+    rng = np.random.default_rng(7)
+    hand = _jittered(TRUNK + ENDS["hand"], rng, 300)
+    face = _jittered(TRUNK + ENDS["face"], rng, 30)
+    stray = _jittered(TRUNK[:3] + [(-34, -6, 4), (-46, 4, 24), (-50, 2, 46)], rng, 30)
+    sl = hand + face + stray
+    idx = np.arange(len(sl))
+    kept = clean_density(sl, idx, {})
+    face_ids, stray_ids = np.arange(300, 330), np.arange(330, 360)
+    assert np.isin(face_ids, kept).sum() <= 3 and not np.isin(stray_ids, kept).any()
+    out = recover_branches(sl, idx, kept)
+    assert set(kept.tolist()) <= set(out.tolist())
+    added = np.setdiff1d(out, kept)
+    assert len(added) >= 1 and np.isin(added, face_ids).all(), added
+    # without the minor branch nothing is added; a side too small to clean is left alone
+    no_face = np.concatenate([np.arange(300), stray_ids])
+    kept2 = clean_density(sl, no_face, {})
+    assert np.array_equal(recover_branches(sl, no_face, kept2), np.sort(kept2))
+    few = np.arange(50)
+    assert np.array_equal(recover_branches(sl, few, few[:10]), few[:10])
+
+
 def test_clip_cortex_ends_each_streamline_where_it_enters_the_cortex(atlas):
     """extract_clip_cortex (the default): the same streamlines are selected, each kept part ends
     where it enters the precentral cortex, whichever way the streamline runs; with the option off

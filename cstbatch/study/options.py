@@ -120,6 +120,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "corridor/tdi: a 2 mm MNI cell is dense when this share of the 95th-percentile cell's streamline count visits it."),
     _opt("extract_tdi_inside", 0.9, _NUM, "extract",
          "corridor/tdi: share of a streamline's cells that must be dense for it to stay."),
+    _opt("extract_recover_branches", True, bool, "extract",
+         "corridor/tdi: add back the core of each fan branch the density cleaning dropped that grows out of the "
+         "kept tract's trunk (the face area's branch, mostly; README)."),
     _opt("extract_clip_cortex", True, bool, "extract",
          "corridor: cut each CST streamline where it enters the precentral cortex for good (the white-matter "
          "tract up to the cortex): more reproducible between repeats; false keeps the part in the cortex (README)."),
