@@ -28,7 +28,9 @@ Then strays are removed per side (``extract_core_filter``, default on), by tract
 cells; a cell is dense when at least ``extract_tdi_fraction`` (0.3) of the 95th-percentile
 cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) of its cells are
 dense, and the best-supported ``extract_tdi_keep`` (10 %) of the side's candidates stay in
-any case. ``extract_clean=fan`` keeps the method's first cleaning (:func:`clean_fan`: per-level
+any case; then the core of each fan branch the cleaning dropped but that grows out of the kept
+trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6).
+``extract_clean=fan`` keeps the method's first cleaning (:func:`clean_fan`: per-level
 density below ``FAN_Z``, QuickBundles branches above it, each branch scored against its own
 peak), for comparison. Last, in the pons and below (z < ``TRIM_BELOW_Z``) each kept
 streamline is cut where it first leaves the brainstem (into a cerebellar peduncle or across the
