@@ -7,7 +7,8 @@
 Reads what ``cstbatch BIDS DERIV_DIR participant`` wrote for every session (tractogram, FA map,
 transform to MNI), runs each extraction method on the same tractogram as the extract step does
 (with the image's MNI coverage), and prints per session and side the streamline count, mean FA
-along the tract and volume (visited voxels × voxel volume), then, for ``--pair``, the Dice of the
+along the tract, volume (visited voxels × voxel volume) and the share of streamlines that reach
+the lateral part of the precentral gyrus (:func:`_lateral_share`), then, for ``--pair``, the Dice of the
 2 mm cells visited by each side's CST in the two sessions, in MNI and in scanner coordinates
 (:func:`visited_cells`). No ground truth: a check that
 both CSTs are found and that repeats agree.
@@ -55,6 +56,15 @@ def visited_cells(streamlines, reg=None, step_mm: float = 1.0) -> set:
     return set(map(tuple, np.floor(pts / 2.0).astype(np.int64)))
 
 
+def _lateral_share(streamlines_mni) -> float:
+    """Share of the streamlines whose highest point lies at MNI |x| >= 40 mm: the lateral part of
+    the fan (hand knob and face area), which the tracker reaches least on real scans."""
+    if not len(streamlines_mni):
+        return float("nan")
+    tops = np.array([s[np.argmax(s[:, 2])] for s in (np.asarray(x) for x in streamlines_mni)])
+    return float((np.abs(tops[:, 0]) >= 40.0).mean())
+
+
 def _registration(sdir: Path):
     """The session's subject → MNI transform: cstbatch's .npz (SyN) or the ITK affine."""
     from cstbatch.steps.register import Registration, load_itk_affine, load_registration
@@ -99,7 +109,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
     from cstbatch.study.options import defaults
 
     cells = {}
-    print("session\tmethod\tcoverage_z\tlevels\tn_L\tn_R\tFA_L\tFA_R\tvol_L_mm3\tvol_R_mm3")
+    print("session\tmethod\tcoverage_z\tlevels\tn_L\tn_R\tFA_L\tFA_R\tvol_L_mm3\tvol_R_mm3\tlateral_L\tlateral_R")
     for key, sdir in _sessions(root).items():
         fa_img = nib.load(str(next(sdir.glob("dwi/*param-fa_dwimap.nii.gz"))))
         maps = {p: np.asarray(nib.load(str(next(sdir.glob(f"dwi/*param-{p}_dwimap.nii.gz")))).dataobj,
@@ -125,10 +135,12 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
             info = sel.get("info", {})
             fa = [res[s]["fa_mean"] for s in ("left", "right")]
             vol = [res[s]["volume_mm3"] for s in ("left", "right")]
+            lateral = [_lateral_share([mni[i] for i in sel[s]]) for s in ("left", "right")]
             print(f"{key}\t{m}\t{cover['coverage_z']:.1f}\t{','.join(info.get('inferior_levels', ['-']))}\t"
                   f"{len(b['left'])}\t{len(b['right'])}\t"
                   + "\t".join("-" if v is None else f"{v:.3f}" for v in fa) + "\t"
-                  + "\t".join("-" if v is None else f"{v:.0f}" for v in vol), flush=True)
+                  + "\t".join("-" if v is None else f"{v:.0f}" for v in vol) + "\t"
+                  + "\t".join(f"{v:.2f}" for v in lateral), flush=True)
             for s in ("left", "right"):
                 cells[(key, m, s, "MNI")] = visited_cells(b[s], reg)
                 cells[(key, m, s, "scanner")] = visited_cells(b[s])
