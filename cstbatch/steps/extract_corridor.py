@@ -396,11 +396,13 @@ BRANCH_MIN_STREAMLINES = 20
 #: streamline, at least ``BRANCH_TRUNK_SHARE`` in cells the cleaned tract visits ...
 BRANCH_TRUNK_Z = (-18.0, 20.0)
 BRANCH_TRUNK_SHARE = 0.8
-#: ... and the best-supported share of such a group (all its cells dense in its own density) joins.
+#: ... and of such a group, the streamlines that run only in its own dense cells join, or its
+#: best-supported 3 % when fewer do.
 BRANCH_CORE_KEEP = 0.03
 
 
-def recover_branches(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, kept: np.ndarray) -> np.ndarray:
+def recover_branches(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, kept: np.ndarray,
+                     tdi_fraction: float = 0.3) -> np.ndarray:
     """``kept`` (the density-cleaned side) with the core of each branch of the fan that the
     cleaning dropped but that grows out of the kept tract's trunk.
 
@@ -414,7 +416,8 @@ def recover_branches(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, kep
     the capsule or the background white matter beside it, so only groups whose median
     streamline runs at least ``BRANCH_TRUNK_SHARE`` of its way from MNI z -18 to 20 in cells the
     cleaned tract visits are taken. Of those, only the core joins (the ``BRANCH_CORE_KEEP``
-    best-supported streamlines of the group's own density): adding whole groups added as many
+    best-supported streamlines of the group's own density, its cells dense from
+    ``tdi_fraction`` as in :func:`clean_density`): adding whole groups added as many
     rim voxels as true ones at 3 mm (README, "tried and not adopted"). Sides with fewer than
     ``TDI_MIN_STREAMLINES`` candidates were not cleaned and are left as they are.
     """
@@ -442,7 +445,7 @@ def recover_branches(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, kep
                 on_trunk.append(np.isin(_keys(low), trunk_cells).mean())
         if not on_trunk or np.median(on_trunk) < BRANCH_TRUNK_SHARE:
             continue
-        share = _dense_share([_keys(sl[j]) for j in members], 0.3)
+        share = _dense_share([_keys(sl[j]) for j in members], tdi_fraction)
         out.update(idx[members[share >= _share_threshold(share, 1.0, BRANCH_CORE_KEEP)]].tolist())
     return np.array(sorted(out), np.int64)
 
@@ -591,7 +594,8 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
             kept = (clean_density if tdi else clean_fan)(streamlines_mni, idx, options)
             n_clean = len(kept)
             if tdi and options.get("extract_recover_branches", True):
-                kept = recover_branches(streamlines_mni, idx, kept)
+                kept = recover_branches(streamlines_mni, idx, kept,
+                                        float(options.get("extract_tdi_fraction", 0.3)))
             recovered[name] = int(len(kept) - n_clean)
             idx = kept
         out[name] = idx
