@@ -39,11 +39,12 @@ sys.path.insert(0, str(ROOT))
 #: reversed: a sagittal or coronal acquisition's storage, no interpolation); "thick" averages
 #: pairs of slices (the slice thickness doubled, anisotropic voxels). Two more change the
 #: acquisition rather than the grid: "noise2" doubles the noise (:func:`add_noise`), "dirs12"
-#: keeps the b0s and the first 12 diffusion directions (the fewest of the held-back scans)
+#: keeps the b0s and the first 12 diffusion directions (the fewest of the held-back scans), and
+#: "b2500" makes the diffusion volumes what a b 2500 acquisition would give (:func:`higher_b`)
 GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
          "pitchm20": ("x", -20.0), "roll10": ("y", 10.0), "pitch30": ("x", 30.0), "roll20": ("y", 20.0),
          "sagittal": ("perm", (1, 2, 0)), "coronal": ("perm", (0, 2, 1)), "thick": ("thick", 2),
-         "noise2": ("noise", 2.0), "dirs12": ("dirs", 12)}
+         "noise2": ("noise", 2.0), "dirs12": ("dirs", 12), "b2500": ("bvalue", 2500.0)}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -111,6 +112,28 @@ def add_noise(data: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
     return np.sqrt((data + rng.normal(0.0, sigma, data.shape)) ** 2 + rng.normal(0.0, sigma, data.shape) ** 2)
 
 
+def higher_b(data: np.ndarray, bvals: np.ndarray, b_new: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(the scan's diffusion volumes as a b ``b_new`` acquisition would give them, the new b-values):
+    each voxel's attenuation S/S0 raised to the power b_new / b (one exponential per direction,
+    which ignores the kurtosis that makes real tissue decay more slowly), then Rician noise of
+    the scan's own σ (dipy's ``estimate_sigma``) added, so the b0 SNR stays and the diffusion
+    volumes sink towards the noise floor as at a higher b. Some held-back scans are 3 mm at
+    b 2500, and a session at b 2500 once ended with no CST at all."""
+    from dipy.denoise.noise_estimate import estimate_sigma
+
+    dw = bvals > 50
+    b0 = data[..., ~dw].mean(axis=-1)
+    sigma = float(np.median(estimate_sigma(data, N=0)))
+    rng = np.random.default_rng(seed)
+    out = np.array(data, np.float64)
+    for k in np.flatnonzero(dw):
+        att = np.clip(data[..., k] / np.maximum(b0, 1e-6), 1e-4, 1.0)
+        clean = b0 * att ** (b_new / bvals[k])
+        out[..., k] = np.sqrt((clean + rng.normal(0.0, sigma, clean.shape)) ** 2
+                              + rng.normal(0.0, sigma, clean.shape) ** 2)
+    return out, np.where(dw, b_new, bvals)
+
+
 def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> list[str]:
     """The original scan and its regridded copies as subjects ``<name><grid>`` of ``bids``."""
     import nibabel as nib
@@ -141,6 +164,10 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> 
             out, new_aff = data[..., keep], affine
         elif spec[0] == "noise":
             out, new_aff = add_noise(data, spec[1]), affine
+        elif spec[0] == "bvalue":
+            out, bvals = higher_b(data, np.loadtxt(src_dir / f"{stem}.bval").ravel(), spec[1])
+            np.savetxt(d / f"sub-{sub}_dwi.bval", bvals[None], fmt="%g")
+            new_aff = affine
         elif spec[0] == "perm":
             out, new_aff = reorder(data, affine, spec[1])
         elif spec[0] == "thick":
