@@ -437,13 +437,15 @@ def recover_branches(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, kep
         members = np.asarray(g.indices)
         if len(members) < max(BRANCH_MIN_SHARE * len(idx), BRANCH_MIN_STREAMLINES):
             continue
-        on_trunk = []
-        for j in members:
-            s = sl[j]
-            low = s[(s[:, 2] >= z0) & (s[:, 2] <= z1)]
-            if len(low):
-                on_trunk.append(np.isin(_keys(low), trunk_cells).mean())
-        if not on_trunk or np.median(on_trunk) < BRANCH_TRUNK_SHARE:
+        lows = [_keys(s[(s[:, 2] >= z0) & (s[:, 2] <= z1)]) for s in (sl[j] for j in members)]
+        lows = [k for k in lows if len(k)]
+        if not lows:
+            continue
+        # each member's share of trunk cells, from one membership test over the whole group
+        hit = np.isin(np.concatenate(lows), trunk_cells)
+        owner = np.repeat(np.arange(len(lows)), [len(k) for k in lows])
+        on_trunk = np.bincount(owner, weights=hit.astype(float)) / np.bincount(owner)
+        if np.median(on_trunk) < BRANCH_TRUNK_SHARE:
             continue
         share = _dense_share([_keys(sl[j]) for j in members], tdi_fraction)
         out.update(idx[members[share >= _share_threshold(share, 1.0, BRANCH_CORE_KEEP)]].tolist())
