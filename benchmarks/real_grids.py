@@ -105,11 +105,19 @@ def add_noise(data: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
     σ0·sqrt(factor² − 1) added to the magnitude (so it stays Rician), where σ0 is the scan's own
     noise (dipy's ``estimate_sigma`` over the volumes, median). A second, noisier acquisition of
     the same head: lower SNR is what the held-back 3 mm b 2000–2500 scans have."""
+    return _rician(data, _scan_sigma(data) * np.sqrt(factor ** 2 - 1.0), np.random.default_rng(seed))
+
+
+def _scan_sigma(data: np.ndarray) -> float:
+    """The scan's own noise σ: dipy's ``estimate_sigma`` over the volumes, median."""
     from dipy.denoise.noise_estimate import estimate_sigma
 
-    sigma = float(np.median(estimate_sigma(data, N=0))) * np.sqrt(factor ** 2 - 1.0)
-    rng = np.random.default_rng(seed)
-    return np.sqrt((data + rng.normal(0.0, sigma, data.shape)) ** 2 + rng.normal(0.0, sigma, data.shape) ** 2)
+    return float(np.median(estimate_sigma(data, N=0)))
+
+
+def _rician(signal: np.ndarray, sigma: float, rng) -> np.ndarray:
+    """``signal`` with complex Gaussian noise of ``sigma`` added to its magnitude (Rician)."""
+    return np.sqrt((signal + rng.normal(0.0, sigma, signal.shape)) ** 2 + rng.normal(0.0, sigma, signal.shape) ** 2)
 
 
 def higher_b(data: np.ndarray, bvals: np.ndarray, b_new: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -119,18 +127,14 @@ def higher_b(data: np.ndarray, bvals: np.ndarray, b_new: float, seed: int = 0) -
     the scan's own σ (dipy's ``estimate_sigma``) added, so the b0 SNR stays and the diffusion
     volumes sink towards the noise floor as at a higher b. Some held-back scans are 3 mm at
     b 2500, and a session at b 2500 once ended with no CST at all."""
-    from dipy.denoise.noise_estimate import estimate_sigma
-
     dw = bvals > 50
     b0 = data[..., ~dw].mean(axis=-1)
-    sigma = float(np.median(estimate_sigma(data, N=0)))
+    sigma = _scan_sigma(data)
     rng = np.random.default_rng(seed)
     out = np.array(data, np.float64)
     for k in np.flatnonzero(dw):
         att = np.clip(data[..., k] / np.maximum(b0, 1e-6), 1e-4, 1.0)
-        clean = b0 * att ** (b_new / bvals[k])
-        out[..., k] = np.sqrt((clean + rng.normal(0.0, sigma, clean.shape)) ** 2
-                              + rng.normal(0.0, sigma, clean.shape) ** 2)
+        out[..., k] = _rician(b0 * att ** (b_new / bvals[k]), sigma, rng)
     return out, np.where(dw, b_new, bvals)
 
 
