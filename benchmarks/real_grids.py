@@ -127,7 +127,9 @@ def higher_b(data: np.ndarray, bvals: np.ndarray, b_new: float, seed: int = 0) -
     the scan's own σ (dipy's ``estimate_sigma``) added, so the b0 SNR stays and the diffusion
     volumes sink towards the noise floor as at a higher b. Some held-back scans are 3 mm at
     b 2500, and a session at b 2500 once ended with no CST at all."""
-    dw = bvals > 50
+    from cstbatch.steps.gradients import B0_THRESHOLD
+
+    dw = bvals > B0_THRESHOLD
     b0 = data[..., ~dw].mean(axis=-1)
     sigma = _scan_sigma(data)
     rng = np.random.default_rng(seed)
