@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 COLUMNS = ("seed", "method", "orient", "snr", "lesion", "n_L", "n_R", "dice_L", "dice_R", "prec_L", "prec_R",
            "rec_L", "rec_R", "swap_L", "swap_R", "distr", "faerr_L", "faerr_R", "course_mm")
@@ -54,7 +55,7 @@ COLUMNS = ("seed", "method", "orient", "snr", "lesion", "n_L", "n_R", "dice_L", 
 
 #: the sample study's acquisition; ``--bvalue`` / ``--directions`` / ``--b0s`` / ``--fov-bottom-z``
 ACQUISITION = {"b_value": 1000.0, "n_directions": 32, "n_b0": 5, "fov_bottom_z": None,
-               "lesion": "random", "lesion_eig": None}
+               "lesion": "random", "lesion_eig": None, "phantom": "tubes"}
 
 
 def _subject(seed: int, voxel: float, acq: dict | None = None):
@@ -70,6 +71,14 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
         lesion = {"none": None, "left": "left", "right": "right",
                   "alternate": "right" if seed % 2 == 0 else "left"}[acq["lesion"]]
     extra = {} if acq["lesion_eig"] is None else {"lesion_eigenvalues": tuple(1e-3 * v for v in acq["lesion_eig"])}
+    if acq["phantom"] == "juelich":
+        from atlas_phantom import make_atlas_session
+
+        s = make_atlas_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation, lesion=lesion,
+                               b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"])
+        if acq["fov_bottom_z"] is not None:
+            _cut_below(s, float(acq["fov_bottom_z"]))
+        return s
     s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
                              lesion=lesion, anatomy=random_anatomy(seed), b_value=acq["b_value"],
                              n_directions=acq["n_directions"], n_b0=acq["n_b0"], **extra)
@@ -247,12 +256,15 @@ def main(argv=None) -> int:
                     help="remove the slices below this MNI z (a field of view that stops in the pons)")
     ap.add_argument("--lesion", default="random", choices=("random", "none", "left", "right", "alternate"))
     ap.add_argument("--lesion-eig", default=None, help="PAR,PERP of the lesion in 1e-3 mm^2/s (default 1.35,0.72)")
+    ap.add_argument("--phantom", default="tubes", choices=("tubes", "juelich"),
+                    help="tubes: cstbatch.sample.phantom (default); juelich: benchmarks/atlas_phantom.py")
     args = ap.parse_args(argv)
     lesion_eig = None if args.lesion_eig is None else [float(v) for v in args.lesion_eig.split(",")]
     if lesion_eig is not None and len(lesion_eig) != 2:
         ap.error(f"--lesion-eig: two numbers PAR,PERP expected, got {args.lesion_eig!r}")
     acq = {"b_value": args.bvalue, "n_directions": args.directions, "n_b0": args.b0s,
-           "fov_bottom_z": args.fov_bottom_z, "lesion": args.lesion, "lesion_eig": lesion_eig}
+           "fov_bottom_z": args.fov_bottom_z, "lesion": args.lesion, "lesion_eig": lesion_eig,
+           "phantom": args.phantom}
     limit_threads()
     options = defaults()
     if args.track:
