@@ -53,7 +53,7 @@ BUNDLES = {
     "uncinate_right": (113, "front"), "uncinate_left": (114, "front"),
 }
 #: atlas probability (%) -> fibre fraction: 0 at P_LOW, 1 at P_HIGH; the truth is fraction ≥ 0.5
-P_LOW, P_HIGH = 20.0, 60.0
+P_LOW, P_HIGH = 30.0, 50.0
 #: the CST below the atlas's lower end (left side, MNI mm: x, y, z); radius in mm
 BRAINSTEM_CST = [(-13.5, -19.0, -15.0), (-10.0, -24.0, -27.0), (-7.0, -30.0, -40.0),
                  (-5.0, -36.0, -52.0), (-4.0, -39.0, -62.0)]
@@ -400,7 +400,8 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
     bvecs[bvals <= 50] = 0.0
     fa = fit_fa(signal, bvals, bids_bvecs_to_voxel(bvecs, aff), masks["brain"])
     info = {"phantom": "juelich", "eigenvalues": {k: list(v) for k, v in eig.items()},
-            "wm_eigenvalues": list(wm_eig)}
+            "wm_eigenvalues": list(wm_eig),
+            "cst_fraction": {k: vol(acc[k]) for k in ("cst_left", "cst_right")}}
     return AtlasSession(data, signal, aff, bvals, bvecs, fa, masks, s2m, orientation,
                         None if lesion is None else f"cst_{lesion}_ic", float(snr), info)
 

@@ -1,0 +1,51 @@
+"""The second phantom's fibre field (benchmarks/atlas_phantom.py): it judges the extraction, so
+its fibres must run along its bundles, around bends, and fan where a bundle fans."""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from atlas_phantom import _direction, _potential  # noqa: E402
+
+
+def _field(domain, source, target):
+    return _direction(_potential(domain, source, target), np.eye(3))
+
+
+def test_fibres_follow_a_bent_tube_not_the_straight_line_from_its_source():
+    # an L: up along z from the source, then along +x to the target
+    dom = np.zeros((40, 12, 40), bool)
+    dom[4:10, 3:9, 2:34] = True    # vertical limb, x 4..9
+    dom[4:36, 3:9, 28:34] = True   # horizontal limb, z 28..33
+    src = np.zeros_like(dom)
+    src[4:10, 3:9, 2] = True
+    tgt = np.zeros_like(dom)
+    tgt[35, 3:9, 28:34] = True
+    d = _field(dom, src, tgt)
+    vertical = d[:, 5:9, 4:8, 6:22].reshape(3, -1)
+    horizontal = d[:, 16:30, 4:8, 29:33].reshape(3, -1)
+    assert np.median(np.abs(vertical[2])) > 0.97   # along z in the vertical limb
+    assert np.median(np.abs(horizontal[0])) > 0.97  # along x in the horizontal one
+    # the distance from the source would point straight from it, up and right at once
+    assert np.median(np.abs(horizontal[2])) < 0.2
+
+
+def test_fibres_fan_where_the_bundle_fans():
+    # a wedge in x-z: 7 voxels wide at the bottom (source), about 50 at the top (target)
+    x = np.arange(60)[:, None]
+    z = np.arange(40)[None, :]
+    wedge = np.abs(x - 30) <= 3 + 0.6 * z
+    dom = np.repeat(wedge[:, None, :], 6, axis=1)
+    src = np.zeros_like(dom)
+    src[:, :, 0] = dom[:, :, 0]
+    tgt = np.zeros_like(dom)
+    tgt[:, :, 39] = dom[:, :, 39]
+    d = _field(dom, src, tgt)
+    k = 30
+    edge = 30 + int(3 + 0.6 * k) - 2
+    up = np.sign(d[2, :, 3, k])
+    assert (d[0, edge, 3, k] * up[edge]) > 0.3        # right edge: up and to the right
+    assert (d[0, 60 - edge, 3, k] * up[60 - edge]) < -0.3  # left edge: up and to the left
+    assert abs(d[0, 30, 3, k]) < 0.1                   # the middle goes straight up
