@@ -3,7 +3,7 @@
     python benchmarks/anatomy_sweep.py [--seed0 1000] [--n 20] [--voxel 3]
         [--methods passthrough,corridor] [--track csd_deterministic] [--cache DIR] [--json OUT]
         [--bvalue 1000] [--directions 32] [--b0s 5] [--fov-bottom-z Z]
-        [--lesion random|none|left|right|alternate] [--lesion-eig PAR,PERP]
+        [--lesion random|none|left|right|alternate] [--lesion-eig PAR,PERP] [--phantom tubes|juelich]
 
 Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.sample.anatomy.
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
@@ -28,6 +28,10 @@ grid stay those of the seed. ``--lesion-eig`` sets the damaged compartment's (λ
 10⁻³ mm²/s: the default 1.35,0.72 (FA ≈ 0.37) is moderate, 1.1,0.85 (FA ≈ 0.15) an infarct
 core below the tracker's stopping FA. The summary says on how many lesioned subjects the
 lesioned side has the lower mean CST FA.
+
+``--phantom juelich`` makes each subject with ``benchmarks/atlas_phantom.py`` instead: bundles
+from the Juelich histological atlas (a CST of 17-23 cm³ with a continuous fan), a nonlinear
+deformation per subject, no distractor; ``--lesion-eig`` does not apply to it.
 
 Develop on one seed range and report on a fresh one (``--seed0``). ``--cache`` keeps the
 tracked and registered subjects (pickles keyed by seed, voxel, tracker and its options), so

@@ -68,7 +68,7 @@ def register_extractors(register):
     register("corridor", _lazy(".extract_corridor", "extract_corridor",
              "Pons (or lowest covered level) + posterior limb of the internal capsule + "
              "whole precentral gyrus; tract-density cleaning, fan branches recovered; cut at the cortex (the default)."),
-             version="6")
+             version="7")
 
 
 @hookimpl

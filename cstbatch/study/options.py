@@ -126,9 +126,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("extract_clip_cortex", True, bool, "extract",
          "corridor: cut each CST streamline where it enters the precentral cortex for good (the white-matter "
          "tract up to the cortex): more reproducible between repeats; false keeps the part in the cortex (README)."),
-    _opt("extract_tdi_keep", 0.1, _NUM, "extract",
+    _opt("extract_tdi_keep", 0.3, _NUM, "extract",
          "corridor/tdi: at least this share of a side's candidate streamlines stays (those with the most dense "
-         "cells), when extract_tdi_inside would keep fewer; 0 turns it off."),
+         "cells), when extract_tdi_inside would keep fewer; 0 turns it off (0.1 before corridor version 7; README)."),
     _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm)."),
     _opt("extract_max_length", 250.0, _NUM, "extract", "Longest CST streamline kept (mm)."),
     _opt("extract_core_filter", True, bool, "extract",
