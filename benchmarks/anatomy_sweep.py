@@ -80,12 +80,10 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
 
         s = make_atlas_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation, lesion=lesion,
                                b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"])
-        if acq["fov_bottom_z"] is not None:
-            _cut_below(s, float(acq["fov_bottom_z"]))
-        return s
-    s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
-                             lesion=lesion, anatomy=random_anatomy(seed), b_value=acq["b_value"],
-                             n_directions=acq["n_directions"], n_b0=acq["n_b0"], **extra)
+    else:
+        s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
+                                 lesion=lesion, anatomy=random_anatomy(seed), b_value=acq["b_value"],
+                                 n_directions=acq["n_directions"], n_b0=acq["n_b0"], **extra)
     if acq["fov_bottom_z"] is not None:
         _cut_below(s, float(acq["fov_bottom_z"]))
     return s

