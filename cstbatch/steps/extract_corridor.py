@@ -429,7 +429,7 @@ def recover_branches(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, kep
     cleaned tract visits are taken. Of those, only the core joins (the ``BRANCH_CORE_KEEP``
     best-supported streamlines of the group's own density, its cells dense from
     ``tdi_fraction`` as in :func:`clean_density`): adding whole groups added as many
-    rim voxels as true ones at 3 mm (README, "tried and not adopted"). Sides with fewer than
+    rim voxels as true ones at 3 mm (benchmarks/RESULTS.md, "tried and not adopted"). Sides with fewer than
     ``TDI_MIN_STREAMLINES`` candidates were not cleaned and are left as they are.
     """
     from dipy.segment.clustering import QuickBundles
@@ -565,7 +565,7 @@ def cortex_entry_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, 
     dropped much of the upper fan (phantom recall 0.80 -> 0.68 at 3 mm). Why the cortex alone
     and not the white matter within 3 mm of it too (the target test's ribbon): the phantoms'
     2 mm tracts lost their last few mm under the cortex (worst-side Dice of 15000-15009 min
-    0.661 -> 0.609), while the test-retest gain was nearly the same (README, "Cutting the tract
+    0.661 -> 0.609), while the test-retest gain was nearly the same (benchmarks/RESULTS.md, "Cutting the tract
     at the cortex").
     """
     code, aff = precentral_rois(0.0, grey_only=True)

@@ -22,7 +22,7 @@ from cstbatch.errors import OptionError
 DEFAULT_MIN_CST_STREAMLINES = 10
 #: A found side with fewer CST streamlines than this (option ``sparse_cst_streamlines``) is
 #: flagged ``cst_sparse``. Measured: phantom sides (healthy, or with the default moderate
-#: lesion) keep at least 63 (fresh sets at 2–3 mm, b 1000–2500, README), the shared real scans
+#: lesion) keep at least 63 (fresh sets at 2–3 mm, b 1000–2500, benchmarks/RESULTS.md), the shared real scans
 #: 239–596; a capsular lesion whose core falls below the tracker's stopping FA left 20–54 on the
 #: lesioned side (``benchmarks/anatomy_sweep.py --lesion alternate --lesion-eig 1.1,0.85``). So
 #: few streamlines are a finding in themselves (an interrupted tract), and the side's volume,
