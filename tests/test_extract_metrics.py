@@ -272,6 +272,27 @@ def test_course_asymmetry_is_the_distance_between_mirrored_courses():
     assert compute_metrics(left, left * 5, _maps(), AFF, {}, mni=np.eye(4))["course_asymmetry"] is None
 
 
+def test_cortical_ends_count_the_parts_of_the_gyrus_each_side_reaches():
+    """Ends are counted by MNI |x| (leg medial, hand knob, face lateral), after the streamlines
+    are oriented brainstem -> cortex, so a streamline stored upside down counts by its top."""
+    def to(x):
+        return _polyline([np.sign(x) * 8, -24, -30], [np.sign(x) * 20, -16, 10], [x, -18, 50])
+
+    left = [to(-10), to(-20), to(-30)[::-1], to(-50), to(-44.9)]
+    m = compute_metrics(left, [to(30)] * 3, _maps(), AFF, {"min_cst_streamlines": 1}, mni=np.eye(4))
+    assert m["left"]["cortical_ends"] == {"medial": 2, "middle": 2, "lateral": 1}
+    assert m["right"]["cortical_ends"] == {"medial": 0, "middle": 3, "lateral": 0}
+    # in subject space the same ends move: the count follows the subject -> MNI transform
+    shift = np.eye(4)
+    shift[0, 3] = -20.0  # subject x + (-20) = MNI x: the left ends move laterally by 20 mm
+    assert compute_metrics(left, [], _maps(), AFF, {"min_cst_streamlines": 1},
+                           mni=shift)["left"]["cortical_ends"] == {"medial": 0, "middle": 2, "lateral": 3}
+    assert compute_metrics(left, [], _maps(), AFF, {"min_cst_streamlines": 1})["left"]["cortical_ends"] is None
+    rows = metrics_to_rows(m)
+    assert (rows[0]["ends_medial"], rows[0]["ends_middle"], rows[0]["ends_lateral"]) == (2, 2, 1)
+    json.dumps(m)
+
+
 def test_visited_voxel_mask_counts_every_voxel_crossed():
     s = np.array([[0.0, 0.0, -20.0], [0.0, 0.0, 20.0]])  # 40 mm straight, 2 points only
     mask = visited_voxel_mask([s], SHAPE, AFF)

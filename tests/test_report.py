@@ -352,3 +352,22 @@ def test_summary_says_a_side_was_not_found_instead_of_sizing_it():
     text = " ".join(summary_sentences(metrics))
     assert "The left CST was not found (4 streamlines" in text
     assert "The right CST has 300 streamlines (9000 mm³)" in text and "n/a mm³" not in text
+
+
+def test_summary_says_where_on_the_gyrus_the_tracts_end_and_when_the_face_area_is_missed():
+    from cstbatch.steps.report import _key_table, summary_sentences
+
+    metrics = {"left": {"found": True, "streamline_count": 100, "cortical_ends": {"medial": 80, "middle": 20, "lateral": 0}},
+               "right": {"found": True, "streamline_count": 100, "cortical_ends": {"medial": 50, "middle": 30, "lateral": 20}}}
+    text = " ".join(summary_sentences(metrics))
+    assert "left 80 / 20 / 0%; right 50 / 30 / 20%" in text
+    assert "Almost none of the left CST reaches the face area" in text and "right CST reaches" not in text
+    row = [r for r in _key_table(metrics) if r[0].startswith("Ends on the gyrus")][0]
+    assert row[1:3] == ["80 / 20 / 0", "50 / 30 / 20"]
+    metrics["left"]["cortical_ends"]["lateral"] = 10  # 10 of 110: no caveat
+    assert "Almost none" not in " ".join(summary_sentences(metrics))
+    # a side that was not found, or metrics without the counts (older runs): no sentence, no row
+    metrics["left"]["found"] = False
+    assert "left 8" not in " ".join(summary_sentences(metrics))
+    assert not any("medial leg area" in s for s in summary_sentences({"left": {}, "right": {}}))
+    assert not any(r[0].startswith("Ends") for r in _key_table({"left": {}, "right": {}}))

@@ -40,6 +40,8 @@ BUILTIN_STEP_VERSION["track"] = "2"
 BUILTIN_STEP_VERSION["metrics"] = "3"
 # metrics 4: the cst_sparse and cst_course_asymmetric QC flags, course_asymmetry
 BUILTIN_STEP_VERSION["metrics"] = "4"
+# metrics 5: cortical_ends (which parts of the precentral gyrus each side reaches)
+BUILTIN_STEP_VERSION["metrics"] = "5"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's

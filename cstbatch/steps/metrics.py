@@ -45,6 +45,14 @@ course_asymmetry
     sides reach, ``levels``, and the ``z_range_mni`` compared. ``None`` without an MNI
     transform, when a side is not found, or when fewer than 3 levels are shared. The QC flag
     ``cst_course_asymmetric`` reads it.
+cortical_ends
+    How many of the side's streamlines end in each part of the precentral gyrus, by the MNI
+    |x| of their cortical end: ``medial`` (< 25 mm: the leg area, up to the vertex),
+    ``middle`` (25–45 mm: the hand knob) and ``lateral`` (≥ 45 mm: the face area); ``None``
+    without an MNI transform or streamlines. Why: the CST fans out over the whole gyrus, and
+    tractography on clinical scans mostly reaches its medial part (the shared real scans:
+    0–9 % of the ends at |x| ≥ 40 mm), so a tract's FA and volume may describe the leg fibres
+    only. The report says so when it happens; a group study can compare like with like.
 laterality
     (L − R) / (L + R) for each scalar (count, volume, length, fa/md/rd/ad means); ``None``
     when either side is not found, missing/NaN, or both are zero.
@@ -72,6 +80,8 @@ REGIONS_MNI_Z = {
 REGION_THIRDS = {"pontine": 0, "internal_capsule": 1, "precentral": 2}
 #: MNI z range (mm) over which :func:`course_asymmetry` compares the two sides
 COURSE_Z = (-6.0, 40.0)
+#: parts of the precentral gyrus by the MNI |x| (mm) of a streamline's cortical end (module doc)
+CORTICAL_PARTS_MNI_X = (("medial", 0.0, 25.0), ("middle", 25.0, 45.0), ("lateral", 45.0, math.inf))
 LATERALITY_KEYS = ("streamline_count", "volume_mm3", "mean_length_mm") + tuple(f"{s}_mean" for s in SCALARS)
 
 
@@ -188,6 +198,7 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask) -> dict
     res = _resample(oriented, nodes)  # (S, N, 3)
     m = _mni_matrix(mni)
     z_mni = (res @ m[2, :3] + m[2, 3]) if (m is not None and len(res)) else None
+    out["cortical_ends"] = cortical_ends(oriented, m) if (m is not None and oriented) else None
     out["profiles"], out["profiles_std"], out["regions"] = {}, {}, {r: {} for r in REGIONS_MNI_Z}
     for name in SCALARS:
         data = maps.get(name) if maps else None
@@ -221,6 +232,13 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask) -> dict
                     v = vals[sel]
                     out["regions"][r][name] = _f(np.nanmean(v)) if v.size else None
     return out
+
+
+def cortical_ends(oriented: Sequence[np.ndarray], subject_to_mni: np.ndarray) -> dict[str, int]:
+    """Streamlines (oriented brainstem → cortex) ending in each part of the precentral gyrus."""
+    m = np.asarray(subject_to_mni, float)
+    x = np.abs(np.array([s[-1] for s in oriented]) @ m[0, :3] + m[0, 3])
+    return {name: int(((x >= lo) & (x < hi)).sum()) for name, lo, hi in CORTICAL_PARTS_MNI_X}
 
 
 def laterality_index(left, right) -> float | None:
@@ -332,6 +350,9 @@ def metrics_to_rows(metrics: Mapping[str, Any]) -> list[dict]:
         for r, vals in m.get("regions", {}).items():
             for s in SCALARS:
                 row[f"{s}_{r}"] = vals.get(s)
+        ends = m.get("cortical_ends") or {}
+        for name, _, _ in CORTICAL_PARTS_MNI_X:
+            row[f"ends_{name}"] = ends.get(name)
         rows.append(row)
     li = {"side": "laterality_index"}
     for k in rows[0]:

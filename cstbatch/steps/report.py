@@ -69,6 +69,9 @@ QC_MIN_STREAMLINES = 10
 QC_MIN_REGISTRATION_R = 0.35  # = cstbatch.steps.qc.MIN_REGISTRATION_R (measured there)
 #: Relative left–right profile difference worth a sentence in the summary.
 PROFILE_DIFF_NOTE = 0.10
+#: below this share of a found side's streamlines ending in the lateral (face) part of the
+#: precentral gyrus, the summary says the tract's numbers describe its medial and middle parts
+LATERAL_ENDS_NOTE = 0.02
 #: Half-thickness (mm) of the slab of tract voxels projected onto each FA slice.
 OVERLAY_SLAB_MM = 4.0
 #: At most this many bytes of DWI volumes are averaged for the brain-mask figure.
@@ -113,6 +116,31 @@ def _num(value):
 
 def _side(metrics: dict, side: str) -> dict:
     return metrics.get(side) or {}
+
+
+def _ends_shares(m: dict) -> dict[str, float] | None:
+    """Share of a side's streamlines ending in each part of the precentral gyrus (None: unknown)."""
+    ends = m.get("cortical_ends") if m.get("found") is not False else None
+    total = sum(ends.values()) if ends else 0
+    return {k: v / total for k, v in ends.items()} if total else None
+
+
+def _ends_sentence(metrics: dict) -> str | None:
+    """Where on the precentral gyrus the tracts end, and a caveat when the face area is missed."""
+    shares = {side: _ends_shares(_side(metrics, side)) for side in SIDES}
+    known = {side: s for side, s in shares.items() if s}
+    if not known:
+        return None
+    parts = "; ".join(f"{side} {s['medial'] * 100:.0f} / {s['middle'] * 100:.0f} / {s['lateral'] * 100:.0f}%"
+                      for side, s in known.items())
+    out = (f"Where the streamlines end on the precentral gyrus (medial leg area / middle hand knob / lateral "
+           f"face area): {parts}.")
+    missed = [side for side, s in known.items() if s["lateral"] < LATERAL_ENDS_NOTE]
+    if missed:
+        out += (f" Almost none of the {' and '.join(missed)} CST reaches the face area: tractography on "
+                "clinical scans rarely follows the fan's lateral fibres through the crossings of the corona "
+                "radiata, so these numbers describe the tract's leg and hand fibres.")
+    return out
 
 
 def _pct_sentence(label: str, left, right, li, unit_scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
@@ -228,6 +256,9 @@ def summary_sentences(metrics: dict) -> list[str]:
         out.append(f"The left CST has {L.get('streamline_count', 0) or 0} streamlines "
                    f"({fmt(L.get('volume_mm3'), 0)} mm³), the right CST {R.get('streamline_count', 0) or 0} "
                    f"({fmt(R.get('volume_mm3'), 0)} mm³).")
+    ends = _ends_sentence(metrics)
+    if ends:
+        out.append(ends)
     d = profile_difference(metrics, "fa")
     if d is not None:
         where = f"about {d['fraction'] * 100:.0f}% of the way from the brainstem to the cortex"
@@ -452,6 +483,11 @@ def _key_table(metrics: dict) -> list[list]:
              fmt(lat.get("volume_mm3"), 3, signed=True)],
             ["Mean length (mm)", fmt(L.get("mean_length_mm"), 1), fmt(R.get("mean_length_mm"), 1),
              fmt(lat.get("mean_length_mm"), 3, signed=True)]]
+    shares = [_ends_shares(m) for m in (L, R)]
+    if any(shares):
+        rows.append(["Ends on the gyrus, medial / middle / lateral (%)"]
+                    + [" / ".join(f"{s[k] * 100:.0f}" for k in ("medial", "middle", "lateral")) if s else "n/a"
+                       for s in shares] + [""])
     for name in ("fa",) + DIFFUSIVITIES:
         sc, label = (1.0, "FA") if name == "fa" else (scale, f"{name.upper()}" + (f" ({unit})" if unit else ""))
         cell = lambda m: (f"{fmt(m.get(f'{name}_mean'), 3, sc)} ± {fmt(m.get(f'{name}_std'), 3, sc)}"  # noqa: E731
