@@ -371,3 +371,15 @@ def test_summary_says_where_on_the_gyrus_the_tracts_end_and_when_the_face_area_i
     assert "left 8" not in " ".join(summary_sentences(metrics))
     assert not any("medial leg area" in s for s in summary_sentences({"left": {}, "right": {}}))
     assert not any(r[0].startswith("Ends") for r in _key_table({"left": {}, "right": {}}))
+
+
+def test_group_report_gives_each_session_s_share_of_face_area_ends(tmp_path):
+    from cstbatch.outputs.group_report import face_ends_percent, write_group_report
+
+    rows = _rows()
+    rows[0].update(left_cortical_ends_medial=90, left_cortical_ends_middle=10, left_cortical_ends_lateral=0,
+                   right_cortical_ends_medial=60, right_cortical_ends_middle=20, right_cortical_ends_lateral=20)
+    assert face_ends_percent(rows[0], "left") == 0.0 and face_ends_percent(rows[0], "right") == 20.0
+    assert face_ends_percent(rows[1], "left") is None  # metrics from before the counts
+    text = write_group_report(tmp_path, _summary(rows), rows).read_text(encoding="utf-8")
+    assert "Face-area ends L / R (%)" in text and ">0 / 20</td>" in text and ">n/a / n/a</td>" in text

@@ -189,6 +189,13 @@ def _cohort(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> li
     return entries
 
 
+def face_ends_percent(entry: Mapping[str, Any], side: str) -> float | None:
+    """% of a side's streamlines ending in the lateral (face) part of the precentral gyrus."""
+    parts = [to_float(entry.get(f"{side}_cortical_ends_{k}")) for k in ("medial", "middle", "lateral")]
+    total = sum(p for p in parts if p == p)
+    return 100.0 * parts[2] / total if total and parts[2] == parts[2] else None
+
+
 def _flags(entry: Mapping[str, Any], reg_q: float) -> list[str]:
     flags = []
     if entry["status"] != "success":
@@ -362,7 +369,8 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
                       fmt(e.get("left_streamline_count"), 0), fmt(e.get("right_streamline_count"), 0),
                       fmt(e.get("left_fa_mean")), fmt(e.get("right_fa_mean")),
                       fmt(e.get("laterality_fa_mean"), 3, signed=True),
-                      fmt(e.get("laterality_volume_mm3"), 3, signed=True), fmt(reg_q, 2),
+                      fmt(e.get("laterality_volume_mm3"), 3, signed=True),
+                      " / ".join(fmt(face_ends_percent(e, s), 0) for s in ("left", "right")), fmt(reg_q, 2),
                       "; ".join(flags), RowClass(css)])
     b.append(H2("Distributions"))
     if good:
@@ -378,11 +386,13 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
     b += longitudinal_blocks(output_dir, repeated)
 
     b.append(H2("Cohort"))
-    b.append(Table(["Session (report)", "Participant", "Session", "Status", "Whole-brain streamlines",
+    b.append(Table(["Session (report)", "Participant", "Session", "Status", "Streamlines tracked",
                     "Left CST streamlines", "Right CST streamlines", "Left FA", "Right FA", "FA LI", "Volume LI",
-                    "Registration r", "Flags"], table, css="sortable"))
+                    "Face-area ends L / R (%)", "Registration r", "Flags"], table, css="sortable"))
     b.append(P("Click a column header to sort by it (again to reverse). "
                "LI: laterality index (L − R)/(L + R), negative when the left value is lower. "
+               "Face-area ends: share of each CST's streamlines ending in the lateral part of the precentral "
+               "gyrus (MNI |x| ≥ 45 mm); near 0 the tract's numbers describe its leg and hand fibres only. "
                "Registration r: correlation of the subject's FA with the warped template.", css="meta"))
 
     b.append(H2("QC flags and outliers", anchor="qc"))
