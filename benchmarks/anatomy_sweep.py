@@ -212,6 +212,7 @@ def score(subj: dict, method: str, options: dict) -> dict:
         row[f"swap_{k}"] = dice(v, masks[f"cst_{other}"]) if v.any() else 0.0
         fa = res[s]["fa_mean"]
         row[f"fa_{k}"] = fa
+        row[f"fa_capsule_{k}"] = ((res[s].get("regions") or {}).get("internal_capsule") or {}).get("fa")
         row[f"faerr_{k}"] = math.inf if fa is None else abs(fa - subj["fa_truth"][f"cst_{s}"])
     row["course_mm"] = (res.get("course_asymmetry") or {}).get("median_mm", math.nan)
     inv = np.linalg.inv(aff)
@@ -223,15 +224,20 @@ def score(subj: dict, method: str, options: dict) -> dict:
 
 
 def lesion_side_check(rows: list[dict]) -> str:
-    """How many lesioned subjects have the lower mean CST FA on the lesioned side."""
+    """How many lesioned subjects have the lower CST FA on the lesioned side: over the whole
+    tract, and in the internal capsule (where the phantoms' lesions lie; the report's and
+    metrics.json's ``regions.internal_capsule``)."""
     les = [r for r in rows if r["lesion"] != "-"]
     if not les:
         return "none"
-    ok = 0
+    ok = {"": 0, "capsule_": 0}
     for r in les:
         k, o = ("L", "R") if "left" in r["lesion"] else ("R", "L")
-        ok += r[f"fa_{k}"] is not None and r[f"fa_{o}"] is not None and r[f"fa_{k}"] < r[f"fa_{o}"]
-    return f"the lesioned side has the lower mean FA in {ok} of {len(les)}"
+        for part in ok:
+            a, b = r.get(f"fa_{part}{k}"), r.get(f"fa_{part}{o}")
+            ok[part] += a is not None and b is not None and a < b
+    return (f"the lesioned side has the lower mean FA in {ok['']} of {len(les)}, "
+            f"the lower internal-capsule FA in {ok['capsule_']} of {len(les)}")
 
 
 def _fmt(v) -> str:
