@@ -383,3 +383,15 @@ def test_group_report_gives_each_session_s_share_of_face_area_ends(tmp_path):
     assert face_ends_percent(rows[1], "left") is None  # metrics from before the counts
     text = write_group_report(tmp_path, _summary(rows), rows).read_text(encoding="utf-8")
     assert "Face-area ends L / R (%)" in text and ">0 / 20</td>" in text and ">n/a / n/a</td>" in text
+
+
+def test_summary_names_the_region_where_left_and_right_fa_differ_most():
+    from cstbatch.steps.report import summary_sentences
+
+    def side(pons, capsule, top):
+        return {"found": True, "regions": {"pontine": {"fa": pons}, "internal_capsule": {"fa": capsule},
+                                           "precentral": {"fa": top}}}
+    metrics = {"left": side(0.55, 0.52, 0.50), "right": side(0.53, 0.43, 0.52)}
+    text = " ".join(summary_sentences(metrics))
+    assert "differ most in the internal capsule: left 0.520, right 0.430 (laterality index +0.095" in text
+    assert "By tract region" not in " ".join(summary_sentences({"left": {}, "right": {}}))
