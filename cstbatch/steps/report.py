@@ -143,8 +143,21 @@ def _ends_sentence(metrics: dict) -> str | None:
     return out
 
 
-#: the tract regions of metrics.json, as the report names them
-REGION_NAMES = {"pontine": "the pons", "internal_capsule": "the internal capsule", "precentral": "the precentral white matter"}
+#: the tract regions of metrics.json, as the report names them: in the table, in a sentence
+REGION_NAMES = {"pontine": ("pons", "the pons"), "internal_capsule": ("internal capsule", "the internal capsule"),
+                "precentral": ("precentral", "the precentral white matter")}
+
+
+def _region_fa(metrics: dict) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(region key, left FA, right FA, laterality index) for each region either side measured."""
+    from cstbatch.steps.metrics import laterality_index
+
+    out = []
+    for r in REGION_NAMES:
+        lv, rv = (((_side(metrics, s).get("regions") or {}).get(r) or {}).get("fa") for s in SIDES)
+        if lv is not None or rv is not None:
+            out.append((r, lv, rv, laterality_index(lv, rv)))
+    return out
 
 
 def _region_sentence(metrics: dict) -> str | None:
@@ -156,19 +169,13 @@ def _region_sentence(metrics: dict) -> str | None:
     sit elsewhere, in the scatter of the fan.
     """
     from cstbatch.outputs.figures import fmt
-    from cstbatch.steps.metrics import laterality_index
 
-    best = None
-    for r, name in REGION_NAMES.items():
-        lv, rv = (((_side(metrics, s).get("regions") or {}).get(r) or {}).get("fa") for s in SIDES)
-        li = laterality_index(lv, rv)
-        if li is not None and (best is None or abs(li) > abs(best[3])):
-            best = (name, lv, rv, li)
-    if best is None:
+    measured = [row for row in _region_fa(metrics) if row[3] is not None]
+    if not measured:
         return None
-    name, lv, rv, li = best
-    return (f"By tract region, left and right FA differ most in {name}: left {fmt(lv)}, right {fmt(rv)} "
-            f"(laterality index {fmt(li, 3, signed=True)}; see FA by tract region).")
+    r, lv, rv, li = max(measured, key=lambda row: abs(row[3]))  # the first region on a tie
+    return (f"By tract region, left and right FA differ most in {REGION_NAMES[r][1]}: left {fmt(lv)}, "
+            f"right {fmt(rv)} (laterality index {fmt(li, 3, signed=True)}; see FA by tract region).")
 
 
 def _pct_sentence(label: str, left, right, li, unit_scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
@@ -530,18 +537,7 @@ def _key_table(metrics: dict) -> list[list]:
 def _regions_table(metrics: dict) -> list[list]:
     from cstbatch.outputs.figures import fmt
 
-    rows = []
-    names = {"pontine": "pons", "internal_capsule": "internal capsule", "precentral": "precentral"}
-    regions = [r for r in names if any(r in (_side(metrics, s).get("regions") or {}) for s in SIDES)]
-    for r in regions:
-        lv = ((_side(metrics, "left").get("regions") or {}).get(r) or {}).get("fa")
-        rv = ((_side(metrics, "right").get("regions") or {}).get(r) or {}).get("fa")
-        from cstbatch.steps.metrics import laterality_index
-
-        if lv is None and rv is None:
-            continue
-        rows.append([names[r], fmt(lv), fmt(rv), fmt(laterality_index(lv, rv), 3, signed=True)])
-    return rows
+    return [[REGION_NAMES[r][0], fmt(lv), fmt(rv), fmt(li, 3, signed=True)] for r, lv, rv, li in _region_fa(metrics)]
 
 
 def _flat_options(options: dict) -> list[list]:
