@@ -36,6 +36,9 @@ from cstbatch.atomic import atomic_path
 _B0_THRESHOLD = 50.0
 #: the longest streamline followed (mm); the CST is ~150-200 mm in adults.
 MAX_LENGTH_MM = 300.0
+#: fODF amplitudes below this share of the voxel's largest are not followed (dipy's
+#: ``pmf_threshold``, relative to the maximum).
+PMF_THRESHOLD = 0.1
 
 def _opt(options: Mapping[str, Any], name: str):
     """The option's value, or its default from the one options table when unset."""
@@ -357,7 +360,7 @@ def _csd_tracking(getter, data, gtab, mask, maps, affine, options) -> list[np.nd
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # legacy SH basis notice
         dg = getter.from_shcoeff(shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
-                                 pmf_threshold=0.1)
+                                 pmf_threshold=PMF_THRESHOLD)
         return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, maps.get("seed_mask"))
 
 
