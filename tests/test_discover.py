@@ -89,3 +89,18 @@ def test_missing_bids_folder_is_one_line(tmp_path):
 def test_parse_bids_name():
     assert parse_bids_name("sub-01_ses-a_run-2_dwi.nii.gz") == ({"sub": "01", "ses": "a", "run": "2"}, "dwi", ".nii.gz")
     assert parse_bids_name("dwi.bval") == ({}, "dwi", ".bval")
+
+
+def test_b0_only_series_is_skipped_with_its_reason(tmp_path):
+    """A reverse phase-encoding reference kept in dwi/ is not a session: it would only fail."""
+    touch(tmp_path, "sub-1/dwi/sub-1_dir-AP_dwi.nii.gz", "sub-1/dwi/sub-1_dir-PA_dwi.nii.gz",
+          "sub-1/dwi/sub-1_dir-AP_dwi.bvec", "sub-1/dwi/sub-1_dir-PA_dwi.bvec",
+          "sub-2/dwi/sub-2_dwi.nii.gz", "sub-2/dwi/sub-2_dwi.bval")
+    dwi = tmp_path / "sub-1" / "dwi"
+    (dwi / "sub-1_dir-AP_dwi.bval").write_text("0 1000 1000 1000 1000 1000 1000\n")
+    (dwi / "sub-1_dir-PA_dwi.bval").write_text("0 5 0\n")  # b 5: a b0 as Philips stores one
+    found = discover_study(tmp_path)
+    assert [e.key for e in found.entries] == ["sub-1_dir-AP", "sub-2"]  # sub-2's 0-byte .bval: ingest's business
+    assert found.skipped == [("sub-1/dwi/sub-1_dir-PA_dwi.nii.gz",
+                              "only b0 volumes in sub-1_dir-PA_dwi.bval (a reverse phase-encoding "
+                              "reference, not a DWI series to process)")]

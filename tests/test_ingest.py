@@ -155,6 +155,12 @@ def test_bval_count_mismatch(dwi):
     _expect_error(dwi["bval"], "9 b-values but the image has 10 volumes", *_args(dwi))
 
 
+def test_b0_only_series(dwi):
+    """Named in a manifest, a reverse phase-encoding reference fails at ingest, saying why."""
+    _write_grad(dwi["bval"], dwi["bvec"], np.zeros_like(dwi["bvals"]), np.zeros_like(dwi["bvecs"]))
+    _expect_error(dwi["bval"], "every volume is a b0", *_args(dwi))
+
+
 def test_bvec_count_mismatch(dwi):
     _write_grad(dwi["dir"] / "x.bval", dwi["bvec"], dwi["bvals"][:-1], dwi["bvecs"][:-1])
     _expect_error(dwi["bvec"], "9 b-vectors but the image has 10 volumes", *_args(dwi))

@@ -16,6 +16,7 @@ from cstbatch.engine.context import StepContext, implementation_for
 from cstbatch.errors import InputError, OptionError, PluginError
 from cstbatch.engine.chain import ROI_FILES
 from cstbatch.outputs.layout import TENSOR_PARAMS
+from cstbatch.study.bvalues import B0_THRESHOLD
 
 
 def load_dwi(layout, path: Path | None = None, checked: bool = False):
@@ -31,7 +32,7 @@ def load_dwi(layout, path: Path | None = None, checked: bool = False):
     img = nib.load(str(path or layout.dwi))
     data = np.asarray(img.dataobj, dtype=np.float32)
     bvals, bvecs = read_bvals_bvecs(layout.bval, layout.bvec_checked if checked else layout.bvec, data.shape[-1])
-    gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, img.affine), b0_threshold=50)
+    gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, img.affine), b0_threshold=B0_THRESHOLD)
     return img, data, gtab
 
 
@@ -154,7 +155,7 @@ def model(ctx: StepContext) -> dict[str, Any]:
     info: dict[str, Any] = {"tensor_max_b": TENSOR_MAX_B, "tensor_volumes": int(keep.size)}
     if keep.size != data.shape[-1]:
         data = data[..., keep]
-        gtab = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep], b0_threshold=50)
+        gtab = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep], b0_threshold=B0_THRESHOLD)
     brain = _load_mask(ctx.layout)
     maps = fit_tensor_maps(data, gtab, brain)
     for param in TENSOR_PARAMS:

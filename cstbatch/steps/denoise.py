@@ -25,8 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-#: b-values at or below this count as b0 (same as the gradient table built at ingest).
-_B0_THRESHOLD = 50.0
+from cstbatch.study.bvalues import B0_THRESHOLD
 
 
 def _as_float32(data: np.ndarray) -> np.ndarray:
@@ -89,7 +88,7 @@ def denoise_patch2self(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np
             data,
             np.asarray(gtab.bvals, dtype=float),
             model=model,
-            b0_threshold=_B0_THRESHOLD,
+            b0_threshold=B0_THRESHOLD,
             out_dtype=np.float32,
             alpha=1.0,
             verbose=False,
@@ -99,7 +98,7 @@ def denoise_patch2self(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np
             version=3,
         )
     out = np.asarray(out, dtype=np.float32)
-    b0_idx = np.flatnonzero(np.asarray(gtab.bvals) <= _B0_THRESHOLD)
+    b0_idx = np.flatnonzero(np.asarray(gtab.bvals) <= B0_THRESHOLD)
     if b0_idx.size == 1:
         # dipy 1.12 skips b0 denoising for a single b0 but then copies volume *0* into its
         # place (an index bug): put the true b0 back, undenoised
@@ -140,7 +139,7 @@ def estimate_noise_sigma(data: np.ndarray, gtab=None) -> float:
     """
     data = np.asarray(data)
     bvals = None if gtab is None else np.asarray(gtab.bvals)
-    b0_idx = np.flatnonzero(bvals <= _B0_THRESHOLD) if bvals is not None else np.array([0])
+    b0_idx = np.flatnonzero(bvals <= B0_THRESHOLD) if bvals is not None else np.array([0])
     if b0_idx.size == 0:
         b0_idx = np.array([0])
     ref = np.zeros(data.shape[:3], dtype=np.float64)
@@ -181,7 +180,7 @@ def signal_mask(data: np.ndarray, gtab, sigma: float | None = None) -> np.ndarra
     """
     data = np.asarray(data)
     bvals = np.asarray(gtab.bvals) if gtab is not None else np.array([0.0])
-    b0_idx = np.flatnonzero(bvals <= _B0_THRESHOLD)
+    b0_idx = np.flatnonzero(bvals <= B0_THRESHOLD)
     if b0_idx.size == 0:
         b0_idx = np.array([0])
     ref = np.zeros(data.shape[:3], np.float64)

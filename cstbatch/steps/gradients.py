@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from cstbatch.errors import InputError
+from cstbatch.study.bvalues import B0_THRESHOLD
 
-#: b-values at or below this (s/mm²) count as b0 volumes (dipy's default as well).
-B0_THRESHOLD = 50.0
 #: allowed deviation of a diffusion-weighted b-vector's norm from 1.
 UNIT_TOLERANCE = 1e-2
 #: a diffusion-weighted volume whose b-vector is shorter than this has no direction at all

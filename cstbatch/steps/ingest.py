@@ -296,6 +296,9 @@ def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
         raise InputError(bvec, "no diffusion-weighted volume has a direction (only derived isotropic "
                                "images, b > 0 with a zero b-vector)")
     bvals, bvecs_bids = bvals[~derived], bvecs_bids[~derived]
+    if not (bvals > B0_THRESHOLD).any():
+        raise InputError(bval, f"every volume is a b0 (b <= {B0_THRESHOLD:g} s/mm^2): no diffusion weighting "
+                               "to process (a reverse phase-encoding reference?)")
     _check_sidecar(nifti)
     _scan_voxels(nifti, img)
 

@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-_B0_THRESHOLD = 50.0
+from cstbatch.study.bvalues import B0_THRESHOLD
 
 
 def mask_median_otsu(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.ndarray:
@@ -34,7 +34,7 @@ def mask_median_otsu(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.n
     if data.ndim != 4:
         raise ValueError(f"mask needs 4-D data (X, Y, Z, N), got shape {data.shape}")
     bvals = np.asarray(gtab.bvals)
-    b0 = bvals <= _B0_THRESHOLD
+    b0 = bvals <= B0_THRESHOLD
     if not b0.any():
         raise ValueError("no b0 volume to build a brain mask from")
     mean_b0 = np.zeros(data.shape[:3], dtype=np.float32)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cstbatch.study.bvalues import B0_THRESHOLD
+
 
 def fit_tensor_maps(data: np.ndarray, gtab, mask: np.ndarray | None) -> dict[str, np.ndarray]:
     """Fit a diffusion tensor in every mask voxel.
@@ -111,7 +113,7 @@ def wls_normal_equations(design_matrix, data, *args, return_S0_hat=False, **kwar
 TENSOR_MAX_B = 1500.0
 
 
-def tensor_volumes(bvals: np.ndarray, b0_threshold: float = 50.0) -> np.ndarray:
+def tensor_volumes(bvals: np.ndarray, b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
     """Indices of the volumes the tensor is fitted on: b0s plus shells ≤ :data:`TENSOR_MAX_B`."""
     bvals = np.asarray(bvals, float)
     b0 = bvals <= b0_threshold

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from cstbatch.errors import OptionError
+from cstbatch.study.bvalues import B0_THRESHOLD
 
 #: A side with fewer CST streamlines than this (option ``min_cst_streamlines``) is "not found".
 DEFAULT_MIN_CST_STREAMLINES = 10
@@ -83,7 +84,7 @@ def flag(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
 
 
-def unique_directions(bvals, bvecs, b0_threshold: float = 50.0) -> int:
+def unique_directions(bvals, bvecs, b0_threshold: float = B0_THRESHOLD) -> int:
     """Number of non-collinear diffusion directions (opposite vectors are the same axis)."""
     dirs = np.asarray(bvecs, float)[np.asarray(bvals, float) > b0_threshold]
     norms = np.linalg.norm(dirs, axis=1)
@@ -96,7 +97,7 @@ def unique_directions(bvals, bvecs, b0_threshold: float = 50.0) -> int:
     return len(kept)
 
 
-def shells(bvals, b0_threshold: float = 50.0) -> list[int]:
+def shells(bvals, b0_threshold: float = B0_THRESHOLD) -> list[int]:
     """Distinct b-values of the diffusion-weighted volumes, rounded to 100 s/mm²."""
     b = np.asarray(bvals, float)
     return sorted({int(round(v / 100.0) * 100) for v in b[b > b0_threshold]})

@@ -31,9 +31,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from cstbatch.atomic import atomic_path
+from cstbatch.study.bvalues import B0_THRESHOLD
 
-#: b-values at or below this count as b0.
-_B0_THRESHOLD = 50.0
 #: the longest streamline followed (mm); the CST is ~150-200 mm in adults.
 MAX_LENGTH_MM = 300.0
 #: fODF amplitudes below this share of the voxel's largest are not followed (dipy's
@@ -131,7 +130,7 @@ def select_shell(gtab):
     is used (ties: the higher b, whose angular contrast is better), rounded to 100 s/mm².
     """
     bvals = np.asarray(gtab.bvals, float)
-    b0 = bvals <= _B0_THRESHOLD
+    b0 = bvals <= B0_THRESHOLD
     shells = np.round(bvals / 100.0) * 100.0
     uniq, counts = np.unique(shells[~b0], return_counts=True)
     if uniq.size == 0:
@@ -201,7 +200,7 @@ def fit_csd_sh(data, gtab, mask, fa, stop_fa):
 
     keep, _ = select_shell(gtab)
     if keep.size != len(gtab.bvals):
-        sub = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep], b0_threshold=_B0_THRESHOLD)
+        sub = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep], b0_threshold=B0_THRESHOLD)
         data = data[..., keep]
     else:
         sub = gtab

@@ -1,10 +1,12 @@
 """BIDS discovery: which DWI series a dataset holds, with their gradient files.
 
-Discovery only reads folder listings (never image contents), so it works on datasets whose
-images are placeholders and stays fast on studies of thousands of sessions; whether an image
-is usable is ingest's business. ``.bval``/``.bvec`` are resolved by the BIDS inheritance
-principle: the file with the same stem wins, otherwise the closest folder up the tree holding
-a ``*dwi.bval`` whose entities are a subset of the image's (e.g. a top-level ``dwi.bval``).
+Discovery reads folder listings and the small ``.bval`` text files, never image contents, so it
+works on datasets whose images are placeholders and stays fast on studies of thousands of
+sessions; whether an image is usable is ingest's business. A series whose ``.bval`` lists only
+b0 volumes (a reverse phase-encoding reference kept in ``dwi/``) is skipped with that reason.
+``.bval``/``.bvec`` are resolved by the BIDS inheritance principle: the file with the same stem
+wins, otherwise the closest folder up the tree holding a ``*dwi.bval`` whose entities are a
+subset of the image's (e.g. a top-level ``dwi.bval``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from cstbatch.study.bvalues import b0_only
 from cstbatch.study.options import merge_options
 from cstbatch.study.spec import SERIES_ENTITIES, SubjectSpec
 
@@ -163,13 +166,19 @@ def _discover_dwi(folder, sub_path, bids_dir, listing, options, found: Discovery
         images[stem] = (Path(entry.path), entities)
     for stem in sorted(images):
         path, entities = images[stem]
+        bval = find_inherited(path, ".bval", levels, listing)
+        if b0_only(bval):
+            found.skipped.append((str(path.relative_to(bids_dir)),
+                                  f"only b0 volumes in {bval.name} (a reverse phase-encoding reference, "
+                                  "not a DWI series to process)"))
+            continue
         spec = SubjectSpec(
             subject_id=f"sub-{entities.get('sub', sub_path.name[4:])}",
             session_id=f"ses-{entities['ses']}" if "ses" in entities else None,
             input_path=path,
             input_type="nifti",
             options=dict(options),
-            bval=find_inherited(path, ".bval", levels, listing),
+            bval=bval,
             bvec=find_inherited(path, ".bvec", levels, listing),
             entities={k: entities[k] for k in SERIES_ENTITIES if k in entities},
             origin=str(path.relative_to(bids_dir)),
