@@ -104,3 +104,12 @@ def test_b0_only_series_is_skipped_with_its_reason(tmp_path):
     assert found.skipped == [("sub-1/dwi/sub-1_dir-PA_dwi.nii.gz",
                               "only b0 volumes in sub-1_dir-PA_dwi.bval (a reverse phase-encoding "
                               "reference, not a DWI series to process)")]
+
+
+def test_phase_part_of_a_complex_series_is_skipped(tmp_path):
+    """BIDS stores complex DWI as part-mag / part-phase: the phase is not a series to fit."""
+    touch(tmp_path, *(f"sub-1/dwi/sub-1_part-{p}_dwi{e}" for p in ("mag", "phase") for e in (".nii.gz", ".bval", ".bvec")))
+    found = discover_study(tmp_path)
+    assert [e.key for e in found.entries] == ["sub-1"]
+    assert found.skipped == [("sub-1/dwi/sub-1_part-phase_dwi.nii.gz",
+                              "part-phase: only magnitude images are diffusion data")]

@@ -3,7 +3,8 @@
 Discovery reads folder listings and the small ``.bval`` text files, never image contents, so it
 works on datasets whose images are placeholders and stays fast on studies of thousands of
 sessions; whether an image is usable is ingest's business. A series whose ``.bval`` lists only
-b0 volumes (a reverse phase-encoding reference kept in ``dwi/``) is skipped with that reason.
+b0 volumes (a reverse phase-encoding reference kept in ``dwi/``) is skipped with that reason, as
+are the phase (``part-phase``, ``-real``, ``-imag``) images of a complex series.
 ``.bval``/``.bvec`` are resolved by the BIDS inheritance principle: the file with the same stem
 wins, otherwise the closest folder up the tree holding a ``*dwi.bval`` whose entities are a
 subset of the image's (e.g. a top-level ``dwi.bval``).
@@ -156,6 +157,10 @@ def _discover_dwi(folder, sub_path, bids_dir, listing, options, found: Discovery
         if ext not in DWI_EXTENSIONS or not entry.name.endswith("_dwi" + ext):
             continue
         if _is_scanner_map(entities, suffix):
+            continue
+        if entities.get("part", "mag").lower() != "mag":
+            found.skipped.append((str(Path(entry.path).relative_to(bids_dir)),
+                                  f"part-{entities['part']}: only magnitude images are diffusion data"))
             continue
         stem = entry.name[: -len(ext)]
         if stem in images:  # both .nii and .nii.gz: keep the compressed one, say so
