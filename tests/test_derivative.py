@@ -138,3 +138,25 @@ def test_two_clean_runs_are_identical_except_documented_volatile_fields(two_runs
     differ = [f for f in files["a"] if files["a"][f] != files["b"][f]]
     assert differ == []
     assert any(f.endswith("_report.html") for f in files["a"]) and any(f.endswith(".trk") for f in files["a"])
+
+
+def test_what_discovery_left_out_is_in_the_summary_and_the_group_report(tmp_path):
+    """Nothing the user had goes unaccounted for: a series discovery skips is listed with why."""
+    bids = tmp_path / "bids"
+    dwi = bids / "sub-01" / "dwi"
+    dwi.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    for stem, bvals in (("sub-01_dir-AP_dwi", "0 1000 1000"), ("sub-01_dir-PA_dwi", "0 0")):
+        (dwi / f"{stem}.nii.gz").write_bytes(b"")  # a placeholder: processing fails cleanly
+        (dwi / f"{stem}.bval").write_text(bvals + "\n")
+        (dwi / f"{stem}.bvec").write_text("0 1 0\n0 0 1\n0 0 0\n"[: 6 * len(bvals.split())])
+    out = tmp_path / "out"
+    study = load_study(bids_dir=bids, output_dir=out, options={"generate_pdf": False})
+    assert [s.key for s in study.subjects] == ["sub-01_dir-AP"]
+    assert run_doit(study, ["run"]) == 1  # the placeholder fails; the aggregation still runs
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["skipped_inputs"] == [{"path": "sub-01/dwi/sub-01_dir-PA_dwi.nii.gz", "reason":
+                                          "only b0 volumes in sub-01_dir-PA_dwi.bval (a reverse phase-encoding "
+                                          "reference, not a DWI series to process)"}]
+    assert "1 input(s) left out by discovery: sub-01/dwi/sub-01_dir-PA_dwi.nii.gz" in (out / "group_report.html").read_text()
+    assert "Inputs left out by discovery: 1 " in (out / "README").read_text()

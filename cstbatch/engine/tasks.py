@@ -142,6 +142,7 @@ def aggregate_task(study: Study, present: set[str] | None = None, upstream_elsew
         "file_dep": [lay.record(step) for lay in layouts for step in STEPS],
         "targets": [p for name, p in group_paths(out_dir).items()],
         "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects],
+                                     "skipped_inputs": [list(x) for x in study.skipped],
                                      "longitudinal": longitudinal,
                                      "code": code_digest(cstbatch.outputs)})],
         "clean": True,

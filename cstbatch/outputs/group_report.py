@@ -342,6 +342,12 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
     b = [H1(f"cstbatch group report — {study}"),
          P(f"{n_total} sessions: {t.get('success', len(good))} succeeded, {t.get('failed', 0)} failed, "
            f"{t.get('skipped', 0)} skipped, {t.get('pending', 0)} pending. cstbatch {version}.", css="summary")]
+    left_out = summary.get("skipped_inputs") or []
+    if left_out:
+        b.append(P(f"{len(left_out)} input(s) left out by discovery: "
+                   + "; ".join(f"{x['path']} ({x['reason']})" for x in left_out[:10])
+                   + (f"; and {len(left_out) - 10} more (batch_summary.json)" if len(left_out) > 10 else "") + ".",
+                   css="summary"))
     n_qc = sum(bool(_qc_flags(e)) for e in good)
     if n_qc:
         b.append(P(f"{n_qc} of {len(good)} successful sessions carry QC flags (see QC flags below): their numbers "
