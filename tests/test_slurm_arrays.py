@@ -109,3 +109,19 @@ def test_an_element_runs_its_sessions_in_order_and_reports_the_worst(tmp_path, c
     assert not any((out / ".cstbatch" / "locks").glob("*/lock"))
     assert slurm.main(["run-session", str(sub), "3", "--sessions-per-job", "2"]) == 2  # no such element
     assert "array element 3 outside 0..2" in capsys.readouterr().err
+
+
+def test_the_saved_study_keeps_what_discovery_left_out(tmp_path):
+    """The aggregation job rebuilds the study from the saved JSON: its summary must list the
+    same left-out inputs as a local run, and its task must not look changed because of them."""
+    from cstbatch.study import load_study
+
+    dwi = tmp_path / "bids" / "sub-01" / "dwi"
+    dwi.mkdir(parents=True)
+    for stem, bvals in (("sub-01_dir-AP_dwi", "0 1000"), ("sub-01_dir-PA_dwi", "0 0")):
+        for ext in (".nii.gz", ".bvec"):
+            (dwi / f"{stem}{ext}").write_bytes(b"")
+        (dwi / f"{stem}.bval").write_text(bvals + "\n")
+    study = load_study(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out")
+    again = slurm.study_from_saved(json.loads(json.dumps(slurm.study_to_saved(study))))
+    assert again.skipped == study.skipped and study.skipped[0][0] == "sub-01/dwi/sub-01_dir-PA_dwi.nii.gz"

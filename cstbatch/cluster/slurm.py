@@ -104,6 +104,7 @@ def study_to_saved(study) -> dict[str, Any]:
         "plugins_dir": str(plugins_dir),
         "plugins_allow": os.environ.get(ALLOW_ENV),
         "sessions": [spec_to_job(s, out_dir, plugins_dir) for s in study.subjects],
+        "skipped": [list(x) for x in study.skipped],  # what discovery left out, for the summary
     }
 
 
@@ -128,7 +129,8 @@ def study_from_saved(data: dict[str, Any], only: list[str] | None = None):
     if only is not None:
         wanted = set(only)
         specs = [s for s in specs if s.key in wanted]
-    return Study(specs, config, [], data.get("kind", "manifest"), Path(data["plugins_dir"]))
+    skipped = [tuple(x) for x in data.get("skipped", [])]
+    return Study(specs, config, skipped, data.get("kind", "manifest"), Path(data["plugins_dir"]))
 
 
 def read_json(path: Path) -> Any:
