@@ -134,15 +134,16 @@ def aggregate_task(study: Study, present: set[str] | None = None, upstream_elsew
                     "session_dates": {s.key: s.session_date for s in study.subjects if s.session_date},
                     "reference_rc_fa": merge_options(study.config.options)["reference_rc_fa"]}
     reports = [f"{s.key}:report" for s in study.subjects if present is None or s.key in present]
+    job = study_to_job(study)
     return {
         "basename": AGGREGATE_TASK,
         "doc": "group outputs: dataset_description, participants, batch summary/metrics, group report",
-        "actions": [(aggregate_action, [study_to_job(study)])],
+        "actions": [(aggregate_action, [job])],
         "task_dep": reports + ([SAMPLE_TASK] if study.kind == "sample" else []),
         "file_dep": [lay.record(step) for lay in layouts for step in STEPS],
         "targets": [p for name, p in group_paths(out_dir).items()],
         "uptodate": [config_changed({"format": FORMAT_VERSION, "sessions": [s.key for s in study.subjects],
-                                     "skipped_inputs": [list(x) for x in study.skipped],
+                                     "skipped_inputs": job["skipped_inputs"],
                                      "longitudinal": longitudinal,
                                      "code": code_digest(cstbatch.outputs)})],
         "clean": True,

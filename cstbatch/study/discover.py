@@ -152,6 +152,10 @@ def _discover_dwi(folder, sub_path, bids_dir, listing, options, found: Discovery
     dwi_dir = folder / "dwi"
     levels = [dwi_dir] + ([folder] if folder != sub_path else []) + [sub_path, bids_dir]
     images = {}
+
+    def skip(path, why: str) -> None:
+        found.skipped.append((str(Path(path).relative_to(bids_dir)), why))
+
     for entry in listing(dwi_dir):
         entities, suffix, ext = parse_bids_name(entry.name)
         if ext not in DWI_EXTENSIONS or not entry.name.endswith("_dwi" + ext):
@@ -159,13 +163,11 @@ def _discover_dwi(folder, sub_path, bids_dir, listing, options, found: Discovery
         if _is_scanner_map(entities, suffix):
             continue
         if entities.get("part", "mag").lower() != "mag":
-            found.skipped.append((str(Path(entry.path).relative_to(bids_dir)),
-                                  f"part-{entities['part']}: only magnitude images are diffusion data"))
+            skip(entry.path, f"part-{entities['part']}: only magnitude images are diffusion data")
             continue
         stem = entry.name[: -len(ext)]
         if stem in images:  # both .nii and .nii.gz: keep the compressed one, say so
-            found.skipped.append((str(Path(entry.path).relative_to(bids_dir)),
-                                  "duplicate of the .nii.gz with the same name"))
+            skip(entry.path, "duplicate of the .nii.gz with the same name")
             if ext == ".nii":
                 continue
         images[stem] = (Path(entry.path), entities)
@@ -173,9 +175,8 @@ def _discover_dwi(folder, sub_path, bids_dir, listing, options, found: Discovery
         path, entities = images[stem]
         bval = find_inherited(path, ".bval", levels, listing)
         if b0_only(bval):
-            found.skipped.append((str(path.relative_to(bids_dir)),
-                                  f"only b0 volumes in {bval.name} (a reverse phase-encoding reference, "
-                                  "not a DWI series to process)"))
+            skip(path, f"only b0 volumes in {bval.name} (a reverse phase-encoding reference, "
+                       "not a DWI series to process)")
             continue
         spec = SubjectSpec(
             subject_id=f"sub-{entities.get('sub', sub_path.name[4:])}",
