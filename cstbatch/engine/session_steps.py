@@ -84,11 +84,15 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
     if n_dirs < MIN_DIRECTIONS:
         raise InputError(bvec, f"only {n_dirs} non-collinear diffusion directions; a tensor needs at least "
                                f"{MIN_DIRECTIONS}")
-    write_preproc(checked, layout.dwi, layout.bval, layout.bvec)
+    data, bvecs, moved = _head_motion(ctx, checked)
+    if moved is not None:
+        info["motion"] = moved
+    write_preproc(checked, layout.dwi, layout.bval, layout.bvec, data=data, bvecs_bids=bvecs)
     write_json(layout.dwi_json, {
         "Description": "The input DWI as accepted by cstbatch (checked; float32; gradients in the "
-                       "BIDS convention of this image, in the session's dwi.bval/dwi.bvec); not "
-                       "otherwise processed.",
+                       "BIDS convention of this image, in the session's dwi.bval/dwi.bvec); "
+                       + ("head motion corrected (rigid, b-vectors turned with the head)."
+                          if moved and moved["corrected"] else "not otherwise processed."),
         "SkullStripped": False})
     for old in layout.superseded("ingest"):
         old.unlink(missing_ok=True)
@@ -98,9 +102,31 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
     info["inputs"] = {label: input_sha256(path) for label, path in spec.inputs}
     info["shape"] = list(checked.img.shape[:3]) + [int(checked.bvals.size)]  # as written (derived volumes out)
     info["voxel_mm"] = [round(float(z), 4) for z in checked.img.header.get_zooms()[:3]]
-    info["n_b0"] = int(np.sum(checked.bvals <= 50))
+    info["n_b0"] = int(np.sum(checked.bvals <= B0_THRESHOLD))
     info["n_directions"], info["shells"] = n_dirs, shells(checked.bvals)
     return info
+
+
+def _head_motion(ctx: StepContext, checked):
+    """(data to write, b-vectors to write, the motion summary), each None when unchanged, for the
+    ``motion_correction`` option."""
+    method = ctx.options.get("motion_correction") or "none"
+    if method == "none":
+        return None, None, None
+    from cstbatch.steps.ingest import load_dwi_data
+    from cstbatch.steps.motion import apply_motion, estimate_motion, rotate_bvecs, should_correct
+
+    data = load_dwi_data(checked)
+    affine = checked.img.affine
+    motion = estimate_motion(data, checked.bvals, affine)
+    motion.corrected = should_correct(method, motion, checked.img.header.get_zooms()[:3])
+    summary = motion.summary()
+    ctx.log.info("ingest: head motion (%s): mean %.2f mm, largest %.2f mm / %.2f deg; %s", method,
+                 summary["mean_displacement_mm"], summary["max_displacement_mm"], summary["max_rotation_deg"],
+                 "corrected" if motion.corrected else "left as it is")
+    if not motion.corrected:
+        return data, None, summary
+    return apply_motion(data, motion, affine), rotate_bvecs(checked.bvecs_bids, motion, affine), summary
 
 
 def denoise(ctx: StepContext) -> dict[str, Any]:

@@ -231,9 +231,21 @@ def voxel_to_world_dirs(vecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
     Returns float64 (..., 3) unit vectors (zero vectors stay zero). Only the column directions
     of ``affine[:3, :3]`` are used: voxel size must not change a physical direction.
     """
+    return _unit(np.asarray(vecs, dtype=float) @ _axis_directions(affine).T)
+
+
+def world_to_voxel_dirs(vecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`voxel_to_world_dirs`: RAS+ directions → unit directions on the voxel axes."""
+    return _unit(np.asarray(vecs, dtype=float) @ np.linalg.inv(_axis_directions(affine)).T)
+
+
+def _axis_directions(affine: np.ndarray) -> np.ndarray:
+    """The affine's voxel axes as unit RAS+ columns (voxel size removed)."""
     lin = np.asarray(affine, dtype=float)[:3, :3]
-    rot = lin / np.linalg.norm(lin, axis=0, keepdims=True)
-    out = np.asarray(vecs, dtype=float) @ rot.T
+    return lin / np.linalg.norm(lin, axis=0, keepdims=True)
+
+
+def _unit(out: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(out, axis=-1, keepdims=True)
     np.divide(out, norm, out=out, where=norm > 0)
     return out

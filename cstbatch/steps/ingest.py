@@ -330,7 +330,8 @@ def _fmt(v: float) -> str:
     return str(int(round(v))) if float(v).is_integer() else f"{v:.8g}"
 
 
-def write_preproc(checked: CheckedDwi, out_nifti, out_bval, out_bvec, data=None, dtype=None) -> None:
+def write_preproc(checked: CheckedDwi, out_nifti, out_bval, out_bvec, data=None, dtype=None,
+                  bvecs_bids=None) -> None:
     """Write the accepted DWI with its gradients (BIDS convention), each file atomically.
 
     Parameters
@@ -348,6 +349,9 @@ def write_preproc(checked: CheckedDwi, out_nifti, out_bval, out_bvec, data=None,
         On-disk type. Default float32 (processing results are float; float32 halves the size
         of float64 with no loss relevant to diffusion signal). Pass ``"original"`` to keep the
         input's on-disk type when ``data`` is None (a byte-faithful copy of the accepted input).
+    bvecs_bids : (N, 3) array, optional
+        b-vectors (BIDS convention) to write instead of the input's: those turned with the head
+        by motion correction.
 
     The affine, qform/sform (and their codes) and the voxel grid are unchanged: only the data
     type may change. Gradients are written in the BIDS/FSL convention relative to that same
@@ -389,7 +393,7 @@ def write_preproc(checked: CheckedDwi, out_nifti, out_bval, out_bvec, data=None,
 
     # the affine is unchanged, so the input's BIDS vectors are still correct for the output;
     # writing them verbatim (not re-deriving them from bvecs_voxel) keeps b0 vectors as given
-    bvecs = checked.bvecs_bids
+    bvecs = checked.bvecs_bids if bvecs_bids is None else np.asarray(bvecs_bids, float)
     write_text(out_bval, " ".join(_fmt(b) for b in checked.bvals) + "\n")
     write_text(
         out_bvec, "".join(" ".join(_fmt(v) for v in bvecs[:, ax]) + "\n" for ax in range(3))

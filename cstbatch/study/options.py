@@ -52,6 +52,11 @@ _OPTIONAL_STR = (str, type(None))
 OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("series", None, (str, int, type(None)), "ingest",
          "DICOM input: series number or description to convert when a folder holds several DWI series."),
+    _opt("motion_correction", "none", str, "ingest",
+         "Head motion between volumes (steps/motion.py; rigid, each volume to a reference of its own "
+         "contrast, b-vectors turned with the head): none; estimate (report it, data untouched); auto (correct "
+         "when a volume moved more than half a voxel); rigid (always correct).",
+         choices=("none", "estimate", "auto", "rigid")),
     _opt("denoise_method", "none", str, "denoise",
          "Denoiser (see `cstbatch plugins`). Default chosen by measured CST FA bias vs noise-free "
          "truth and time (benchmarks/denoise_bias.py): none and mppca stay within 0.01 at SNR 15 "
