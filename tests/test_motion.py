@@ -162,3 +162,17 @@ def test_ingest_step_writes_corrected_data_and_turned_bvecs(series, tmp_path, me
         assert np.abs(out[..., 3][core] - still[..., 3][core]).mean() < 0.5 * np.abs(data[..., 3][core] - still[..., 3][core]).mean()
         assert angle < 1.5
         assert "motion corrected" in layout.dwi_json.read_text()
+
+
+def test_head_motion_flag_only_beyond_a_voxel():
+    from cstbatch.steps import qc
+
+    def codes(moved, corrected):
+        ingest = {"voxel_mm": [2.0, 2.0, 2.0], "n_directions": 30,
+                  "motion": {"max_displacement_mm": moved, "max_rotation_deg": 1.0, "corrected": corrected}}
+        return qc.session_flags({"left": 400, "right": 400}, {}, ingest=ingest)
+
+    assert codes(1.5, False) == []
+    flagged = codes(3.2, False)
+    assert [f["code"] for f in flagged] == ["head_motion"] and "not corrected" in flagged[0]["message"]
+    assert "3.2 mm" in codes(3.2, True)[0]["message"] and "not corrected" not in codes(3.2, True)[0]["message"]

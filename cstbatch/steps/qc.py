@@ -69,6 +69,8 @@ QC_CODES: dict[str, str] = {
     "registration_poor": f"template-to-subject FA correlation below {MIN_REGISTRATION_R}: ROIs may be misplaced",
     "few_directions": f"fewer than {FEW_DIRECTIONS} diffusion directions: CSD cannot resolve crossings (SH order 2)",
     "low_snr": f"white-matter SNR of the b0 below {MIN_SNR}: FA is biased upwards by noise",
+    "head_motion": "motion_correction measured a volume more than one voxel away from its reference "
+                   "(the flag says whether it was corrected)",
     "dicom_conversion": "dcm2niix warned about gradients, slice geometry or orientation while converting "
                         "(every dcm2niix warning is in the session log)",
 }
@@ -179,6 +181,13 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     if matter:
         flags.append(flag("dicom_conversion", "dcm2niix: " + " | ".join(matter[:3])
                           + (f" (+{len(matter) - 3} more in the session log)" if len(matter) > 3 else "")))
+    moved = ingest.get("motion") or {}
+    voxel = min(ingest.get("voxel_mm") or [0.0])
+    if voxel and moved.get("max_displacement_mm", 0.0) > voxel:
+        flags.append(flag("head_motion", f"the head moved up to {moved['max_displacement_mm']:.1f} mm "
+                                         f"({moved['max_rotation_deg']:.1f} deg) between volumes; "
+                                         + ("corrected" if moved.get("corrected") else
+                                            "not corrected (motion_correction=auto or rigid corrects it)")))
     snr = model.get("snr")
     if isinstance(snr, (int, float)) and np.isfinite(snr) and snr < MIN_SNR:
         flags.append(flag("low_snr", f"white-matter b0 SNR about {snr:.1f} (< {MIN_SNR:g}): FA is biased upwards"))
