@@ -138,7 +138,7 @@ def main() -> int:
             if motion:
                 extra = (f"; motion mean {motion['mean_displacement_mm']:.2f}, largest {motion['max_displacement_mm']:.2f} mm,"
                          f" corrected {motion['corrected']}")
-                written = sdir / "dwi" / f"sub-{name}_desc-preproc_dwi.bvec"
+                written = sdir / "dwi" / f"sub-{name}_dwi.bvec"
                 if motion["corrected"] and written.exists():
                     got = np.array([r.split() for r in written.read_text().splitlines() if r.strip()], float).T
                     ang = _angles(got, bvecs, bvals, img.affine)

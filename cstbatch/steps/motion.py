@@ -11,9 +11,10 @@ What is registered to what, and why:
 * diffusion-weighted volumes to the mean diffusion-weighted image, b0s to the first b0. Each is
   compared with an image of the same contrast. Registering diffusion-weighted volumes to the
   b0 (dipy's ``motion_correction``) puts every one of them 0.5–1.4 mm off the b0 on all four
-  shared real scans, the same offset for every direction: the contrast difference biasing the
-  mutual information, not motion. The b0 and the diffusion-weighted block are therefore not
-  aligned to each other; a move between the two blocks is left as it is.
+  shared real series, about the same offset for every direction: the contrast difference biasing
+  the mutual information, not motion. The b0 and the diffusion-weighted block are therefore not
+  aligned to each other; a move between the two blocks is left as it is, and the corrected
+  volumes sit in their mean position (the b-vectors are turned to match it).
 * rigid (6 parameters), Mattes mutual information, on the field of view cut to its content.
   Eddy-current shears and scalings are not modelled (they need a model of the signal, as FSL's
   ``eddy`` has).
@@ -34,7 +35,8 @@ from cstbatch.study.bvalues import B0_THRESHOLD
 
 #: Pyramid of each volume's registration (coarse → fine): iterations, smoothing (voxels), shrink.
 #: The finest level gets dipy's minimum (a few evaluations): on the real Philips scan with
-#: simulated motion it moved the estimates by ≤ 0.02 mm and halved the time (3.6 s per volume).
+#: simulated motion the estimates' error against the motion put in changed by at most 0.04 mm,
+#: in 0.6 of the time.
 LEVEL_ITERS = (100, 50, 0)
 SIGMAS = (3.0, 1.0, 0.0)
 FACTORS = (4, 2, 1)
