@@ -39,6 +39,7 @@ def move(data, bvals, bvecs_bids, affine, scale: float, seed: int = 7):
     from scipy import ndimage
 
     from cstbatch.steps.gradients import bids_to_voxel_axes, voxel_axes_to_bids, voxel_to_world_dirs, world_to_voxel_dirs
+    from cstbatch.steps.motion import rotation_angle_deg
     from cstbatch.study.bvalues import B0_THRESHOLD
 
     rng = np.random.default_rng(seed)
@@ -59,7 +60,7 @@ def move(data, bvals, bvecs_bids, affine, scale: float, seed: int = 7):
         vox = np.linalg.inv(affine) @ np.linalg.inv(m) @ affine  # new voxel -> where the head was
         out[..., i] = ndimage.affine_transform(data[..., i], vox[:3, :3], vox[:3, 3], order=1, mode="constant")
         turned[i] = r @ world[i]
-        moves.append((float(np.linalg.norm(t)), float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))))
+        moves.append((float(np.linalg.norm(t)), rotation_angle_deg(r)))
     new = voxel_axes_to_bids(world_to_voxel_dirs(turned, affine), affine)
     b0 = bvals <= B0_THRESHOLD
     new[b0] = bvecs_bids[b0]
@@ -82,9 +83,10 @@ def _write(bids: Path, sub: str, img, data, bvals, bvecs_bids, sidecar: Path) ->
 
 def _angles(a_bids, b_bids, bvals, affine) -> np.ndarray:
     from cstbatch.steps.gradients import bids_to_voxel_axes
+    from cstbatch.study.bvalues import B0_THRESHOLD
 
     a, b = bids_to_voxel_axes(a_bids, affine), bids_to_voxel_axes(b_bids, affine)
-    dw = bvals > 50
+    dw = bvals > B0_THRESHOLD
     return np.degrees(np.arccos(np.clip(np.abs(np.sum(a[dw] * b[dw], axis=1)), 0, 1)))
 
 

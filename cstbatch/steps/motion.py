@@ -26,7 +26,7 @@ brain), so a still scan is not smoothed by resampling; ``rigid`` always corrects
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,6 @@ AUTO_FRACTION = 0.5
 BRAIN_FRACTION = 0.2
 #: Displacements are averaged over at most this many brain voxels (evenly spaced).
 MAX_POINTS = 20000
-METHODS = ("none", "estimate", "auto", "rigid")
 
 
 @dataclass
@@ -60,7 +59,6 @@ class Motion:
     displacement_mm: np.ndarray  # (N,)
     rotation_deg: np.ndarray  # (N,)
     corrected: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         d = self.displacement_mm
@@ -71,12 +69,12 @@ class Motion:
                 "max_rotation_deg": round(float(self.rotation_deg.max()), 3),
                 "max_change_between_volumes_mm": round(float(step.max()), 3),
                 "displacement_mm": [round(float(x), 3) for x in d],
-                "rotation_deg": [round(float(x), 3) for x in self.rotation_deg],
-                **self.info}
+                "rotation_deg": [round(float(x), 3) for x in self.rotation_deg]}
 
 
-def _rotation_deg(m: np.ndarray) -> float:
-    r = m[:3, :3]
+def rotation_angle_deg(m: np.ndarray) -> float:
+    """The angle (degrees) of the rotation part of a rigid 3x3 or 4x4 transform."""
+    r = np.asarray(m, float)[:3, :3]
     return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
 
 
@@ -131,7 +129,7 @@ def estimate_motion(data: np.ndarray, bvals: np.ndarray, affine: np.ndarray) -> 
             transforms[i] = m
             moved = points @ m[:3, :3].T + m[:3, 3]
             displacement[i] = float(np.linalg.norm(moved - points, axis=1).mean())
-            rotation[i] = _rotation_deg(m)
+            rotation[i] = rotation_angle_deg(m)
     return Motion(transforms, displacement, rotation)
 
 
