@@ -90,6 +90,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "Denoising of the DWI that the tracking CSD fit sees, inside the tracking region only "
          "(none or mppca; the tensor maps and metrics are not affected; steps/track.py).",
          choices=("mppca", "none")),
+    _opt("track_fodf_fwhm", 0.0, _NUM, "track",
+         "Smoothing of the fibre ODFs the tracker follows: FWHM in mm of a Gaussian over neighbouring "
+         "voxels' CSD coefficients (0: none; steps/track.py smooth_fodf)."),
     _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel)."),
     _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees."),
     _opt("track_min_length", 20.0, _NUM, "track", "Streamlines shorter than this (mm) are dropped."),
