@@ -354,7 +354,11 @@ def smooth_fodf(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     Width in mm, like every smoothing kernel in the field, so a 3 mm scan is smoothed over fewer
     voxels than a 2 mm one (the measurements behind the default: README, "How the CST is found").
     """
-    if fwhm_mm <= 0:
+    if fwhm_mm < 0:
+        from cstbatch.errors import OptionError
+
+        raise OptionError(f"track_fodf_fwhm: {fwhm_mm!r} is negative; give a FWHM in mm, or 0 for none")
+    if fwhm_mm == 0:
         return shm
     from scipy import ndimage
 
