@@ -348,11 +348,11 @@ def smooth_fodf(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     deterministic tracker follows every scattered peak, so two scans of one head drift apart
     (on the shared Trio repeats the tracts' disagreement lies in the upper fan, where the
     streamlines have travelled longest). Averaging the SH coefficients of neighbours keeps the
-    orientations that neighbours share and cancels those they do not; unlike smoothing the DWI
-    it does not mix the signal of voxels with different tissue into one fit. A normalised
+    orientations that neighbours share and cancels those they do not. A normalised
     convolution: voxels with no fit (zero coefficients) neither contribute nor receive.
     Width in mm, like every smoothing kernel in the field, so a 3 mm scan is smoothed over fewer
-    voxels than a 2 mm one (the measurements behind the default: README, "How the CST is found").
+    voxels than a 2 mm one. Off by default: thin phantom tracts lose accuracy with it (the
+    measurements: README, "How the CST is found"; benchmarks/RESULTS.md, "Smoothed fODFs").
     """
     if fwhm_mm < 0:
         from cstbatch.errors import OptionError
