@@ -63,6 +63,7 @@ from cstbatch.engine.threads import limit_threads  # noqa: E402  (before numpy l
 limit_threads()
 
 import numpy as np  # noqa: E402
+from nibabel.affines import voxel_sizes  # noqa: E402
 
 SIGMAS = (3.0, 1.0, 0.0)
 FACTORS = (4, 2, 1)
@@ -148,7 +149,7 @@ def register(fa_img, template_img, setting: dict):
     tpl_full = np.nan_to_num(np.asarray(template_img.dataobj, dtype=np.float32))
     if tpl_full.ndim == 4 and tpl_full.shape[3] == 1:
         tpl_full = tpl_full[..., 0]
-    voxel_mm = max(float(np.min(R._voxel_sizes(fa_affine))), R.MIN_TEMPLATE_VOXEL_MM)
+    voxel_mm = max(float(np.min(voxel_sizes(np.asarray(fa_affine, float)))), R.MIN_TEMPLATE_VOXEL_MM)
     tpl, tpl_affine = R._downsample_template(tpl_full, np.asarray(template_img.affine, float), voxel_mm)
     static, static_affine = R.crop_to_content(fa, fa_affine)
     current = transform_centers_of_mass(static, static_affine, tpl, tpl_affine).affine

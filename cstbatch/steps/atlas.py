@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from cstbatch.errors import DependencyError, InputError, OptionError
 
@@ -227,7 +228,7 @@ def icbm_rois(gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> dict[str, n
     from scipy import ndimage
 
     gm_mask = gm >= 0.3
-    vox = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    vox = voxel_sizes(np.asarray(affine, float))
     # distance to GM only matters inside the band's z-range: compute it on that slab only
     zmax = np.broadcast_to(z, gm.shape)
     near = np.argwhere((zmax >= 30) & (zmax <= 86))

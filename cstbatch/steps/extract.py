@@ -49,6 +49,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 BRAINSTEM, MOTOR_LEFT, MOTOR_RIGHT = 1, 2, 4
 MIDLINE_TOLERANCE_MM = 3.0
@@ -109,7 +110,7 @@ def roi_code_volume(atlas, dilate_mm: float = 0.0) -> np.ndarray:
     def build():
         from scipy import ndimage
 
-        vox = np.sqrt((atlas.affine[:3, :3] ** 2).sum(axis=0))
+        vox = voxel_sizes(np.asarray(atlas.affine, float))
         code = np.zeros(atlas.shape, np.uint8)
         for bit, name in ((BRAINSTEM, "brainstem"), (MOTOR_LEFT, "motor_left"), (MOTOR_RIGHT, "motor_right")):
             m = atlas.roi(name)

@@ -61,6 +61,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from cstbatch.steps.atlas import precentral_band
 from cstbatch.steps.extract import (
@@ -138,7 +139,7 @@ def precentral_rois(dilate_mm: float = TARGET_TOLERANCE_MM, grey_only: bool = Fa
     aff[:3, :3] *= 2.0
     x, y, z = (np.broadcast_to(v, gm.shape) for v in _mm_grid(gm.shape, aff))
     gm_mask = gm >= 0.3
-    vox = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    vox = voxel_sizes(aff)
     ribbon = gm_mask if grey_only else \
         gm_mask | ((wm >= 0.3) & (ndimage.distance_transform_edt(~gm_mask, sampling=vox) <= 3.0))
     band = precentral_band(x, y, z) & ribbon

@@ -40,6 +40,7 @@ from itertools import permutations
 from typing import Any
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 #: The best other table must give mean streamlines at least this much longer (relative)
 #: than the given table to flag it. dwigradcheck takes the best table outright; a margin keeps
@@ -195,7 +196,7 @@ def check_gradients(evecs: np.ndarray, fa: np.ndarray, mask: np.ndarray, affine:
     ``affine``: the image's voxel → RAS+ mm (voxel sizes, and the file ↔ voxel x flip).
     """
     affine = np.asarray(affine, float)
-    voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    voxel_mm = voxel_sizes(affine)
     seeds = seed_voxels(fa, mask)
     cands = candidates()
     if len(seeds) < MIN_SEEDS:

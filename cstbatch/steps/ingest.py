@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 from dipy.core.gradients import GradientTable, gradient_table
 
 from cstbatch.atomic import save_nifti, write_text
@@ -285,7 +286,7 @@ def check_nifti_dwi(nifti, bval, bvec) -> CheckedDwi:
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(nifti, "header has no usable voxel-to-world affine (singular or not finite)")
-    aff_zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    aff_zooms = voxel_sizes(affine)
     if np.any(aff_zooms > MAX_VOXEL_MM) or np.any(aff_zooms < 1e-3):
         shown = "x".join(f"{z:g}" for z in aff_zooms)
         raise InputError(nifti, f"absurd voxel size {shown} mm in the affine (sform/qform)")

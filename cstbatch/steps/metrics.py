@@ -65,6 +65,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
@@ -105,10 +106,6 @@ def _mni_matrix(mni) -> np.ndarray | None:
     return m if m.shape == (4, 4) else None
 
 
-def _voxel_sizes(affine) -> np.ndarray:
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-
-
 def densify(streamline: np.ndarray, max_step: float) -> np.ndarray:
     """Insert points linearly so that no step is longer than ``max_step`` mm."""
     s = np.asarray(streamline, np.float64)
@@ -133,7 +130,7 @@ def visited_voxel_mask(streamlines, shape, affine) -> np.ndarray:
     sl = _as_list(streamlines)
     if not sl:
         return mask
-    step = 0.5 * float(_voxel_sizes(affine).min())
+    step = 0.5 * float(voxel_sizes(np.asarray(affine, float)).min())
     pts = np.concatenate([densify(s, step) for s in sl], axis=0)
     inv = np.linalg.inv(np.asarray(affine, float))
     ijk = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)

@@ -45,6 +45,7 @@ from typing import Any, Mapping
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from cstbatch.atomic import atomic_path
 from cstbatch.errors import InputError
@@ -148,15 +149,11 @@ def _template_from(template) -> nib.Nifti1Image:
     return _as_image(template, "template")
 
 
-def _voxel_sizes(affine) -> np.ndarray:
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-
-
 def _downsample_template(data: np.ndarray, affine: np.ndarray, voxel_mm: float):
     """Smooth and resample ``data`` to isotropic ``voxel_mm`` (keeps the field of view)."""
     from scipy import ndimage
 
-    vox = _voxel_sizes(affine)
+    vox = voxel_sizes(np.asarray(affine, float))
     factor = voxel_mm / vox
     if np.all(factor <= 1.05):
         return data.astype(np.float32), np.asarray(affine, float)
@@ -238,7 +235,7 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
     tpl_full = np.nan_to_num(np.asarray(template.dataobj, dtype=np.float32))
     if tpl_full.ndim == 4 and tpl_full.shape[3] == 1:
         tpl_full = tpl_full[..., 0]
-    voxel_mm = max(float(np.min(_voxel_sizes(fa_affine))), MIN_TEMPLATE_VOXEL_MM, AFFINE_VOXEL_MM)
+    voxel_mm = max(float(np.min(voxel_sizes(np.asarray(fa_affine, float)))), MIN_TEMPLATE_VOXEL_MM, AFFINE_VOXEL_MM)
     tpl, tpl_affine = _downsample_template(tpl_full, np.asarray(template.affine, float), voxel_mm)
     # the affine stages run on the FA smoothed to the same grid size (see AFFINE_VOXEL_MM)
     fa_reg, fa_reg_affine = _downsample_template(fa, fa_affine, voxel_mm)

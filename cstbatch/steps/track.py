@@ -29,6 +29,7 @@ import warnings
 from typing import Any, Mapping
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from cstbatch.atomic import atomic_path
 from cstbatch.study.bvalues import B0_THRESHOLD
@@ -63,7 +64,7 @@ def _tracking_frame(affine: np.ndarray) -> tuple[np.ndarray, float]:
     if not _has_shear(affine):
         return affine, 1.0
     # dipy cannot step in a sheared grid: track in voxel units of the mean voxel size
-    vox = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    vox = voxel_sizes(affine)
     return np.eye(4), 1.0 / float(np.mean(vox))
 
 
@@ -362,8 +363,7 @@ def smooth_fodf(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
         return shm
     from scipy import ndimage
 
-    vox = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / vox
+    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel_sizes(np.asarray(affine, float))
     fitted = (shm != 0).any(axis=-1)
     weight = ndimage.gaussian_filter(fitted.astype(np.float64), sigma, mode="constant")
     out = np.zeros_like(shm)
