@@ -119,3 +119,34 @@ def test_option_values_outside_their_choices_fail_at_planning():
     with pytest.raises(OptionError, match="registration_method: 'SyN' is not one of affine, syn"):
         merge_options({}, {"registration_method": "SyN"})
     assert merge_options({"extract_clean": "fan"})["extract_clean"] == "fan"
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("track_step_size", -1.0, r"track_step_size: -1.0 is outside \(0, \)"),
+    ("track_step_size", 0, r"track_step_size: 0 is outside \(0, \)"),
+    ("track_max_angle", 120, r"track_max_angle: 120 is outside \(0, 90\]"),
+    ("track_stop_fa", 15, r"track_stop_fa: 15 is outside \[0, 1\)"),
+    ("profile_nodes", 1, r"profile_nodes: 1 is outside \[2, \)"),
+    ("track_seed_fa", float("nan"), r"track_seed_fa: nan is not a number in \[0, 1\)"),
+])
+def test_numbers_outside_their_range_fail_at_planning(name, value, message):
+    with pytest.raises(OptionError, match=message):
+        merge_options({name: value})
+
+
+def test_ranges_hold_defaults_and_edges_and_the_length_pair():
+    from cstbatch.cli import main
+    from cstbatch.study.options import OPTIONS, options_table_markdown, parse_cli_value
+
+    for name, opt in OPTIONS.items():
+        assert opt.out_of_bounds(opt.default) is None, name
+    # the closed ends are allowed
+    assert merge_options({"track_stop_fa": 0, "track_max_angle": 90, "extract_tdi_keep": 1})["track_max_angle"] == 90
+    with pytest.raises(OptionError, match=r"--option.track_max_angle: -5 is outside"):
+        parse_cli_value("track_max_angle", "-5")
+    # each layer's value is fine alone; together no streamline could be kept
+    with pytest.raises(OptionError, match=r"extract_min_length \(300\) must be below extract_max_length \(250.0\)"):
+        merge_options({"extract_min_length": 300})
+    assert merge_options({"extract_max_length": 400}, {"extract_min_length": 300})["extract_min_length"] == 300
+    assert "| `track_max_angle` | `30.0` | (0, 90] | track |" in options_table_markdown()
+    assert main(["options"]) == 0

@@ -550,7 +550,7 @@ def test_fodf_smoothing_steadies_noisy_peaks_and_stays_inside_the_fit():
     np.testing.assert_allclose(smooth_fodf(const, affine, 3.5)[fitted], const[fitted], rtol=1e-10, atol=1e-12)
     assert smooth_fodf(shm, affine, 0.0) is shm
     from cstbatch.errors import OptionError
-    with pytest.raises(OptionError, match="track_fodf_fwhm: -1.0 is negative"):
+    with pytest.raises(OptionError, match=r"track_fodf_fwhm: -1.0 is outside \[0, \)"):
         smooth_fodf(shm, affine, -1.0)
 
 

@@ -42,10 +42,10 @@ PMF_THRESHOLD = 0.1
 
 def _opt(options: Mapping[str, Any], name: str):
     """The option's value, or its default from the one options table when unset."""
-    from cstbatch.study.options import OPTIONS
+    from cstbatch.study.options import OPTIONS, require_in_bounds
 
     val = options.get(name, None)
-    return OPTIONS[name].default if val is None else val
+    return OPTIONS[name].default if val is None else require_in_bounds(name, val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,11 +355,9 @@ def smooth_fodf(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     voxels than a 2 mm one. Off by default: thin phantom tracts lose accuracy with it (the
     measurements: README, "How the CST is found"; benchmarks/RESULTS.md, "Smoothed fODFs").
     """
-    if fwhm_mm < 0:
-        from cstbatch.errors import OptionError
+    from cstbatch.study.options import require_in_bounds
 
-        raise OptionError(f"track_fodf_fwhm: {fwhm_mm!r} is negative; give a FWHM in mm, or 0 for none")
-    if fwhm_mm == 0:
+    if require_in_bounds("track_fodf_fwhm", fwhm_mm) == 0:
         return shm
     from scipy import ndimage
 

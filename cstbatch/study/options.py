@@ -40,10 +40,25 @@ class Option:
     #: the only values a string option takes, checked when options are merged: a typo then fails
     #: the whole run at planning time with one line, instead of every session at its step
     choices: tuple[str, ...] = ()
+    #: the interval a number must lie in, written as in mathematics: ``[0, 1]``, ``(0, 90]``,
+    #: ``[1, )`` (no upper end). Checked with the types, so a negative step size or an FA
+    #: threshold of 15 fails planning with one line instead of a tracker that silently finds nothing.
+    bounds: str = ""
+
+    def out_of_bounds(self, value) -> str | None:
+        """Why ``value`` lies outside :attr:`bounds` (None when it is inside or not a number)."""
+        if not self.bounds or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        low, high = (x.strip() for x in self.bounds[1:-1].split(","))
+        if value != value:  # NaN: inside no interval
+            return f"{value!r} is not a number in {self.bounds}"
+        below = low and (value < float(low) or (self.bounds[0] == "(" and value == float(low)))
+        above = high and (value > float(high) or (self.bounds[-1] == ")" and value == float(high)))
+        return f"{value!r} is outside {self.bounds}" if below or above else None
 
 
-def _opt(name, default, type_, steps, help_, kind=None, choices=()):
-    return Option(name, default, type_, tuple(steps.split()), help_, kind, tuple(choices))
+def _opt(name, default, type_, steps, help_, kind=None, choices=(), bounds=""):
+    return Option(name, default, type_, tuple(steps.split()), help_, kind, tuple(choices), bounds)
 
 
 _NUM = (int, float)
@@ -63,12 +78,15 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "and 30, patch2self and nlmeans bias FA by -0.07 to -0.13; none is the fastest. mppca "
          "gives tracking more streamlines on noisy scans (README, 'How the CST is found').",
          kind="denoise"),
-    _opt("denoise_patch_radius", 1, int, "denoise", "Patch radius (voxels) for nlmeans / mppca."),
+    _opt("denoise_patch_radius", 1, int, "denoise", "Patch radius (voxels) for nlmeans / mppca.",
+         bounds="[1, )"),
     _opt("patch2self_model", "ols", str, "denoise", "Regression model of patch2self: ols or ridge.",
          choices=("ols", "ridge")),
     _opt("mask_method", "median_otsu", str, "mask", "Brain-mask method.", kind="mask"),
-    _opt("mask_median_radius", 2, int, "mask", "median_otsu median filter radius (voxels)."),
-    _opt("mask_numpass", 2, int, "mask", "median_otsu number of median filter passes."),
+    _opt("mask_median_radius", 2, int, "mask", "median_otsu median filter radius (voxels).",
+         bounds="[1, )"),
+    _opt("mask_numpass", 2, int, "mask", "median_otsu number of median filter passes.",
+         bounds="[1, )"),
     _opt("track_method", "csd_deterministic", str, "track",
          "Whole-brain tractography method; CSD-based so tracking gets through fibre crossings.",
          kind="track"),
@@ -77,26 +95,35 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "brainstem, the posterior limb and under the precentral gyrus; steps/track_region.py) or brain "
          "(whole-brain tractogram, every white-matter voxel seeded).", choices=("cst", "brain")),
     _opt("track_cst_seeds", 20000, int, "track",
-         "track_region=cst: seeds spread over the CST seed regions (a fixed budget, whatever the voxel size)."),
+         "track_region=cst: seeds spread over the CST seed regions (a fixed budget, whatever the voxel size).",
+         bounds="[1, )"),
     _opt("track_cst_seed_regions", "brainstem,capsule,precentral", (str, list), "track",
          "track_region=cst: where seeds go, any of brainstem, capsule (posterior limb), precentral (white matter "
          "under the gyrus)."),
     _opt("track_seed_density", 1, int, "track",
          "track_region=brain: seeds per voxel of the seed mask, at reproducible random positions (1: ~60k "
-         "streamlines on a 2 mm brain; keep seeds per mm³ alike across resolutions, e.g. 2 for 2.5 mm voxels)."),
-    _opt("track_seed_fa", 0.2, _NUM, "track", "FA above which voxels are seeded."),
-    _opt("track_stop_fa", 0.15, _NUM, "track", "Tracking stops where FA drops below this."),
+         "streamlines on a 2 mm brain; keep seeds per mm³ alike across resolutions, e.g. 2 for 2.5 mm voxels).",
+         bounds="[1, )"),
+    _opt("track_seed_fa", 0.2, _NUM, "track", "FA above which voxels are seeded.",
+         bounds="[0, 1)"),
+    _opt("track_stop_fa", 0.15, _NUM, "track", "Tracking stops where FA drops below this.",
+         bounds="[0, 1)"),
     _opt("track_denoise", "mppca", str, "track",
          "Denoising of the DWI that the tracking CSD fit sees, inside the tracking region only "
          "(none or mppca; the tensor maps and metrics are not affected; steps/track.py).",
          choices=("mppca", "none")),
     _opt("track_fodf_fwhm", 0.0, _NUM, "track",
          "Smoothing of the fibre ODFs the tracker follows: FWHM in mm of a Gaussian over neighbouring "
-         "voxels' CSD coefficients (0: none; steps/track.py smooth_fodf)."),
-    _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel)."),
-    _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees."),
-    _opt("track_min_length", 20.0, _NUM, "track", "Streamlines shorter than this (mm) are dropped."),
-    _opt("track_random_seed", 42, int, "track", "Seed of the seeding jitter: same seed, same tractogram."),
+         "voxels' CSD coefficients (0: none; steps/track.py smooth_fodf).",
+         bounds="[0, )"),
+    _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel).",
+         bounds="(0, )"),
+    _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees.",
+         bounds="(0, 90]"),
+    _opt("track_min_length", 20.0, _NUM, "track", "Streamlines shorter than this (mm) are dropped.",
+         bounds="[0, )"),
+    _opt("track_random_seed", 42, int, "track", "Seed of the seeding jitter: same seed, same tractogram.",
+         bounds="[0, )"),
     _opt("save_trx", False, bool, "track",
          "Also save the whole-brain tractogram as TRX (needs the extra: pip install 'cstbatch[trx]')."),
     _opt("gradient_check", "flag", str, "model",
@@ -125,9 +152,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "corridor: how strays are removed: tdi (tract-density cells, extract_tdi_*) or fan (per-level density "
          "and QuickBundles branches, the corridor method's first cleaning).", choices=("tdi", "fan")),
     _opt("extract_tdi_fraction", 0.3, _NUM, "extract",
-         "corridor/tdi: a 2 mm MNI cell is dense when this share of the 95th-percentile cell's streamline count visits it."),
+         "corridor/tdi: a 2 mm MNI cell is dense when this share of the 95th-percentile cell's streamline count visits it.",
+         bounds="[0, 1]"),
     _opt("extract_tdi_inside", 0.9, _NUM, "extract",
-         "corridor/tdi: share of a streamline's cells that must be dense for it to stay."),
+         "corridor/tdi: share of a streamline's cells that must be dense for it to stay.",
+         bounds="[0, 1]"),
     _opt("extract_recover_branches", True, bool, "extract",
          "corridor/tdi: add back the core of each fan branch the density cleaning dropped that grows out of the "
          "kept tract's trunk (the face area's branch, mostly; README)."),
@@ -136,21 +165,31 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "tract up to the cortex): more reproducible between repeats; false keeps the part in the cortex (README)."),
     _opt("extract_tdi_keep", 0.3, _NUM, "extract",
          "corridor/tdi: at least this share of a side's candidate streamlines stays (those with the most dense "
-         "cells), when extract_tdi_inside would keep fewer; 0 turns it off (0.1 before corridor version 7; README)."),
-    _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm)."),
-    _opt("extract_max_length", 250.0, _NUM, "extract", "Longest CST streamline kept (mm)."),
+         "cells), when extract_tdi_inside would keep fewer; 0 turns it off (0.1 before corridor version 7; README).",
+         bounds="[0, 1]"),
+    _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm).",
+         bounds="[0, )"),
+    _opt("extract_max_length", 250.0, _NUM, "extract", "Longest CST streamline kept (mm).",
+         bounds="(0, )"),
     _opt("extract_core_filter", True, bool, "extract",
          "Drop streamlines that leave the bundle's dense core (keeps neighbouring WM out of the CST)."),
-    _opt("extract_core_threshold", 0.35, _NUM, "extract", "Core filter: minimum density relative to the peak."),
+    _opt("extract_core_threshold", 0.35, _NUM, "extract", "Core filter: minimum density relative to the peak.",
+         bounds="[0, 1]"),
     _opt("extract_core_regrow", 0.15, _NUM, "extract",
-         "Core filter, second pass: candidates rescored against the first pass's core; minimum relative density to stay (0: off)."),
-    _opt("extract_midline_tolerance", 3.0, _NUM, "extract", "mm a streamline may cross the midline above the brainstem."),
-    _opt("extract_endpoint_tolerance", 3.0, _NUM, "extract", "endpoint method: mm an end may lie outside its ROI."),
-    _opt("profile_nodes", 100, int, "metrics", "Nodes per tract profile (brainstem → cortex)."),
+         "Core filter, second pass: candidates rescored against the first pass's core; minimum relative density to stay (0: off).",
+         bounds="[0, 1]"),
+    _opt("extract_midline_tolerance", 3.0, _NUM, "extract", "mm a streamline may cross the midline above the brainstem.",
+         bounds="[0, )"),
+    _opt("extract_endpoint_tolerance", 3.0, _NUM, "extract", "endpoint method: mm an end may lie outside its ROI.",
+         bounds="[0, )"),
+    _opt("profile_nodes", 100, int, "metrics", "Nodes per tract profile (brainstem → cortex).",
+         bounds="[2, )"),
     _opt("min_cst_streamlines", 10, int, "metrics",
-         "A CST side with fewer streamlines is flagged cst_not_found (QC codes: steps/qc.py)."),
+         "A CST side with fewer streamlines is flagged cst_not_found (QC codes: steps/qc.py).",
+         bounds="[0, )"),
     _opt("sparse_cst_streamlines", 50, int, "metrics",
-         "A found CST side with fewer streamlines is flagged cst_sparse (few paths: an interrupted tract?)."),
+         "A found CST side with fewer streamlines is flagged cst_sparse (few paths: an interrupted tract?).",
+         bounds="[0, )"),
     _opt("qc_fail", None, (str, list, type(None)), "metrics",
          "QC codes that fail the session (category qc), e.g. cst_not_found,fov_truncated; None: flags only."),
     _opt("reporter", "html", str, "report", "Report format (see `cstbatch plugins`).", kind="report"),
@@ -161,10 +200,12 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("reference_rc_fa", None, (int, float, type(None)), "",
          "Repeatability coefficient of CST mean FA (absolute FA units, e.g. from a published "
          "test-retest study) used to flag change_beyond_rc in longitudinal.tsv when this study has "
-         "fewer than 5 subjects with repeated sessions to estimate its own (None: no flag then)."),
+         "fewer than 5 subjects with repeated sessions to estimate its own (None: no flag then).",
+         bounds="(0, 1]"),
     _opt("session_timeout", None, (int, float, type(None)), "",
          "Seconds a session's whole chain may run; the step running when it is spent fails "
-         "with category timeout (None: no limit)."),
+         "with category timeout (None: no limit).",
+         bounds="(0, )"),
 ]}
 
 
@@ -212,7 +253,17 @@ def check_options(options: Mapping[str, Any], where: str = "options") -> list[st
             problems.append(f"{where}.{name}: expected {_type_name(opt.type)}, got {value!r}")
         elif opt.choices and value not in opt.choices:
             problems.append(f"{where}.{name}: {_not_a_choice(opt, value)}")
+        elif opt.out_of_bounds(value):
+            problems.append(f"{where}.{name}: {opt.out_of_bounds(value)}")
     return problems
+
+
+def _conflicts(merged: Mapping[str, Any]) -> list[str]:
+    """Problems no single value has, only a pair of them (each layer may set one of the two)."""
+    lo, hi = merged.get("extract_min_length"), merged.get("extract_max_length")
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo >= hi:
+        return [f"extract_min_length ({lo!r}) must be below extract_max_length ({hi!r}): no streamline would be kept"]
+    return []
 
 
 def _not_a_choice(opt: Option, value) -> str:
@@ -226,6 +277,15 @@ def require_choice(name: str, value: Any) -> Any:
     opt = OPTIONS[name]
     if value not in opt.choices:
         raise OptionError(f"{name}: {_not_a_choice(opt, value)}")
+    return value
+
+
+def require_in_bounds(name: str, value: Any) -> Any:
+    """``value`` if it lies in option ``name``'s ``bounds``, else an OptionError: the planning
+    check, for steps called with options that did not go through it."""
+    problem = OPTIONS[name].out_of_bounds(value)
+    if problem:
+        raise OptionError(f"{name}: {problem}")
     return value
 
 
@@ -244,6 +304,9 @@ def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
         if problems:
             raise OptionError("; ".join(problems))
         merged.update(layer)
+    conflicts = _conflicts(merged)
+    if conflicts:
+        raise OptionError("; ".join(conflicts))
     return merged
 
 
@@ -270,7 +333,8 @@ def parse_cli_value(name: str, text: str) -> Any:
 
 def options_table_markdown() -> str:
     """The documented defaults table (README and `cstbatch options` print it)."""
-    rows = ["| option | default | steps | meaning |", "|---|---|---|---|"]
+    rows = ["| option | default | range | steps | meaning |", "|---|---|---|---|---|"]
     for o in OPTIONS.values():
-        rows.append(f"| `{o.name}` | `{o.default!r}` | {', '.join(o.steps) or '—'} | {o.help} |")
+        allowed = o.bounds or ", ".join(o.choices) or "—"
+        rows.append(f"| `{o.name}` | `{o.default!r}` | {allowed} | {', '.join(o.steps) or '—'} | {o.help} |")
     return "\n".join(rows)
