@@ -116,6 +116,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "Smoothing of the fibre ODFs the tracker follows: FWHM in mm of a Gaussian over neighbouring "
          "voxels' CSD coefficients (0: none; steps/track.py smooth_fodf).",
          bounds="[0, )"),
+    _opt("track_fodf_kernel", "isotropic", str, "track",
+         "How track_fodf_fwhm smooths: isotropic (whole fODFs over a ball) or along (each direction's "
+         "amplitude along its own line; steps/track.py smooth_fodf_along).", choices=("isotropic", "along")),
     _opt("track_step_size", 1.0, _NUM, "track", "Step size in mm (half a 2 mm voxel).",
          bounds="(0, )"),
     _opt("track_max_angle", 30.0, _NUM, "track", "Maximum turning angle per step, degrees.",
