@@ -376,26 +376,30 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     """The fODF field with each direction's amplitude averaged along that direction's own line.
 
     Why: :func:`smooth_fodf` averages whole fODFs over a ball, so a tract one or two voxels
-    wide takes its neighbours' orientations (on a tube two voxels across, a 3.5 mm ball turns
-    a fifth of its peaks by more than 45°). A fibre continues along its own direction, so the
-    amplitude an fODF gives direction ``d`` is averaged only with the amplitudes of ``d`` at
-    points up to ±2σ along ``d`` (Gaussian weights of ``fwhm_mm``): a lobe along a thin tract
-    is averaged inside the tract, a crossing lobe along its own path. This is the spatial part
-    of contextual enhancement (Duits and Franken; Portegies et al. 2015 with CSD), without its
-    angular diffusion; dipy's implementation of the full kernel costs minutes per corridor.
-    Normalised like :func:`smooth_fodf`: voxels without a fit neither lend nor receive.
+    wide takes its neighbours' orientations (a tube two voxels across in a background of
+    another direction: at 5 mm nearly all its peaks turn to the background's; the sample
+    study's right CSTs fail their Dice bar at 3.5 mm). A fibre continues along its own
+    direction, so the amplitude an fODF gives direction ``d`` is averaged only with the
+    amplitudes of ``d`` at points up to ±2σ along ``d`` (Gaussian weights of ``fwhm_mm``, a
+    point every half voxel): a lobe along a thin tract is averaged inside the tract, a crossing
+    lobe along its own path. This is the spatial part of contextual enhancement (Duits and
+    Franken; Portegies et al. 2015 with CSD) without its angular diffusion; dipy's
+    implementation of the full kernel costs minutes per corridor. Normalised like
+    :func:`smooth_fodf`: voxels without a fit neither lend nor receive. Directions: the 100 of
+    dipy's ``repulsion200`` hemisphere (at least the 45 coefficients of order 8; the 181 of the
+    tracker's sphere give the same fODFs within 0.7 % at 3.5 times the cost).
     """
     from cstbatch.study.options import require_in_bounds
 
     if require_in_bounds("track_fodf_fwhm", fwhm_mm) == 0:
         return shm
     from dipy.core.sphere import HemiSphere
-    from dipy.data import default_sphere
+    from dipy.data import get_sphere
     from dipy.reconst.shm import sh_to_sf_matrix
     from scipy import ndimage
 
     order = int(round((np.sqrt(8 * shm.shape[-1] + 1) - 3) / 2))
-    hemi = HemiSphere.from_sphere(default_sphere)
+    hemi = HemiSphere.from_sphere(get_sphere(name="repulsion200"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dipy's legacy-basis notice; the basis CSD wrote
         to_sf, to_sh = sh_to_sf_matrix(hemi, sh_order_max=order, basis_type=None)
@@ -406,6 +410,9 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     weights = np.exp(-0.5 * (offsets / sigma) ** 2)
     fitted = (shm != 0).any(axis=-1)
     points = np.argwhere(fitted).T.astype(np.float64)
+    # only points near the fit's edge can reach an unfitted voxel: elsewhere every weight counts
+    depth = ndimage.distance_transform_edt(np.pad(fitted, 1), sampling=vox)[1:-1, 1:-1, 1:-1][fitted]
+    edge = depth <= offsets[-1] + float(vox.max())
     sf = shm[fitted] @ to_sf
     out = np.empty_like(sf)
     amplitude = np.zeros(fitted.shape, np.float64)
@@ -413,12 +420,16 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     for j, direction in enumerate(hemi.vertices):  # directions on voxel axes, as CSD's
         amplitude[fitted] = sf[:, j]
         per_mm = direction / vox
-        total, norm = sf[:, j].copy(), np.ones(len(sf))
+        total = sf[:, j].copy()
+        norm = np.full(len(sf), 1.0 + 2.0 * weights.sum())
+        norm_edge = np.ones(int(edge.sum()))
         for dist, w in zip(offsets, weights):
             for sign in (1.0, -1.0):
-                at = points + (sign * dist) * per_mm[:, None]
-                total += w * ndimage.map_coordinates(amplitude, at, order=1, mode="constant")
-                norm += w * ndimage.map_coordinates(inside, at, order=1, mode="constant")
+                shift = (sign * dist) * per_mm[:, None]
+                total += w * ndimage.map_coordinates(amplitude, points + shift, order=1, mode="constant")
+                norm_edge += w * ndimage.map_coordinates(inside, points[:, edge] + shift, order=1,
+                                                         mode="constant")
+        norm[edge] = norm_edge
         out[:, j] = total / norm
     res = np.zeros_like(shm)
     res[fitted] = out @ to_sh
