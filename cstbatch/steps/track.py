@@ -39,6 +39,9 @@ MAX_LENGTH_MM = 300.0
 #: fODF amplitudes below this share of the voxel's largest are not followed (dipy's
 #: ``pmf_threshold``, relative to the maximum).
 PMF_THRESHOLD = 0.1
+#: A Gaussian's full width at half maximum over its σ (kernels are given as FWHM, like every
+#: smoothing kernel in the field).
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 def _opt(options: Mapping[str, Any], name: str):
     """The option's value, or its default from the one options table when unset."""
@@ -352,8 +355,10 @@ def smooth_fodf(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     orientations that neighbours share and cancels those they do not. A normalised
     convolution: voxels with no fit (zero coefficients) neither contribute nor receive.
     Width in mm, like every smoothing kernel in the field, so a 3 mm scan is smoothed over fewer
-    voxels than a 2 mm one. Off by default: thin phantom tracts lose accuracy with it (the
-    measurements: README, "How the CST is found"; benchmarks/RESULTS.md, "Smoothed fODFs").
+    voxels than a 2 mm one. ``track_fodf_kernel=isotropic``; the default kernel is
+    :func:`smooth_fodf_along`, because a ball hands thin tracts their neighbours' orientation
+    (the sample study's right CSTs fail their Dice bar with it; benchmarks/RESULTS.md,
+    "Smoothed fODFs" and "fODFs smoothed along the fibres").
     """
     from cstbatch.study.options import require_in_bounds
 
@@ -361,7 +366,7 @@ def smooth_fodf(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
         return shm
     from scipy import ndimage
 
-    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel_sizes(np.asarray(affine, float))
+    sigma = fwhm_mm / FWHM_PER_SIGMA / voxel_sizes(np.asarray(affine, float))
     fitted = (shm != 0).any(axis=-1)
     weight = ndimage.gaussian_filter(fitted.astype(np.float64), sigma, mode="constant")
     out = np.zeros_like(shm)
@@ -404,7 +409,7 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
         warnings.simplefilter("ignore")  # dipy's legacy-basis notice; the basis CSD wrote
         to_sf, to_sh = sh_to_sf_matrix(hemi, sh_order_max=order, basis_type=None)
     vox = voxel_sizes(np.asarray(affine, float))
-    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    sigma = fwhm_mm / FWHM_PER_SIGMA
     step = 0.5 * float(vox.min())
     offsets = step * np.arange(1, int(np.ceil(2.0 * sigma / step)) + 1)
     weights = np.exp(-0.5 * (offsets / sigma) ** 2)
