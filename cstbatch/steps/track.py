@@ -389,7 +389,8 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     point every half voxel): a lobe along a thin tract is averaged inside the tract, a crossing
     lobe along its own path. This is the spatial part of contextual enhancement (Duits and
     Franken; Portegies et al. 2015 with CSD) without its angular diffusion; dipy's
-    implementation of the full kernel costs minutes per corridor. Normalised like
+    implementation of the full kernel convolves a 7×7×7 neighbourhood for every pair of
+    orientations (3.4 million kernel values per voxel on 100 orientations). Normalised like
     :func:`smooth_fodf`: voxels without a fit neither lend nor receive. Directions: the 100 of
     dipy's ``repulsion200`` hemisphere (at least the 45 coefficients of order 8; the 181 of the
     tracker's sphere give the same fODFs within 0.7 % at 3.5 times the cost).
