@@ -627,3 +627,6 @@ def test_tracking_with_fodfs_smoothed_along_fibres_is_reproducible(crossing):
     assert len(on) > 20
     assert len(on) == len(again) and all(np.array_equal(x, y) for x, y in zip(on, again))
     assert len(on) != len(ball) or any(not np.array_equal(x, y) for x, y in zip(on, ball))
+    from cstbatch.errors import OptionError
+    with pytest.raises(OptionError, match="track_fodf_kernel: 'gaussian' is not one of along, isotropic"):
+        track_deterministic(data, gtab, mask, maps, affine, {**opts, "track_fodf_kernel": "gaussian"})

@@ -45,10 +45,12 @@ FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 def _opt(options: Mapping[str, Any], name: str):
     """The option's value, or its default from the one options table when unset."""
-    from cstbatch.study.options import OPTIONS, require_in_bounds
+    from cstbatch.study.options import OPTIONS, require_choice, require_in_bounds
 
     val = options.get(name, None)
-    return OPTIONS[name].default if val is None else require_in_bounds(name, val)
+    if val is None:
+        return OPTIONS[name].default
+    return require_choice(name, val) if OPTIONS[name].choices else require_in_bounds(name, val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,10 +403,10 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
         return shm
     from dipy.core.sphere import HemiSphere
     from dipy.data import get_sphere
-    from dipy.reconst.shm import sh_to_sf_matrix
+    from dipy.reconst.shm import order_from_ncoef, sh_to_sf_matrix
     from scipy import ndimage
 
-    order = int(round((np.sqrt(8 * shm.shape[-1] + 1) - 3) / 2))
+    order = int(order_from_ncoef(shm.shape[-1]))
     hemi = HemiSphere.from_sphere(get_sphere(name="repulsion200"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dipy's legacy-basis notice; the basis CSD wrote
@@ -423,19 +425,18 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     out = np.empty_like(sf)
     amplitude = np.zeros(fitted.shape, np.float64)
     inside = fitted.astype(np.float64)
+    norm = np.full(len(sf), 1.0 + 2.0 * weights.sum())  # away from the edge: every weight
     for j, direction in enumerate(hemi.vertices):  # directions on voxel axes, as CSD's
         amplitude[fitted] = sf[:, j]
         per_mm = direction / vox
         total = sf[:, j].copy()
-        norm = np.full(len(sf), 1.0 + 2.0 * weights.sum())
-        norm_edge = np.ones(int(edge.sum()))
+        norm[edge] = 1.0
         for dist, w in zip(offsets, weights):
             for sign in (1.0, -1.0):
                 shift = (sign * dist) * per_mm[:, None]
                 total += w * ndimage.map_coordinates(amplitude, points + shift, order=1, mode="constant")
-                norm_edge += w * ndimage.map_coordinates(inside, points[:, edge] + shift, order=1,
-                                                         mode="constant")
-        norm[edge] = norm_edge
+                norm[edge] += w * ndimage.map_coordinates(inside, points[:, edge] + shift, order=1,
+                                                          mode="constant")
         out[:, j] = total / norm
     res = np.zeros_like(shm)
     res[fitted] = out @ to_sh
@@ -457,7 +458,7 @@ def _csd_tracking(getter, data, gtab, mask, maps, affine, options) -> list[np.nd
         maps = {**maps, "fa": np.where(fa0 > 0, fit_tensor_maps(data, gtab, mask)["fa"], 0).astype(np.float32)}
     sc, fa = _stopping(maps, mask, _opt(options, "track_stop_fa"))
     shm, _ = fit_csd_sh(data, gtab, mask, fa, float(_opt(options, "track_stop_fa")))
-    smooth = smooth_fodf_along if _opt(options, "track_fodf_kernel") == "along" else smooth_fodf
+    smooth = {"along": smooth_fodf_along, "isotropic": smooth_fodf}[_opt(options, "track_fodf_kernel")]
     shm = smooth(shm, affine, float(_opt(options, "track_fodf_fwhm")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # legacy SH basis notice

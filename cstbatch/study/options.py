@@ -257,8 +257,8 @@ def check_options(options: Mapping[str, Any], where: str = "options") -> list[st
             problems.append(f"{where}.{name}: expected {_type_name(opt.type)}, got {value!r}")
         elif opt.choices and value not in opt.choices:
             problems.append(f"{where}.{name}: {_not_a_choice(opt, value)}")
-        elif opt.out_of_bounds(value):
-            problems.append(f"{where}.{name}: {opt.out_of_bounds(value)}")
+        elif why := opt.out_of_bounds(value):
+            problems.append(f"{where}.{name}: {why}")
     return problems
 
 
