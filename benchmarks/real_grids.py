@@ -46,6 +46,16 @@ GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
          "sagittal": ("perm", (1, 2, 0)), "coronal": ("perm", (0, 2, 1)), "thick": ("thick", 2),
          "noise2": ("noise", 2.0), "dirs12": ("dirs", 12), "b2500": ("bvalue", 2500.0)}
 
+#: Clinical acquisitions of the kind that ended with no CST in the issue's held-back scans, each a
+#: chain of the changes above plus two more: "voxel" resamples onto isotropic voxels of that size
+#: (the old voxels averaged, as a coarser acquisition would), "cut" removes the slices whose centre
+#: lies below that MNI z (a field of view that stops in the pons: -30, the upper pons: -21). Not in
+#: the default run; name them with ``--grids``.
+CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
+            "p3b2500": [("voxel", 3.0), ("bvalue", 2500.0)],
+            "p3b2500upperpons": [("voxel", 3.0), ("bvalue", 2500.0), ("cut", -21.0)],
+            "p3dirs12pitch15pons": [("x", 15.0), ("voxel", 3.0), ("dirs", 12), ("cut", -30.0)]}
+
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
     t = np.deg2rad(degrees)
@@ -140,51 +150,125 @@ def higher_b(data: np.ndarray, bvals: np.ndarray, b_new: float, seed: int = 0) -
     return out, np.where(dw, b_new, bvals)
 
 
+def resample(data: np.ndarray, affine: np.ndarray, new_aff: np.ndarray, new_shape,
+             sigma_vox=None) -> np.ndarray:
+    """Every volume of ``data`` sampled (trilinear) on the grid ``new_aff``/``new_shape``, after a
+    Gaussian of ``sigma_vox`` (old voxels, per axis) when the new voxels are larger."""
+    from scipy import ndimage
+
+    to_old = np.linalg.solve(affine, new_aff)
+    grid_ijk = np.indices(new_shape, dtype=np.float32).reshape(3, -1)
+    coords = to_old[:3, :3] @ grid_ijk + to_old[:3, 3:4]
+    vols = []
+    for v in range(data.shape[3]):
+        vol = data[..., v] if sigma_vox is None else ndimage.gaussian_filter(data[..., v], sigma_vox)
+        vols.append(ndimage.map_coordinates(vol, coords, order=1).reshape(new_shape))
+    return np.stack(vols, axis=-1)
+
+
+def coarser(data: np.ndarray, affine: np.ndarray, voxel_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The scan on isotropic voxels of ``voxel_mm`` over the same field of view, the same axes: each
+    new voxel about the average of the old ones it covers (a Gaussian of FWHM sqrt(new² − old²)
+    first, the width that turns an old voxel's box into a new one's)."""
+    old = np.linalg.norm(affine[:3, :3], axis=0)
+    new_aff = affine.copy()
+    new_aff[:3, :3] = affine[:3, :3] / old * voxel_mm
+    new_shape = tuple(int(n) for n in np.floor((np.asarray(data.shape[:3]) - 1) * old / voxel_mm) + 1)
+    fwhm = np.sqrt(np.clip(voxel_mm ** 2 - old ** 2, 0.0, None))
+    return resample(data, affine, new_aff, new_shape, fwhm / 2.3548 / old), new_aff
+
+
+def cut_below(data: np.ndarray, affine: np.ndarray, z_mni: float, to_mni: np.ndarray):
+    """The slices (along the voxel axis nearest the head's vertical) whose centre lies at or above
+    MNI z ``z_mni``; ``to_mni`` maps world mm to MNI mm."""
+    axis = int(np.argmax(np.abs(affine[2, :3])))
+    centre = (np.asarray(data.shape[:3], float) - 1) / 2.0
+    ijk = np.repeat(centre[None], data.shape[axis], axis=0)
+    ijk[:, axis] = np.arange(data.shape[axis])
+    z = (ijk @ (to_mni @ affine)[:3, :3].T + (to_mni @ affine)[:3, 3])[:, 2]
+    keep = np.flatnonzero(z >= z_mni)
+    lo, hi = int(keep.min()), int(keep.max()) + 1
+    sl = [slice(None)] * 3
+    sl[axis] = slice(lo, hi)
+    new_aff = affine.copy()
+    new_aff[:3, 3] += affine[:3, axis] * lo
+    return np.ascontiguousarray(data[tuple(sl)]), new_aff
+
+
+def world_to_mni(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
+    """World mm → MNI mm for the scan: the pipeline's own mask, tensor fit and template registration
+    (default options). The head does not move between grids, so one map serves every copy."""
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.steps.gradients import bids_to_voxel_axes
+    from cstbatch.steps.mask import mask_median_otsu
+    from cstbatch.steps.model import fit_tensor_maps
+    from cstbatch.steps.register import register_template
+    from cstbatch.study.options import defaults
+
+    options = defaults()
+    gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, affine), b0_threshold=50)
+    maps = fit_tensor_maps(data, gtab, mask_median_otsu(data, gtab, options))
+    fa = nib.Nifti1Image(np.nan_to_num(maps["fa"]).astype(np.float32), affine)
+    return register_template(fa, implementation_for("register", options, None).func(options), options).subject_to_mni
+
+
+def acquire(spec, data, affine, bvals, keep, to_mni):
+    """(data, affine, b-values, kept volumes) after one change of :data:`GRIDS` or :data:`CLINICAL`;
+    ``to_mni`` is called only by a cut."""
+    kind, arg = spec
+    if kind == "dirs":  # the b0s and the first ``arg`` diffusion directions
+        sel = np.flatnonzero((bvals <= 50) | (np.cumsum(bvals > 50) <= arg))
+        return data[..., sel], affine, bvals[sel], keep[sel]
+    if kind == "noise":
+        return add_noise(data, arg), affine, bvals, keep
+    if kind == "bvalue":
+        out, new_b = higher_b(data, bvals, arg)
+        return out, affine, new_b, keep
+    if kind == "perm":
+        return (*reorder(data, affine, arg), bvals, keep)
+    if kind == "thick":
+        return (*thicken(data, affine, arg), bvals, keep)
+    if kind == "voxel":
+        return (*coarser(data, affine, arg), bvals, keep)
+    if kind == "cut":
+        return (*cut_below(data, affine, arg, to_mni()), bvals, keep)
+    new_aff, new_shape = regrid(affine, data.shape, kind, arg)
+    return resample(data, affine, new_aff, new_shape), new_aff, bvals, keep
+
+
 def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> list[str]:
     """The original scan and its regridded copies as subjects ``<name><grid>`` of ``bids``."""
+    import functools
+
     import nibabel as nib
-    from scipy import ndimage
 
     from cstbatch.steps.gradients import bids_to_voxel_axes, voxel_axes_to_bids, voxel_to_world_dirs
 
     img = nib.load(str(src_dir / f"{stem}.nii.gz"))
     affine = np.asarray(img.affine, float)
     data = np.asarray(img.dataobj, np.float32)
+    bvals0 = np.loadtxt(src_dir / f"{stem}.bval").ravel()
     bvecs = np.loadtxt(src_dir / f"{stem}.bvec").T
     world_dirs = voxel_to_world_dirs(bids_to_voxel_axes(bvecs, affine), affine)
+    to_mni = functools.cache(lambda: world_to_mni(data, affine, bvals0, bvecs))
     subjects = []
-    for grid, spec in {"orig": None, **{g: GRIDS[g] for g in (grids or GRIDS)}}.items():
+    chains = {**{g: [v] for g, v in GRIDS.items()}, **CLINICAL}
+    for grid, chain in {"orig": None, **{g: chains[g] for g in (grids or GRIDS)}}.items():
         sub = f"{name}{grid}"
         subjects.append(sub)
         d = bids / f"sub-{sub}" / "dwi"
         d.mkdir(parents=True, exist_ok=True)
-        for ext in ("bval", "json") if spec else ("nii.gz", "bval", "bvec", "json"):
+        for ext in ("json",) if chain else ("nii.gz", "bval", "bvec", "json"):
             shutil.copyfile(src_dir / f"{stem}.{ext}", d / f"sub-{sub}_dwi.{ext}")
-        if spec is None:
+        if chain is None:
             continue
-        keep = np.arange(data.shape[3])
-        if spec[0] == "dirs":  # the b0s and the first spec[1] diffusion directions
-            bvals = np.loadtxt(src_dir / f"{stem}.bval").ravel()
-            keep = np.flatnonzero((bvals <= 50) | (np.cumsum(bvals > 50) <= spec[1]))
-            np.savetxt(d / f"sub-{sub}_dwi.bval", bvals[keep][None], fmt="%g")
-            out, new_aff = data[..., keep], affine
-        elif spec[0] == "noise":
-            out, new_aff = add_noise(data, spec[1]), affine
-        elif spec[0] == "bvalue":
-            out, bvals = higher_b(data, np.loadtxt(src_dir / f"{stem}.bval").ravel(), spec[1])
-            np.savetxt(d / f"sub-{sub}_dwi.bval", bvals[None], fmt="%g")
-            new_aff = affine
-        elif spec[0] == "perm":
-            out, new_aff = reorder(data, affine, spec[1])
-        elif spec[0] == "thick":
-            out, new_aff = thicken(data, affine, spec[1])
-        else:
-            new_aff, new_shape = regrid(affine, data.shape, *spec)
-            to_old = np.linalg.solve(affine, new_aff)
-            grid_ijk = np.indices(new_shape, dtype=np.float32).reshape(3, -1)
-            coords = to_old[:3, :3] @ grid_ijk + to_old[:3, 3:4]
-            out = np.stack([ndimage.map_coordinates(data[..., v], coords, order=1).reshape(new_shape)
-                            for v in range(data.shape[3])], axis=-1)
+        out, new_aff, bvals, keep = data, affine, bvals0, np.arange(data.shape[3])
+        for spec in chain:
+            out, new_aff, bvals, keep = acquire(spec, out, new_aff, bvals, keep, to_mni)
+        np.savetxt(d / f"sub-{sub}_dwi.bval", bvals[None], fmt="%g")
         nimg = nib.Nifti1Image(out.astype(np.float32), new_aff)
         nimg.set_qform(new_aff, 1)
         nimg.set_sform(new_aff, 1)
@@ -214,7 +298,8 @@ def main() -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real-dwi")
     p.add_argument("--scan", action="append", help="subject or subject/session (default: elition, trio/rep1)")
-    p.add_argument("--grids", default=None, help=f"comma-separated, from {', '.join(GRIDS)} (default: all; "
+    p.add_argument("--grids", default=None, help=f"comma-separated, from {', '.join([*GRIDS, *CLINICAL])} (default: "
+                   "all of the first list; "
                    "shift is always made: the second column compares with it)")
     p.add_argument("-n", "--jobs", type=int, default=2)
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE")
