@@ -238,3 +238,23 @@ def test_itk_reader_applies_the_centre_and_rejects_other_transforms(tmp_path):
         load_itk_affine(path)
     with pytest.raises(InputError, match="not found"):
         load_itk_affine(tmp_path / "absent.txt")
+
+
+def test_only_a_head_slab_that_stops_above_the_lower_pons_gets_the_extra_affine_starts():
+    """The extra affine starts cost 5-7 CPU s, so whole heads and images of a few centimetres
+    keep the single start (steps/register.py, SLAB_BELOW_MNI_Z and SLAB_MIN_HEIGHT_MM)."""
+    from cstbatch.steps.register import is_slab
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[2, 3] = -70.0  # voxel k lies at MNI z -70 + 2k (identity registration)
+
+    def content(z_lo, z_hi):
+        c = np.zeros((20, 20, 80), np.float32)
+        c[5:15, 5:15, int((z_lo + 70) / 2):int((z_hi + 70) / 2) + 1] = 0.4
+        return c
+
+    identity = np.eye(4)
+    assert is_slab(content(-21, 76), affine, identity)  # upper pons to the vertex
+    assert not is_slab(content(-60, 76), affine, identity)  # from the medulla: a whole head
+    assert not is_slab(content(-10, 10), affine, identity)  # 2 cm of brain
+    assert not is_slab(np.zeros((4, 4, 4)), affine, identity)

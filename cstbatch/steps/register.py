@@ -88,6 +88,10 @@ AFFINE_STARTS_MM = (-5.0, -10.0, -20.0, 5.0, 10.0)
 #: lower pons or the medulla (every shared real scan, the tube and atlas phantoms) register as
 #: before, at no extra cost; the five starts would cost a 2 mm session 5-7 CPU s (1.2-1.3x).
 SLAB_BELOW_MNI_Z = -40.0
+#: ... and only when it holds this much brain in z. A slab from the upper pons to the vertex holds
+#: about 95 mm; an image of a few centimetres (a phantom cube, a thin partial acquisition) is no
+#: head section that mutual information could place better from one start than another.
+SLAB_MIN_HEIGHT_MM = 60.0
 #: How much better (dipy's negative Mattes MI, at the finest level) another start must end than
 #: the rigid result's own for it to be taken. Converged starts of one optimum differ by < 0.001,
 #: so on scans that register well the result stays that of the single start; the failures
@@ -224,11 +228,16 @@ def crop_to_content(data: np.ndarray, affine: np.ndarray, margin: int = 4,
             np.asarray(affine, float) @ shift)
 
 
-def _lowest_mni_z(content: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> float:
-    """MNI z of the lowest non-zero voxel of ``content`` (a subject grid) through ``subject_to_mni``."""
+def is_slab(content: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> bool:
+    """Whether the non-zero voxels of ``content`` (a subject grid), through ``subject_to_mni``,
+    are a head slab that stops above the lower pons: lowest MNI z above :data:`SLAB_BELOW_MNI_Z`,
+    and at least :data:`SLAB_MIN_HEIGHT_MM` of it in z."""
     ijk = np.argwhere(content > 0)
+    if not ijk.size:
+        return False
     to_mni = np.asarray(subject_to_mni, float) @ np.asarray(affine, float)
-    return float((ijk @ to_mni[2, :3] + to_mni[2, 3]).min()) if ijk.size else float("nan")
+    z = ijk @ to_mni[2, :3] + to_mni[2, 3]
+    return bool(z.min() > SLAB_BELOW_MNI_Z and z.max() - z.min() >= SLAB_MIN_HEIGHT_MM)
 
 
 def registration_quality(fa: np.ndarray, warped: np.ndarray) -> float:
@@ -290,7 +299,7 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
     stages["rigid"] = current.copy()
     current, best = optimise("affine", AffineTransform3D(), current)
     start_mm, ends = 0.0, [[0.0, -best]]
-    for dz in AFFINE_STARTS_MM if _lowest_mni_z(static, static_affine, current) > SLAB_BELOW_MNI_Z else ():
+    for dz in AFFINE_STARTS_MM if is_slab(static, static_affine, current) else ():
         shifted = np.eye(4)
         shifted[2, 3] = dz
         candidate, value = optimise("affine", AffineTransform3D(), shifted @ stages["rigid"])
