@@ -198,6 +198,21 @@ def test_metrics_known_values_and_laterality(bundle):
     assert len(prow) == 2 * 4 * 50 and set(prow[0]) == {"side", "node", "metric", "value", "std"}
 
 
+def test_a_region_the_image_does_not_cover_is_not_measured(bundle):
+    """A slab that starts at the upper pons holds the pons's top millimetres at its edge: its
+    tract region there is reported as not in the image, not as an FA."""
+    left, right = [bundle["left"], bundle["left_curved"]], [bundle["right"]]
+    options = {"profile_nodes": 50, "min_cst_streamlines": 1}
+    m = compute_metrics(left, right, _maps(), AFF, options, mni=np.eye(4), uncovered_levels=["medulla", "pons"])
+    assert m["regions_not_covered"] == ["pontine"]
+    assert all(v is None for side in ("left", "right") for v in m[side]["regions"]["pontine"].values())
+    assert m["left"]["regions"]["internal_capsule"]["fa"] == pytest.approx(0.6, abs=1e-6)
+    assert m["left"]["fa_mean"] == pytest.approx(0.6, abs=1e-6)  # the tract's own mean is kept
+    rows = metrics_to_rows(m)
+    assert rows[0]["fa_pontine"] is None and rows[0]["fa_internal_capsule"] == pytest.approx(0.6, abs=1e-6)
+    assert compute_metrics(left, right, _maps(), AFF, options, mni=np.eye(4))["regions_not_covered"] == []
+
+
 def test_profile_orientation_brainstem_to_cortex(bundle):
     _, _, z = _grid_mm()
     maps = {"fa": (0.2 + 0.004 * (z + 60)).astype(np.float32)}  # FA rises with z

@@ -395,3 +395,11 @@ def test_summary_names_the_region_where_left_and_right_fa_differ_most():
     text = " ".join(summary_sentences(metrics))
     assert "differ most in the internal capsule: left 0.520, right 0.430 (laterality index +0.095" in text
     assert "By tract region" not in " ".join(summary_sentences({"left": {}, "right": {}}))
+    # a slab from the upper pons: the pons is named as not in the image, not compared
+    metrics["regions_not_covered"] = ["pontine"]
+    for s in ("left", "right"):
+        metrics[s]["regions"]["pontine"]["fa"] = None
+    from cstbatch.steps.report import _regions_table
+
+    assert _regions_table(metrics)[0] == ["pons", "not in the image", "not in the image", ""]
+    assert "differ most in the internal capsule" in " ".join(summary_sentences(metrics))

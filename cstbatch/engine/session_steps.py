@@ -360,22 +360,21 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
         profiles_to_rows,
     )
     fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
-    brainstem = np.asarray(nib.load(str(ctx.layout.roi("brainstem"))).dataobj) > 0
-    result = compute_metrics(_load_streamlines(ctx.layout.cst("left")), _load_streamlines(ctx.layout.cst("right")),
-                             _load_maps(ctx.layout), fa_img.affine, ctx.options,
-                             mni=load_session_registration(ctx), brainstem_mask=brainstem)
     from cstbatch.atomic import write_json
     from cstbatch.outputs.provenance import session_provenance
     from cstbatch.outputs.records import read_record
     from cstbatch.steps.qc import failing, session_flags
 
     infos = {s: (read_record(ctx.layout.record(s)) or {}).get("info") or {} for s in ("ingest", "model", "register")}
+    brainstem = np.asarray(nib.load(str(ctx.layout.roi("brainstem"))).dataobj) > 0
+    result = compute_metrics(_load_streamlines(ctx.layout.cst("left")), _load_streamlines(ctx.layout.cst("right")),
+                             _load_maps(ctx.layout), fa_img.affine, ctx.options,
+                             mni=load_session_registration(ctx), brainstem_mask=brainstem,
+                             uncovered_levels=(infos["register"].get("coverage") or {}).get("missing") or ())
     flags = session_flags({s: result[s]["streamline_count"] for s in ("left", "right")}, ctx.options, **infos,
                           course=result.get("course_asymmetry"))
     # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
     # them as entity values conflicting with the file name
-    from cstbatch.outputs.records import read_record
-
     extract_info = ((read_record(ctx.layout.record("extract")) or {}).get("info") or {})
     result["extraction"] = {"method": ctx.options.get("extraction_method"),
                             "cst_streamlines": extract_info.get("cst_streamlines"),

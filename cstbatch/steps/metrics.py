@@ -30,7 +30,9 @@ regions
     Means over all (end-trimmed) profile points of a side falling in an MNI z band: ``pontine``
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
     cerebral peduncle), ``precentral`` z ≥ 40 (precentral white matter and cortex end).
-    Without an MNI transform, node thirds are used instead (first / middle / last third).
+    Without an MNI transform, node thirds are used instead (first / middle / last third). A
+    region whose CST level the image does not cover (``fov_truncated``) has no values, and
+    ``regions_not_covered`` names it.
 found
     Whether the side has at least ``min_cst_streamlines`` (10) streamlines. A side that has fewer
     is no tract: its count is kept, every other value is ``None`` (a handful of streamlines
@@ -79,6 +81,11 @@ REGIONS_MNI_Z = {
     "precentral": (40.0, math.inf),
 }
 REGION_THIRDS = {"pontine": 0, "internal_capsule": 1, "precentral": 2}
+#: region -> the CST level of ``cstbatch.steps.coverage`` that holds it. A region whose level the
+#: image does not cover is not measured: a slab from the upper pons holds only the pons's top few
+#: millimetres, at the image's edge, and its "pontine FA" (0.38 against 0.54 on the other side, on
+#: the Trio scan cut there) read as a lesion in the report.
+REGION_LEVELS = {"pontine": "pons", "internal_capsule": "internal_capsule", "precentral": "precentral"}
 #: MNI z range (mm) over which :func:`course_asymmetry` compares the two sides
 COURSE_Z = (-6.0, 40.0)
 #: parts of the precentral gyrus by the MNI |x| (mm) of a streamline's cortical end (module doc)
@@ -251,13 +258,15 @@ def laterality_index(left, right) -> float | None:
 
 def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarray],
                     maps: Mapping[str, np.ndarray], affine, options: Mapping[str, Any] | None = None,
-                    *, mni=None, brainstem_mask: np.ndarray | None = None) -> dict:
+                    *, mni=None, brainstem_mask: np.ndarray | None = None,
+                    uncovered_levels: Sequence[str] = ()) -> dict:
     """Metrics per side plus laterality (see module doc).
 
     ``maps``: ``fa``/``md``/``rd``/``ad`` arrays on the grid of ``affine`` (others ignored).
     ``mni``: a :class:`~cstbatch.steps.register.Registration` or a 4x4 subject → MNI matrix
     (orientation and MNI z regions); ``brainstem_mask``: the brainstem ROI on the subject
-    grid (orientation fallback).
+    grid (orientation fallback). ``uncovered_levels``: the CST levels the image misses (the
+    register step's coverage); the regions in them get no values (:data:`REGION_LEVELS`).
     """
     options = dict(options or {})
     nodes = int(options.get("profile_nodes") or DEFAULT_PROFILE_NODES)
@@ -278,6 +287,11 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
         if not found:
             result[side].update(streamline_count=len(sl), volume_mm3=None)
         result[side]["found"] = found
+    uncovered = [r for r, level in REGION_LEVELS.items() if level in set(uncovered_levels or ())]
+    for side in SIDES:
+        for r in uncovered:
+            result[side]["regions"][r] = {name: None for name in SCALARS}
+    result["regions_not_covered"] = uncovered
     both = result["left"]["found"] and result["right"]["found"]
     result["laterality"] = {k: laterality_index(result["left"][k], result["right"][k]) if both else None
                             for k in LATERALITY_KEYS}

@@ -537,7 +537,10 @@ def _key_table(metrics: dict) -> list[list]:
 def _regions_table(metrics: dict) -> list[list]:
     from cstbatch.outputs.figures import fmt
 
-    return [[REGION_NAMES[r][0], fmt(lv), fmt(rv), fmt(li, 3, signed=True)] for r, lv, rv, li in _region_fa(metrics)]
+    rows = {r: [REGION_NAMES[r][0], fmt(lv), fmt(rv), fmt(li, 3, signed=True)] for r, lv, rv, li in _region_fa(metrics)}
+    for r in metrics.get("regions_not_covered") or ():
+        rows[r] = [REGION_NAMES[r][0], "not in the image", "not in the image", ""]
+    return [rows[r] for r in REGION_NAMES if r in rows]
 
 
 def _flat_options(options: dict) -> list[list]:
