@@ -54,7 +54,9 @@ GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
 CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "p3b2500": [("voxel", 3.0), ("bvalue", 2500.0)],
             "p3b2500upperpons": [("voxel", 3.0), ("bvalue", 2500.0), ("cut", -21.0)],
-            "p3dirs12pitch15pons": [("x", 15.0), ("voxel", 3.0), ("dirs", 12), ("cut", -30.0)]}
+            "p3dirs12pitch15pons": [("x", 15.0), ("voxel", 3.0), ("dirs", 12), ("cut", -30.0)],
+            "thickupperpons": [("thick", 2), ("cut", -21.0)],
+            "p3pitch15upperpons": [("x", 15.0), ("voxel", 3.0), ("cut", -21.0)]}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
