@@ -256,5 +256,6 @@ def test_only_a_head_slab_that_stops_above_the_lower_pons_gets_the_extra_affine_
     identity = np.eye(4)
     assert is_slab(content(-21, 76), affine, identity)  # upper pons to the vertex
     assert not is_slab(content(-60, 76), affine, identity)  # from the medulla: a whole head
+    assert is_slab(content(-15, 50), affine, identity)  # a narrow slab, pons to centrum semiovale
     assert not is_slab(content(-10, 10), affine, identity)  # 2 cm of brain
     assert not is_slab(np.zeros((4, 4, 4)), affine, identity)

@@ -88,10 +88,11 @@ AFFINE_STARTS_MM = (-5.0, -10.0, -20.0, 5.0, 10.0)
 #: lower pons or the medulla (every shared real scan, the tube and atlas phantoms) register as
 #: before, at no extra cost; the five starts would cost a 2 mm session 5-7 CPU s (1.2-1.3x).
 SLAB_BELOW_MNI_Z = -40.0
-#: ... and only when it holds this much brain in z. A slab from the upper pons to the vertex holds
-#: about 95 mm; an image of a few centimetres (a phantom cube, a thin partial acquisition) is no
-#: head section that mutual information could place better from one start than another.
-SLAB_MIN_HEIGHT_MM = 60.0
+#: ... and only when it holds this much brain in z (by the same first result, which may have
+#: squeezed it: a slab from z -15 to 50 measured 55 mm there). An image of a few centimetres (a
+#: 2 cm phantom cube) is no head section that mutual information could place better from one
+#: start than another.
+SLAB_MIN_HEIGHT_MM = 40.0
 #: How much better (dipy's negative Mattes MI, at the finest level) another start must end than
 #: the rigid result's own for it to be taken. Converged starts of one optimum differ by < 0.001,
 #: so on scans that register well the result stays that of the single start; the failures
