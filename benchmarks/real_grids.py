@@ -16,6 +16,10 @@ prints, per side, the Dice of the 2 mm world cells each CST visits: every grid a
 original scan, and every grid against the half-voxel shift (both resampled once, so the same
 interpolation smoothing; the original has none, which by itself raises the streamline count).
 
+``--grids`` also takes the clinical acquisitions of :data:`CLINICAL` (3 mm, b 2000-2500, thick
+slices, fields of view that start in the pons), not run by default: the kinds of scan that once
+ended with no CST, or with a slab registered 9 mm off.
+
 What it does not cover: a real second acquisition also has new noise, and different slices cut
 off different parts of the brain; the Trio test-retest pair (``real_scans.py --pair``) covers the
 noise.
