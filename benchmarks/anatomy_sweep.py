@@ -90,23 +90,14 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
 
 
 def _cut_below(s, z_mni: float) -> None:
-    """Remove the slices of ``s`` (along the voxel axis nearest to MNI z) whose centre lies below
-    ``z_mni``, from the image, the noise-free FA and the truth masks; the affine follows."""
-    vox2mni = s.subject_to_mni @ s.affine
-    axis = int(np.argmax(np.abs(vox2mni[2, :3])))
-    n = s.data.shape[axis]
-    centre = (np.array(s.data.shape[:3]) - 1) / 2.0
-    ijk = np.tile(centre, (n, 1))
-    ijk[:, axis] = np.arange(n)
-    keep = np.flatnonzero(ijk @ vox2mni[2, :3] + vox2mni[2, 3] >= z_mni)
-    lo, hi = int(keep.min()), int(keep.max()) + 1
-    cut = tuple(slice(lo, hi) if a == axis else slice(None) for a in range(3))
+    """Remove the slices of ``s`` whose centre lies below ``z_mni`` (``real_grids.slab_above``),
+    from the image, the noise-free FA and the truth masks; the affine follows."""
+    from real_grids import slab_above
+
+    cut, s.affine = slab_above(s.data.shape, s.affine, s.subject_to_mni, z_mni)
     s.data = s.data[cut]
     s.fa_noisefree = s.fa_noisefree[cut]
     s.masks = {k: v[cut] for k, v in s.masks.items()}
-    aff = s.affine.copy()
-    aff[:3, 3] += aff[:3, axis] * lo
-    s.affine = aff
 
 
 def _process(seed: int, voxel: float, options: dict, acq: dict | None = None) -> dict:

@@ -184,21 +184,25 @@ def coarser(data: np.ndarray, affine: np.ndarray, voxel_mm: float) -> tuple[np.n
     return resample(data, affine, new_aff, new_shape, fwhm / 2.3548 / old), new_aff
 
 
-def cut_below(data: np.ndarray, affine: np.ndarray, z_mni: float, to_mni: np.ndarray):
-    """The slices (along the voxel axis nearest the head's vertical) whose centre lies at or above
-    MNI z ``z_mni``; ``to_mni`` maps world mm to MNI mm."""
-    axis = int(np.argmax(np.abs(affine[2, :3])))
-    centre = (np.asarray(data.shape[:3], float) - 1) / 2.0
-    ijk = np.repeat(centre[None], data.shape[axis], axis=0)
-    ijk[:, axis] = np.arange(data.shape[axis])
-    z = (ijk @ (to_mni @ affine)[:3, :3].T + (to_mni @ affine)[:3, 3])[:, 2]
-    keep = np.flatnonzero(z >= z_mni)
+def slab_above(shape, affine: np.ndarray, to_mni: np.ndarray, z_mni: float):
+    """(index of the voxel grid, its affine): the slices, along the voxel axis nearest MNI z, whose
+    centre lies at or above MNI z ``z_mni``; ``to_mni`` maps world mm to MNI mm. The field of view
+    of a scan that stops in the pons (here and ``anatomy_sweep.py --fov-bottom-z``)."""
+    vox2mni = np.asarray(to_mni, float) @ np.asarray(affine, float)
+    axis = int(np.argmax(np.abs(vox2mni[2, :3])))
+    ijk = np.tile((np.asarray(shape[:3], float) - 1) / 2.0, (shape[axis], 1))
+    ijk[:, axis] = np.arange(shape[axis])
+    keep = np.flatnonzero(ijk @ vox2mni[2, :3] + vox2mni[2, 3] >= z_mni)
     lo, hi = int(keep.min()), int(keep.max()) + 1
-    sl = [slice(None)] * 3
-    sl[axis] = slice(lo, hi)
-    new_aff = affine.copy()
-    new_aff[:3, 3] += affine[:3, axis] * lo
-    return np.ascontiguousarray(data[tuple(sl)]), new_aff
+    new_aff = np.array(affine, float)
+    new_aff[:3, 3] += new_aff[:3, axis] * lo
+    return tuple(slice(lo, hi) if k == axis else slice(None) for k in range(3)), new_aff
+
+
+def cut_below(data: np.ndarray, affine: np.ndarray, z_mni: float, to_mni: np.ndarray):
+    """``data`` and its affine without the slices below MNI z ``z_mni`` (:func:`slab_above`)."""
+    index, new_aff = slab_above(data.shape, affine, to_mni, z_mni)
+    return np.ascontiguousarray(data[index]), new_aff
 
 
 def world_to_mni(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
