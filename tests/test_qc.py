@@ -191,6 +191,22 @@ def test_coverage_whole_brain_and_slabs():
 
 
 # ----------------------------------------------------------------------------- flags
+def test_registration_ambiguous_needs_a_far_optimum_that_fits_almost_as_well():
+    """Rows are the register step's ``affine_start_mi``: [start dz, MI, mm from the placement
+    taken]. Numbers from measured slabs (benchmarks/RESULTS.md): a Toshiba slab with a rival 9.6 mm
+    away 0.015 below, a Trio slab whose far optima fit worse by 0.033 or more."""
+    toshiba = [[0.0, 0.679, 0.0], [-5.0, 0.660, 9.57], [-10.0, 0.659, 9.29], [5.0, 0.664, 5.6]]
+    assert qc.ambiguous_placement(toshiba) == (9.57, 0.66, 0.679)
+    trio = [[0.0, 0.692, 1.9], [-5.0, 0.706, 0.0], [-10.0, 0.672, 9.18], [10.0, 0.684, 2.42]]
+    assert qc.ambiguous_placement(trio) is None  # near ones fit almost as well, far ones do not
+    assert qc.ambiguous_placement([[0.0, 0.7, 0.0]]) is None  # one start: not a slab
+    assert qc.ambiguous_placement([[0.0, 0.7], [-5.0, 0.69]]) is None  # records from before the distances
+    assert qc.ambiguous_placement(None) is None
+    codes = [f["code"] for f in qc.session_flags({"left": 300, "right": 300}, {},
+                                                 register={"affine_start_mi": toshiba})]
+    assert codes == ["registration_ambiguous"]
+
+
 def test_session_flags_codes_and_messages():
     cov = coverage.coverage(*_grid_mm(-10, 82), np.eye(4))
     flags = qc.session_flags({"left": 0, "right": 40}, {"min_cst_streamlines": 10},

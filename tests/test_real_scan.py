@@ -109,13 +109,11 @@ def test_real_scan_stored_as_a_sagittal_acquisition_gives_the_same_tensors(tmp_p
 TRIO = REAL / "sub-trio" / "ses-rep1" / "dwi" / "sub-trio_ses-rep1_dwi"
 
 
-@pytest.mark.skipif(not TRIO.parent.is_dir(), reason="../shared/real-dwi not present")
-def test_a_slab_from_the_upper_pons_registers_where_the_whole_scan_does():
-    """The Trio scan as a 3 mm b 2500 acquisition whose field of view starts at the upper pons
-    (``benchmarks/real_grids.py``'s helpers, noise draw 1): the head has not moved, so the
-    template must land where it lands on the whole scan. From the rigid result alone the affine
-    stage squeezed the template into this slab (8.1 mm median off); the extra vertical starts,
-    judged by their mutual information, find the better optimum (2.2 mm)."""
+def _register_slab(stem: Path, b_value: float, seed: int, cut_mni_z: float):
+    """The scan as a 3 mm acquisition at ``b_value`` (noise draw ``seed``) whose field of view
+    starts at MNI z ``cut_mni_z`` (``benchmarks/real_grids.py``'s helpers), registered by the
+    pipeline's code: (the slab's registration, the whole scan's subject → MNI map, the slab's FA
+    voxels in world mm)."""
     import sys
 
     import numpy as np
@@ -125,7 +123,7 @@ def test_a_slab_from_the_upper_pons_registers_where_the_whole_scan_does():
     from cstbatch.steps.gradients import bids_to_voxel_axes
     from cstbatch.steps.mask import mask_median_otsu
     from cstbatch.steps.model import fit_tensor_maps
-    from cstbatch.steps.register import AFFINE_STARTS_MM, register_template
+    from cstbatch.steps.register import register_template
     from cstbatch.study.options import defaults
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -133,22 +131,63 @@ def test_a_slab_from_the_upper_pons_registers_where_the_whole_scan_does():
 
     options = defaults()
     atlas = implementation_for("register", options, None).func(options)
-    img = nib.load(f"{TRIO}.nii.gz")
+    img = nib.load(f"{stem}.nii.gz")
     data, affine = np.asarray(img.dataobj, np.float32), np.asarray(img.affine, float)
-    bvals, bvecs = np.loadtxt(f"{TRIO}.bval").ravel(), np.loadtxt(f"{TRIO}.bvec").T
+    bvals, bvecs = np.loadtxt(f"{stem}.bval").ravel(), np.loadtxt(f"{stem}.bvec").T
     whole = world_to_mni(data, affine, bvals, bvecs)
     coarse, coarse_aff = coarser(data, affine, 3.0)
-    b2500, new_b = higher_b(coarse, bvals, 2500.0, seed=1)
-    slab, slab_aff = cut_below(b2500, coarse_aff, -21.0, whole)
+    weighted, new_b = higher_b(coarse, bvals, b_value, seed=seed)
+    slab, slab_aff = cut_below(weighted, coarse_aff, cut_mni_z, whole)
     assert slab.shape[2] < coarse.shape[2] - 5
     # the coarser grid keeps the original voxel axes, so the b-vectors stay as they are
     gtab = gradient_table(new_b, bvecs=bids_to_voxel_axes(bvecs, slab_aff), b0_threshold=50)
     maps = fit_tensor_maps(slab, gtab, mask_median_otsu(slab, gtab, options))
     fa = nib.Nifti1Image(np.nan_to_num(maps["fa"]).astype(np.float32), slab_aff)
-    reg = register_template(fa, atlas, options)
-
     world = np.argwhere(maps["fa"] > 0) @ slab_aff[:3, :3].T + slab_aff[:3, 3]
+    return register_template(fa, atlas, options), whole, world
+
+
+@pytest.mark.skipif(not TRIO.parent.is_dir(), reason="../shared/real-dwi not present")
+def test_a_slab_from_the_upper_pons_registers_where_the_whole_scan_does():
+    """The Trio scan as a 3 mm b 2500 acquisition whose field of view starts at the upper pons
+    (noise draw 1): the head has not moved, so the template must land where it lands on the
+    whole scan. From the rigid result alone the affine stage squeezed the template into this
+    slab (8.1 mm median off); the extra vertical starts, judged by their mutual information,
+    find the better optimum (2.2 mm), and no other optimum fits nearly as well."""
+    import numpy as np
+
+    from cstbatch.steps.qc import ambiguous_placement
+    from cstbatch.steps.register import AFFINE_STARTS_MM
+
+    reg, whole, world = _register_slab(TRIO, 2500.0, 1, -21.0)
     diff = reg.subject_to_mni - whole
     off = np.linalg.norm(world @ diff[:3, :3].T + diff[:3, 3], axis=1)
     assert np.median(off) < 4.0 and np.percentile(off, 90) < 7.0, (np.median(off), np.percentile(off, 90))
-    assert [dz for dz, _ in reg.info["affine_start_mi"]] == [0.0, *AFFINE_STARTS_MM]
+    starts = reg.info["affine_start_mi"]  # [start dz, MI, mm from the result taken]
+    assert [dz for dz, *_ in starts] == [0.0, *AFFINE_STARTS_MM]
+    taken = [mm for dz, _, mm in starts if dz == reg.info["affine_start_mm"]]
+    assert taken == [0.0] and max(mm for *_, mm in starts) > 4.0  # the single start's optimum lay far off
+    assert ambiguous_placement(starts) is None
+
+
+TOSHIBA_DWI = TOSHIBA / "dwi" / "sub-toshiba_dwi"
+
+
+@pytest.mark.skipif(not TOSHIBA.is_dir(), reason="../shared/real-dwi not present")
+def test_a_slab_whose_placement_mutual_information_cannot_decide_is_flagged():
+    """The Toshiba scan at b 1000 (noise raised by about √2), its field of view from the upper
+    pons up: the slab lands 6-7 mm from where the whole scan puts the template, and another start
+    ends 9.6 mm away from it with a mutual information only 0.015 lower. No start can settle it,
+    so the session says so (``registration_ambiguous``) instead of reporting levels as certain."""
+    import numpy as np
+
+    from cstbatch.steps import qc
+
+    reg, whole, world = _register_slab(TOSHIBA_DWI, 1000.0, 0, -21.0)
+    diff = reg.subject_to_mni - whole
+    assert np.median(np.linalg.norm(world @ diff[:3, :3].T + diff[:3, 3], axis=1)) > 4.0
+    rival = qc.ambiguous_placement(reg.info["affine_start_mi"])
+    assert rival is not None and rival[0] >= qc.AMBIGUOUS_MM and rival[2] - rival[1] <= qc.AMBIGUOUS_MI
+    flags = qc.session_flags({"left": 300, "right": 300}, {}, register={"affine_start_mi": reg.info["affine_start_mi"]})
+    assert [f["code"] for f in flags] == ["registration_ambiguous"]
+    assert f"{rival[0]:.1f} mm away" in flags[0]["message"]

@@ -42,13 +42,17 @@ BUILTIN_STEP_VERSION["metrics"] = "3"
 BUILTIN_STEP_VERSION["metrics"] = "4"
 # metrics 5: cortical_ends (which parts of the precentral gyrus each side reaches)
 BUILTIN_STEP_VERSION["metrics"] = "5"
+# metrics 6: regions the image does not cover get no values (regions_not_covered); the
+# registration_ambiguous QC flag
+BUILTIN_STEP_VERSION["metrics"] = "6"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's
 #: own code. Part of the step's up-to-date check; bump when that code's output changes.
 #: (2: rigid → affine from the centre of mass, without the translation stage. 3: CST level
-#: coverage in the record; an image without brainstem and internal capsule fails.)
-STEP_CODE_VERSION: dict[str, str] = {"register": "3"}
+#: coverage in the record; an image without brainstem and internal capsule fails. 4: a slab's
+#: affine stage runs from several starts; each start's MI and distance in the record.)
+STEP_CODE_VERSION: dict[str, str] = {"register": "4"}
 
 
 def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Path]:

@@ -44,6 +44,16 @@ COURSE_ASYMMETRY_MM = 8.0
 #: it 10° drops r to 0.35–0.37, 20 mm / 20° to 0.24; tiny test cubes that match nothing give
 #: r ≤ 0.2. Below 0.35 the ROIs are likely a centimetre or more off.
 MIN_REGISTRATION_R = 0.35
+#: A slab's affine stage runs from several starts (:data:`cstbatch.steps.register.AFFINE_STARTS_MM`);
+#: when one of them ends at least :data:`AMBIGUOUS_MM` (median over the brain) from the placement
+#: taken with a mutual information within :data:`AMBIGUOUS_MI` of it: ``registration_ambiguous``.
+#: Measured on 48 slabs cut from the shared scans (MNI z -30 to -15 up; 3 mm, b 1000 and 2500;
+#: ``benchmarks/slab_registration.py``): on the 40 Trio and Elition slabs, which land within 3.8 mm
+#: of their whole scan's registration, every optimum 5 mm or more away fits worse by 0.029 or
+#: more; on Toshiba's 8, which land 5.5-8.0 mm from its whole scan's, 7 have one within
+#: 0.013-0.027, and 4 are flagged. The flag says the slab cannot fix its own vertical placement.
+AMBIGUOUS_MM = 5.0
+AMBIGUOUS_MI = 0.02
 #: Fewer diffusion directions than this: ``few_directions``. CSD needs 15 for SH order 4
 #: (:func:`cstbatch.steps.track.sh_order_for`); below it tracking cannot resolve fibre crossings.
 FEW_DIRECTIONS = 15
@@ -67,6 +77,8 @@ QC_CODES: dict[str, str] = {
                               "streamlines than the given table (gradient_check=flag)",
     "gradient_table_fixed": "the b-vectors were replaced by a better flip/permutation (gradient_check=fix)",
     "registration_poor": f"template-to-subject FA correlation below {MIN_REGISTRATION_R}: ROIs may be misplaced",
+    "registration_ambiguous": f"on a slab, another template placement at least {AMBIGUOUS_MM:g} mm away fits almost as "
+                              f"well (mutual information within {AMBIGUOUS_MI:g}): the CST's levels may be off by that much",
     "few_directions": f"fewer than {FEW_DIRECTIONS} diffusion directions: CSD cannot resolve crossings (SH order 2)",
     "low_snr": f"white-matter SNR of the b0 below {MIN_SNR}: FA is biased upwards by noise",
     "head_motion": "motion_correction measured a volume more than one voxel away from its reference "
@@ -172,6 +184,13 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     if isinstance(q, (int, float)) and np.isfinite(q) and q < MIN_REGISTRATION_R:
         flags.append(flag("registration_poor", f"template registration quality r = {q:.2f} "
                                                f"(< {MIN_REGISTRATION_R}): check the registration figure"))
+    rival = ambiguous_placement(register.get("affine_start_mi"))
+    if rival:
+        flags.append(flag("registration_ambiguous",
+                          f"another template placement {rival[0]:.1f} mm away (median over the brain) fits almost as well "
+                          f"(mutual information {rival[1]:.3f} against {rival[2]:.3f}): the image holds too little below "
+                          "to fix the vertical placement, so the brainstem ROI, the lowest level reported and the MNI "
+                          "levels of the profiles may be off by that much; check the registration figure"))
     n_dirs = ingest.get("n_directions")
     if isinstance(n_dirs, int) and n_dirs < FEW_DIRECTIONS:
         flags.append(flag("few_directions", f"{n_dirs} diffusion directions (< {FEW_DIRECTIONS}): fibre "
@@ -192,6 +211,26 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     if isinstance(snr, (int, float)) and np.isfinite(snr) and snr < MIN_SNR:
         flags.append(flag("low_snr", f"white-matter b0 SNR about {snr:.1f} (< {MIN_SNR:g}): FA is biased upwards"))
     return flags
+
+
+def ambiguous_placement(starts: Any) -> tuple[float, float, float] | None:
+    """(mm away, its MI, the MI taken) of the farthest affine optimum that fits within
+    :data:`AMBIGUOUS_MI` of the placement taken and lies :data:`AMBIGUOUS_MM` or more from it;
+    None when there is none. ``starts``: the register step's ``affine_start_mi`` ([start dz, MI,
+    mm from the placement taken] per start; only slabs have more than one)."""
+    try:
+        ends = [(float(dz), float(mi), float(mm)) for dz, mi, mm in starts or []]
+    except (TypeError, ValueError):
+        return None  # a record from before the distances were kept
+    taken = [mi for _, mi, mm in ends if mm == 0.0]
+    if not taken:
+        return None
+    best = max(taken)
+    rivals = [(mm, mi) for _, mi, mm in ends if mm >= AMBIGUOUS_MM and mi >= best - AMBIGUOUS_MI]
+    if not rivals:
+        return None
+    mm, mi = max(rivals)
+    return mm, mi, best
 
 
 def failing(flags: Iterable[Mapping[str, str]], qc_fail: Any) -> list[Mapping[str, str]]:

@@ -241,6 +241,18 @@ def is_slab(content: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray)
     return bool(z.min() > SLAB_BELOW_MNI_Z and z.max() - z.min() >= SLAB_MIN_HEIGHT_MM)
 
 
+def affine_distance_mm(content: np.ndarray, affine: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Median distance (MNI mm) between where two subject→MNI transforms put the non-zero voxels
+    of ``content`` (a subject grid with ``affine``): how far apart two registrations place the
+    brain, in the units a reader of the tract's levels cares about."""
+    ijk = np.argwhere(content > 0)
+    if not ijk.size:
+        return 0.0
+    world = ijk @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return round(float(np.median(np.linalg.norm(world @ d[:3, :3].T + d[:3, 3], axis=1))), 2)
+
+
 def registration_quality(fa: np.ndarray, warped: np.ndarray) -> float:
     """Pearson r of FA and the warped FA-like template inside either's brain region."""
     m = (fa > 0.02) | (warped > 0.02 * max(float(warped.max()), 1e-6))
@@ -299,15 +311,16 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
     current, _ = optimise("rigid", RigidTransform3D(), current)
     stages["rigid"] = current.copy()
     current, best = optimise("affine", AffineTransform3D(), current)
-    start_mm, ends = 0.0, [[0.0, -best]]
+    start_mm, ends = 0.0, [(0.0, -best, current)]
     for dz in AFFINE_STARTS_MM if is_slab(static, static_affine, current) else ():
         shifted = np.eye(4)
         shifted[2, 3] = dz
         candidate, value = optimise("affine", AffineTransform3D(), shifted @ stages["rigid"])
-        ends.append([dz, -value])
+        ends.append((dz, -value, candidate))
         if value < best - AFFINE_START_MARGIN:
             current, best, start_mm = candidate, value, dz
     stages["affine"] = current.copy()
+    ends = [[dz, mi, affine_distance_mm(static, static_affine, end, current)] for dz, mi, end in ends]
 
     reg = Registration(
         subject_to_mni=np.asarray(current, float),
