@@ -53,14 +53,18 @@ GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
 #: Clinical acquisitions of the kind that ended with no CST in the issue's held-back scans, each a
 #: chain of the changes above plus two more: "voxel" resamples onto isotropic voxels of that size
 #: (the old voxels averaged, as a coarser acquisition would), "cut" removes the slices whose centre
-#: lies below that MNI z (a field of view that stops in the pons: -30, the upper pons: -21). Not in
-#: the default run; name them with ``--grids``.
+#: lies below that MNI z (a field of view that stops in the pons: -30, the upper pons: -21);
+#: "slices" (in-plane mm, slice thickness, slice spacing) makes a 2-D acquisition with gaps between
+#: thick slices (:func:`slices`; "gap52oblique" follows a Siemens clinical protocol: 4 mm slices every
+#: 5.2 mm, turned Tra>Cor(-29)>Sag(20)). Not in the default run; name them with ``--grids``.
 CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "p3b2500": [("voxel", 3.0), ("bvalue", 2500.0)],
             "p3b2500upperpons": [("voxel", 3.0), ("bvalue", 2500.0), ("cut", -21.0)],
             "p3dirs12pitch15pons": [("x", 15.0), ("voxel", 3.0), ("dirs", 12), ("cut", -30.0)],
             "thickupperpons": [("thick", 2), ("cut", -21.0)],
-            "p3pitch15upperpons": [("x", 15.0), ("voxel", 3.0), ("cut", -21.0)]}
+            "p3pitch15upperpons": [("x", 15.0), ("voxel", 3.0), ("cut", -21.0)],
+            "p3b1000upperpons": [("voxel", 3.0), ("bvalue", 1000.0), ("cut", -21.0)],
+            "gap52oblique": [("x", -29.0), ("y", 20.0), ("slices", (1.8, 4.0, 5.2))]}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -173,14 +177,26 @@ def resample(data: np.ndarray, affine: np.ndarray, new_aff: np.ndarray, new_shap
 
 
 def coarser(data: np.ndarray, affine: np.ndarray, voxel_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """The scan on isotropic voxels of ``voxel_mm`` over the same field of view, the same axes: each
-    new voxel about the average of the old ones it covers (a Gaussian of FWHM sqrt(new² − old²)
-    first, the width that turns an old voxel's box into a new one's)."""
+    """The scan on isotropic voxels of ``voxel_mm`` over the same field of view, the same axes
+    (:func:`slices` with cubic voxels)."""
+    return slices(data, affine, voxel_mm, voxel_mm, voxel_mm)
+
+
+def slices(data: np.ndarray, affine: np.ndarray, inplane_mm: float, thickness_mm: float,
+           spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The scan as a 2-D acquisition along the third voxel axis would give it, over the same field
+    of view: voxels ``inplane_mm`` square, slices ``thickness_mm`` thick every ``spacing_mm`` (a
+    gap between slices when the spacing is larger; nothing there is sampled). Each new voxel is
+    about the average of the old ones it covers: a Gaussian of FWHM sqrt(new² − old²) per axis
+    first, the width that turns an old voxel's box into a new one's, with the slice thickness as
+    the new size through the slices."""
     old = np.linalg.norm(affine[:3, :3], axis=0)
+    size = np.array([inplane_mm, inplane_mm, spacing_mm], float)
     new_aff = affine.copy()
-    new_aff[:3, :3] = affine[:3, :3] / old * voxel_mm
-    new_shape = tuple(int(n) for n in np.floor((np.asarray(data.shape[:3]) - 1) * old / voxel_mm) + 1)
-    fwhm = np.sqrt(np.clip(voxel_mm ** 2 - old ** 2, 0.0, None))
+    new_aff[:3, :3] = affine[:3, :3] / old * size
+    new_shape = tuple(int(n) for n in np.floor((np.asarray(data.shape[:3]) - 1) * old / size) + 1)
+    width = np.array([inplane_mm, inplane_mm, thickness_mm], float)
+    fwhm = np.sqrt(np.clip(width ** 2 - old ** 2, 0.0, None))
     return resample(data, affine, new_aff, new_shape, fwhm / 2.3548 / old), new_aff
 
 
@@ -243,6 +259,8 @@ def acquire(spec, data, affine, bvals, keep, to_mni):
         return (*thicken(data, affine, arg), bvals, keep)
     if kind == "voxel":
         return (*coarser(data, affine, arg), bvals, keep)
+    if kind == "slices":
+        return (*slices(data, affine, *arg), bvals, keep)
     if kind == "cut":
         return (*cut_below(data, affine, arg, to_mni()), bvals, keep)
     new_aff, new_shape = regrid(affine, data.shape, kind, arg)
