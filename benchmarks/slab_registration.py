@@ -47,7 +47,13 @@ def main() -> int:
     p.add_argument("--bvalue", type=float, default=1000.0)
     p.add_argument("--cuts", default="-30,-25,-21,-15")
     p.add_argument("--draws", type=int, default=2)
+    p.add_argument("--single-start", action="store_true", help="the affine stage from the rigid result only "
+                   "(as before the extra starts), for comparison")
     args = p.parse_args()
+    if args.single_start:
+        import cstbatch.steps.register as register
+
+        register.AFFINE_STARTS_MM = ()
     options = defaults()
     atlas = implementation_for("register", options, None).func(options)
     print("scan\tb\tdraw\tcut\tmm_off_whole\tstart_taken\trival_mm\trival_mi_below\tflagged")
@@ -63,6 +69,7 @@ def main() -> int:
             weighted, new_b = grids.higher_b(coarse, bvals, args.bvalue, seed=draw)
             for cut in (float(c) for c in args.cuts.split(",")):
                 slab, slab_aff = grids.cut_below(weighted, coarse_aff, cut, whole)
+                slab = slab.astype(np.float32)  # as real_grids.py writes it for the pipeline
                 gtab = gradient_table(new_b, bvecs=bids_to_voxel_axes(bvecs, slab_aff), b0_threshold=50)
                 fa = np.nan_to_num(fit_tensor_maps(slab, gtab, mask_median_otsu(slab, gtab, options))["fa"])
                 reg = register_template(nib.Nifti1Image(fa.astype(np.float32), slab_aff), atlas, options)

@@ -48,10 +48,10 @@ MIN_REGISTRATION_R = 0.35
 #: when one of them ends at least :data:`AMBIGUOUS_MM` (median over the brain) from the placement
 #: taken with a mutual information within :data:`AMBIGUOUS_MI` of it: ``registration_ambiguous``.
 #: Measured on 48 slabs cut from the shared scans (MNI z -30 to -15 up; 3 mm, b 1000 and 2500;
-#: ``benchmarks/slab_registration.py``): on the 40 Trio and Elition slabs, which land within 3.8 mm
-#: of their whole scan's registration, every optimum 5 mm or more away fits worse by 0.029 or
-#: more; on Toshiba's 8, which land 5.5-8.0 mm from its whole scan's, 7 have one within
-#: 0.013-0.027, and 4 are flagged. The flag says the slab cannot fix its own vertical placement.
+#: ``benchmarks/slab_registration.py``, benchmarks/RESULTS.md): every Trio or Elition slab that
+#: lands within 2.8 mm of its whole scan's registration stays unflagged (36 of 40); the flag fires
+#: on the 4 that land 4.3-6.9 mm off and on 4 of Toshiba's 8 (5.6-8.4 mm off). It says the slab
+#: cannot fix its own vertical placement, not which placement is right.
 AMBIGUOUS_MM = 5.0
 AMBIGUOUS_MI = 0.02
 #: Fewer diffusion directions than this: ``few_directions``. CSD needs 15 for SH order 4
