@@ -8,9 +8,12 @@ Each scan is made a 3 mm acquisition at ``--bvalue`` (``real_grids.coarser`` and
 new Rician noise per draw) and cut below each MNI z of ``--cuts`` (``real_grids.cut_below``): a
 field of view that starts in the pons. The head has not moved, so the template should land
 where the whole scan's registration puts it. Per slab this prints how far it landed from there
-(median over the slab's brain, mm), the affine start taken, the farthest rival optimum that fits
-almost as well (``cstbatch.steps.qc.ambiguous_placement``), and whether the session would be
-flagged ``registration_ambiguous``; then a summary per scan.
+(median over the slab's brain, mm), the affine start taken, how far the 12-parameter refinement
+of the slab's similarity moved the brain (``slab_refine_mm``: kept when at most
+``SLAB_REFINE_MAX_MM``), the farthest rival optimum that fits almost as well
+(``cstbatch.steps.qc.ambiguous_placement``), and whether the session would be flagged
+``registration_ambiguous``; then a summary per scan. The slabs are cast to float32, as the
+pipeline reads them from NIfTI: the optimiser's path depends on it.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def main() -> int:
         register.AFFINE_STARTS_MM = ()
     options = defaults()
     atlas = implementation_for("register", options, None).func(options)
-    print("scan\tb\tdraw\tcut\tmm_off_whole\tstart_taken\trival_mm\trival_mi_below\tflagged")
+    print("scan\tb\tdraw\tcut\tmm_off_whole\tstart_taken\trefine_mm\trival_mm\trival_mi_below\tflagged")
     summary = {}
     for name in args.scan or ["trio", "elition", "toshiba"]:
         stem = args.real / SCANS[name]
@@ -76,7 +79,9 @@ def main() -> int:
                 off = affine_distance_mm(fa, slab_aff, reg.subject_to_mni, whole)
                 rival = ambiguous_placement(reg.info["affine_start_mi"])
                 summary.setdefault(name, []).append((off, rival is not None))
+                refine = reg.info.get("slab_refine_mm")
                 print(f"{name}\t{args.bvalue:g}\t{draw}\t{cut:g}\t{off:.2f}\t{reg.info['affine_start_mm']:+g}\t"
+                      + ("" if refine is None else f"{refine:.2f}") + "\t"
                       + (f"{rival[0]:.2f}\t{rival[2] - rival[1]:.4f}\tyes" if rival else "\t\tno"), flush=True)
     for name, rows in summary.items():
         offs = np.array([o for o, _ in rows])

@@ -48,10 +48,12 @@ MIN_REGISTRATION_R = 0.35
 #: when one of them ends at least :data:`AMBIGUOUS_MM` (median over the brain) from the placement
 #: taken with a mutual information within :data:`AMBIGUOUS_MI` of it: ``registration_ambiguous``.
 #: Measured on 48 slabs cut from the shared scans (MNI z -30 to -15 up; 3 mm, b 1000 and 2500;
-#: ``benchmarks/slab_registration.py``, benchmarks/RESULTS.md): every Trio or Elition slab that
-#: lands within 2.8 mm of its whole scan's registration stays unflagged (36 of 40); the flag fires
-#: on the 4 that land 4.3-6.9 mm off and on 4 of Toshiba's 8 (5.6-8.4 mm off). It says the slab
-#: cannot fix its own vertical placement, not which placement is right.
+#: ``benchmarks/slab_registration.py``, benchmarks/RESULTS.md), with the 12-parameter slab stage:
+#: every Trio or Elition slab that landed within 2.8 mm of its whole scan's registration stayed
+#: unflagged (36 of 40); the flag fired on the 4 that landed 4.3-6.9 mm off and on 4 of Toshiba's
+#: 8 (5.6-8.4 mm off). The similarity slab stage now used leaves none of the 48 ambiguous; the flag
+#: stays as a safety net. It says the slab cannot fix its own vertical placement, not which
+#: placement is right.
 AMBIGUOUS_MM = 5.0
 AMBIGUOUS_MI = 0.02
 #: Fewer diffusion directions than this: ``few_directions``. CSD needs 15 for SH order 4
