@@ -221,23 +221,33 @@ def cut_below(data: np.ndarray, affine: np.ndarray, z_mni: float, to_mni: np.nda
     return np.ascontiguousarray(data[index]), new_aff
 
 
-def world_to_mni(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
-    """World mm → MNI mm for the scan: the pipeline's own mask, tensor fit and template registration
-    (default options). The head does not move between grids, so one map serves every copy."""
+def fa_image(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray):
+    """The scan's FA as the pipeline computes it for registration (default options: its mask and
+    tensor fit; NaN as 0), a nibabel image on the scan's grid."""
     import nibabel as nib
     from dipy.core.gradients import gradient_table
 
-    from cstbatch.engine.context import implementation_for
     from cstbatch.steps.gradients import bids_to_voxel_axes
     from cstbatch.steps.mask import mask_median_otsu
     from cstbatch.steps.model import fit_tensor_maps
-    from cstbatch.steps.register import register_template
     from cstbatch.study.options import defaults
 
     options = defaults()
     gtab = gradient_table(bvals, bvecs=bids_to_voxel_axes(bvecs, affine), b0_threshold=50)
     maps = fit_tensor_maps(data, gtab, mask_median_otsu(data, gtab, options))
-    fa = nib.Nifti1Image(np.nan_to_num(maps["fa"]).astype(np.float32), affine)
+    return nib.Nifti1Image(np.nan_to_num(maps["fa"]).astype(np.float32), affine)
+
+
+def world_to_mni(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
+    """World mm → MNI mm for the scan: the pipeline's own mask, tensor fit (:func:`fa_image`) and
+    template registration (default options). The head does not move between grids, so one map
+    serves every copy."""
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.steps.register import register_template
+    from cstbatch.study.options import defaults
+
+    options = defaults()
+    fa = fa_image(data, affine, bvals, bvecs)
     return register_template(fa, implementation_for("register", options, None).func(options), options).subject_to_mni
 
 

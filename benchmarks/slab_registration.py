@@ -2,7 +2,7 @@
 when it cannot tell?
 
     python benchmarks/slab_registration.py [--scan trio --scan elition --scan toshiba]
-                                           [--bvalue 1000] [--cuts -30,-25,-21,-15] [--draws 2]
+                                           [--bvalue 1000] [--cuts=-30,-25,-21,-15] [--draws 2]
 
 Each scan is made a 3 mm acquisition at ``--bvalue`` (``real_grids.coarser`` and ``higher_b``:
 new Rician noise per draw) and cut below each MNI z of ``--cuts`` (``real_grids.cut_below``): a
@@ -31,15 +31,23 @@ SCANS = {"trio": "sub-trio/ses-rep1/dwi/sub-trio_ses-rep1_dwi", "elition": "sub-
          "toshiba": "sub-toshiba/dwi/sub-toshiba_dwi"}
 
 
+def slab_fa(weighted: np.ndarray, affine: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, cut_mni_z: float,
+            to_mni: np.ndarray):
+    """The FA image of the scan ``weighted`` (on ``affine``) cut below MNI z ``cut_mni_z`` (``to_mni``:
+    the whole scan's world → MNI map), the slab first cast to float32 as the pipeline reads it
+    from NIfTI: the optimiser's path depends on it."""
+    import real_grids as grids
+
+    slab, slab_aff = grids.cut_below(weighted, affine, cut_mni_z, to_mni)
+    # the coarser grid keeps the original voxel axes, so the b-vectors stay as they are
+    return grids.fa_image(slab.astype(np.float32), slab_aff, bvals, bvecs)
+
+
 def main() -> int:
     import nibabel as nib
-    from dipy.core.gradients import gradient_table
 
     import real_grids as grids
     from cstbatch.engine.context import implementation_for
-    from cstbatch.steps.gradients import bids_to_voxel_axes
-    from cstbatch.steps.mask import mask_median_otsu
-    from cstbatch.steps.model import fit_tensor_maps
     from cstbatch.steps.qc import ambiguous_placement
     from cstbatch.steps.register import affine_distance_mm, register_template
     from cstbatch.study.options import defaults
@@ -71,12 +79,9 @@ def main() -> int:
         for draw in range(args.draws):
             weighted, new_b = grids.higher_b(coarse, bvals, args.bvalue, seed=draw)
             for cut in (float(c) for c in args.cuts.split(",")):
-                slab, slab_aff = grids.cut_below(weighted, coarse_aff, cut, whole)
-                slab = slab.astype(np.float32)  # as real_grids.py writes it for the pipeline
-                gtab = gradient_table(new_b, bvecs=bids_to_voxel_axes(bvecs, slab_aff), b0_threshold=50)
-                fa = np.nan_to_num(fit_tensor_maps(slab, gtab, mask_median_otsu(slab, gtab, options))["fa"])
-                reg = register_template(nib.Nifti1Image(fa.astype(np.float32), slab_aff), atlas, options)
-                off = affine_distance_mm(fa, slab_aff, reg.subject_to_mni, whole)
+                fa = slab_fa(weighted, coarse_aff, new_b, bvecs, cut, whole)
+                reg = register_template(fa, atlas, options)
+                off = affine_distance_mm(np.asarray(fa.dataobj), fa.affine, reg.subject_to_mni, whole)
                 rival = ambiguous_placement(reg.info["affine_start_mi"])
                 summary.setdefault(name, []).append((off, rival is not None))
                 refine = reg.info.get("slab_refine_mm")

@@ -111,23 +111,20 @@ TRIO = REAL / "sub-trio" / "ses-rep1" / "dwi" / "sub-trio_ses-rep1_dwi"
 
 def _register_slab(stem: Path, b_value: float, seed: int, cut_mni_z: float):
     """The scan as a 3 mm acquisition at ``b_value`` (noise draw ``seed``) whose field of view
-    starts at MNI z ``cut_mni_z`` (``benchmarks/real_grids.py``'s helpers), registered by the
-    pipeline's code: (the slab's registration, the whole scan's subject → MNI map, the slab's FA
-    voxels in world mm)."""
+    starts at MNI z ``cut_mni_z`` (``benchmarks/slab_registration.py``'s slab, as the pipeline
+    reads it), registered by the pipeline's code: (the slab's registration, the whole scan's
+    subject → MNI map, the slab's FA image)."""
     import sys
 
     import numpy as np
-    from dipy.core.gradients import gradient_table
 
     from cstbatch.engine.context import implementation_for
-    from cstbatch.steps.gradients import bids_to_voxel_axes
-    from cstbatch.steps.mask import mask_median_otsu
-    from cstbatch.steps.model import fit_tensor_maps
     from cstbatch.steps.register import register_template
     from cstbatch.study.options import defaults
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from real_grids import coarser, cut_below, higher_b, world_to_mni
+    from real_grids import coarser, higher_b, world_to_mni
+    from slab_registration import slab_fa
 
     options = defaults()
     atlas = implementation_for("register", options, None).func(options)
@@ -137,15 +134,9 @@ def _register_slab(stem: Path, b_value: float, seed: int, cut_mni_z: float):
     whole = world_to_mni(data, affine, bvals, bvecs)
     coarse, coarse_aff = coarser(data, affine, 3.0)
     weighted, new_b = higher_b(coarse, bvals, b_value, seed=seed)
-    slab, slab_aff = cut_below(weighted, coarse_aff, cut_mni_z, whole)
-    slab = slab.astype(np.float32)  # what the pipeline reads: the optimiser's path depends on it
-    assert slab.shape[2] < coarse.shape[2] - 5
-    # the coarser grid keeps the original voxel axes, so the b-vectors stay as they are
-    gtab = gradient_table(new_b, bvecs=bids_to_voxel_axes(bvecs, slab_aff), b0_threshold=50)
-    maps = fit_tensor_maps(slab, gtab, mask_median_otsu(slab, gtab, options))
-    fa = nib.Nifti1Image(np.nan_to_num(maps["fa"]).astype(np.float32), slab_aff)
-    world = np.argwhere(maps["fa"] > 0) @ slab_aff[:3, :3].T + slab_aff[:3, 3]
-    return register_template(fa, atlas, options), whole, world
+    fa = slab_fa(weighted, coarse_aff, new_b, bvecs, cut_mni_z, whole)
+    assert fa.shape[2] < coarse.shape[2] - 5
+    return register_template(fa, atlas, options), whole, fa
 
 
 @pytest.mark.skipif(not TRIO.parent.is_dir(), reason="../shared/real-dwi not present")
@@ -160,7 +151,8 @@ def test_a_slab_from_the_upper_pons_registers_where_the_whole_scan_does():
     from cstbatch.steps.qc import ambiguous_placement
     from cstbatch.steps.register import AFFINE_STARTS_MM
 
-    reg, whole, world = _register_slab(TRIO, 2500.0, 1, -21.0)
+    reg, whole, fa = _register_slab(TRIO, 2500.0, 1, -21.0)
+    world = np.argwhere(np.asarray(fa.dataobj) > 0) @ fa.affine[:3, :3].T + fa.affine[:3, 3]
     diff = reg.subject_to_mni - whole
     off = np.linalg.norm(world @ diff[:3, :3].T + diff[:3, 3], axis=1)
     assert np.median(off) < 4.0 and np.percentile(off, 90) < 7.0, (np.median(off), np.percentile(off, 90))
@@ -188,9 +180,8 @@ def test_a_slab_the_affine_could_not_place_is_flagged_and_the_similarity_places_
     from cstbatch.steps import qc
 
     def off_and_flags():
-        reg, whole, world = _register_slab(TOSHIBA_DWI, 1000.0, 0, -21.0)
-        diff = reg.subject_to_mni - whole
-        off = float(np.median(np.linalg.norm(world @ diff[:3, :3].T + diff[:3, 3], axis=1)))
+        reg, whole, fa = _register_slab(TOSHIBA_DWI, 1000.0, 0, -21.0)
+        off = register.affine_distance_mm(np.asarray(fa.dataobj), fa.affine, reg.subject_to_mni, whole)
         flags = qc.session_flags({"left": 300, "right": 300}, {},
                                  register={"affine_start_mi": reg.info["affine_start_mi"]})
         return off, flags, reg.info["affine_start_mi"]

@@ -303,9 +303,9 @@ def register(ctx: StepContext) -> dict[str, Any]:
                          + (describe(cov["covered"]) if cov["covered"] else "none of the CST levels")
                          + f" (registration r = {reg.quality:.2f})")
     return {"atlas": atlas.name, "atlas_version": atlas.version, "quality": reg.quality,
-            "quality_metric": reg.quality_metric, "affine_stage": reg.info.get("affine_stage"),
-            "slab_refine_mm": reg.info.get("slab_refine_mm"), "affine_start_mm": reg.info.get("affine_start_mm"),
-            "affine_start_mi": reg.info.get("affine_start_mi"), "roi_voxels": {k: int(v.sum()) for k, v in rois.items()},
+            "quality_metric": reg.quality_metric,
+            **{k: reg.info.get(k) for k in ("affine_stage", "slab_refine_mm", "affine_start_mm", "affine_start_mi")},
+            "roi_voxels": {k: int(v.sum()) for k, v in rois.items()},
             "transform": str(transform.relative_to(layout.out_dir)),
             "transform_kind": "affine" if reg.mapping is None else "affine (ITK file) + SyN warp (cstbatch .npz)",
             "coverage": cov}

@@ -287,7 +287,8 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
         if not found:
             result[side].update(streamline_count=len(sl), volume_mm3=None)
         result[side]["found"] = found
-    uncovered = [r for r, level in REGION_LEVELS.items() if level in set(uncovered_levels or ())]
+    missing = set(uncovered_levels or ())
+    uncovered = [r for r, level in REGION_LEVELS.items() if level in missing]
     for side in SIDES:
         for r in uncovered:
             result[side]["regions"][r] = {name: None for name in SCALARS}

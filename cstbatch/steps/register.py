@@ -251,15 +251,21 @@ def crop_to_content(data: np.ndarray, affine: np.ndarray, margin: int = 4,
             np.asarray(affine, float) @ shift)
 
 
+def _content_world(content: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World mm (N x 3) of the non-zero voxels of ``content``, a grid with ``affine``."""
+    affine = np.asarray(affine, float)
+    return np.argwhere(content > 0) @ affine[:3, :3].T + affine[:3, 3]
+
+
 def is_slab(content: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> bool:
     """Whether the non-zero voxels of ``content`` (a subject grid), through ``subject_to_mni``,
     are a head slab that stops above the lower pons: lowest MNI z above :data:`SLAB_BELOW_MNI_Z`,
     and at least :data:`SLAB_MIN_HEIGHT_MM` of it in z."""
-    ijk = np.argwhere(content > 0)
-    if not ijk.size:
+    world = _content_world(content, affine)
+    if not world.size:
         return False
-    to_mni = np.asarray(subject_to_mni, float) @ np.asarray(affine, float)
-    z = ijk @ to_mni[2, :3] + to_mni[2, 3]
+    to_mni = np.asarray(subject_to_mni, float)
+    z = world @ to_mni[2, :3] + to_mni[2, 3]
     return bool(z.min() > SLAB_BELOW_MNI_Z and z.max() - z.min() >= SLAB_MIN_HEIGHT_MM)
 
 
@@ -267,10 +273,9 @@ def affine_distance_mm(content: np.ndarray, affine: np.ndarray, a: np.ndarray, b
     """Median distance (MNI mm) between where two subject→MNI transforms put the non-zero voxels
     of ``content`` (a subject grid with ``affine``): how far apart two registrations place the
     brain, in the units a reader of the tract's levels cares about."""
-    ijk = np.argwhere(content > 0)
-    if not ijk.size:
+    world = _content_world(content, affine)
+    if not world.size:
         return 0.0
-    world = ijk @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
     d = np.asarray(a, float) - np.asarray(b, float)
     return round(float(np.median(np.linalg.norm(world @ d[:3, :3].T + d[:3, 3], axis=1))), 2)
 
@@ -330,20 +335,26 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
                                          moving_grid2world=tpl_affine, starting_affine=start, ret_metric=True)
         return amap.affine, float(value)
 
+    def from_rigid(transform, dz):
+        """The affine-type stage ``transform`` from the rigid result moved ``dz`` mm in z."""
+        shifted = np.eye(4)
+        shifted[2, 3] = dz
+        return optimise("affine", transform(), shifted @ stages["rigid"])
+
     current, _ = optimise("rigid", RigidTransform3D(), current)
     stages["rigid"] = current.copy()
-    current, best = optimise("affine", AffineTransform3D(), current)
+    current, best = from_rigid(AffineTransform3D, 0.0)
     start_mm, ends, stage, refine_mm = 0.0, [(0.0, -best, current)], "affine", None
     if is_slab(static, static_affine, current):
         # a slab: a similarity from the rigid result and from it moved up and down (SLAB_STAGE)
-        stages["affine_12dof"], stage, ends, best = current.copy(), SLAB_STAGE, [], np.inf
-        for dz in (0.0, *AFFINE_STARTS_MM):
-            shifted = np.eye(4)
-            shifted[2, 3] = dz
-            transform = AffineTransform3D() if SLAB_STAGE == "affine" else RigidIsoScalingTransform3D()
-            candidate, value = optimise("affine", transform, shifted @ stages["rigid"])
+        stage, stages["affine_12dof"] = SLAB_STAGE, current.copy()
+        transform = AffineTransform3D if SLAB_STAGE == "affine" else RigidIsoScalingTransform3D
+        current, best = from_rigid(transform, 0.0)
+        ends = [(0.0, -best, current)]
+        for dz in AFFINE_STARTS_MM:
+            candidate, value = from_rigid(transform, dz)
             ends.append((dz, -value, candidate))
-            if value < best - (AFFINE_START_MARGIN if ends[1:] else -np.inf):
+            if value < best - AFFINE_START_MARGIN:
                 current, best, start_mm = candidate, value, dz
         if SLAB_STAGE == "similarity" and SLAB_REFINE_MAX_MM > 0:
             stages["similarity"] = current.copy()
