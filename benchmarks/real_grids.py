@@ -17,8 +17,8 @@ original scan, and every grid against the half-voxel shift (both resampled once,
 interpolation smoothing; the original has none, which by itself raises the streamline count).
 
 ``--grids`` also takes the clinical acquisitions of :data:`CLINICAL` (3 mm, b 2000-2500, thick
-slices, fields of view that start in the pons), not run by default: the kinds of scan that once
-ended with no CST, or with a slab registered 9 mm off.
+slices, fields of view that start in the pons or reach down the neck), not run by default: the
+kinds of scan that once ended with no CST, or with a slab registered 9 mm off.
 
 What it does not cover: a real second acquisition also has new noise, and different slices cut
 off different parts of the brain; the Trio test-retest pair (``real_scans.py --pair``) covers the
@@ -56,7 +56,12 @@ GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
 #: lies below that MNI z (a field of view that stops in the pons: -30, the upper pons: -21);
 #: "slices" (in-plane mm, slice thickness, slice spacing) makes a 2-D acquisition with gaps between
 #: thick slices (:func:`slices`; "gap52oblique" follows a Siemens clinical protocol: 4 mm slices every
-#: 5.2 mm, turned Tra>Cor(-29)>Sag(20)). Not in the default run; name them with ``--grids``.
+#: 5.2 mm, turned Tra>Cor(-29)>Sag(20)); "neck" adds that many mm of neck below the image
+#: (:func:`extend_below`: for a scan that reaches the cervical cord, the Elition) and "width" keeps
+#: the slices within that many mm across of the midline (:func:`narrower`). "sagneck" follows a
+#: Siemens sagittal QA protocol (48 sagittal slices of 2.7 mm, a 22 cm field of view from above
+#: the vertex down the neck, the head turned a little about the vertical). Not in the default run;
+#: name them with ``--grids``.
 CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "p3b2500": [("voxel", 3.0), ("bvalue", 2500.0)],
             "p3b2500upperpons": [("voxel", 3.0), ("bvalue", 2500.0), ("cut", -21.0)],
@@ -64,7 +69,10 @@ CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "thickupperpons": [("thick", 2), ("cut", -21.0)],
             "p3pitch15upperpons": [("x", 15.0), ("voxel", 3.0), ("cut", -21.0)],
             "p3b1000upperpons": [("voxel", 3.0), ("bvalue", 1000.0), ("cut", -21.0)],
-            "gap52oblique": [("x", -29.0), ("y", 20.0), ("slices", (1.8, 4.0, 5.2))]}
+            "gap52oblique": [("x", -29.0), ("y", 20.0), ("slices", (1.8, 4.0, 5.2))],
+            "neck56": [("neck", 56.0)],
+            "sagneck": [("neck", 56.0), ("z", 8.0), ("voxel", 2.7), ("width", 64.8), ("perm", (1, 2, 0))],
+            "corneck": [("neck", 56.0), ("x", -10.0), ("voxel", 2.5), ("perm", (0, 2, 1))]}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -200,24 +208,77 @@ def slices(data: np.ndarray, affine: np.ndarray, inplane_mm: float, thickness_mm
     return resample(data, affine, new_aff, new_shape, fwhm / 2.3548 / old), new_aff
 
 
-def slab_above(shape, affine: np.ndarray, to_mni: np.ndarray, z_mni: float):
-    """(index of the voxel grid, its affine): the slices, along the voxel axis nearest MNI z, whose
-    centre lies at or above MNI z ``z_mni``; ``to_mni`` maps world mm to MNI mm. The field of view
-    of a scan that stops in the pons (here and ``anatomy_sweep.py --fov-bottom-z``)."""
+def _slices_where(shape, affine: np.ndarray, to_mni: np.ndarray, mni_axis: int, keep_mm):
+    """(index of the voxel grid, its affine): the run of slices, along the voxel axis nearest MNI
+    axis ``mni_axis``, whose centre's MNI coordinate on that axis passes ``keep_mm`` (an array ->
+    bool array function)."""
+    axis, _ = _axis_nearest(affine, to_mni, mni_axis)
     vox2mni = np.asarray(to_mni, float) @ np.asarray(affine, float)
-    axis = int(np.argmax(np.abs(vox2mni[2, :3])))
     ijk = np.tile((np.asarray(shape[:3], float) - 1) / 2.0, (shape[axis], 1))
     ijk[:, axis] = np.arange(shape[axis])
-    keep = np.flatnonzero(ijk @ vox2mni[2, :3] + vox2mni[2, 3] >= z_mni)
+    keep = np.flatnonzero(keep_mm(ijk @ vox2mni[mni_axis, :3] + vox2mni[mni_axis, 3]))
     lo, hi = int(keep.min()), int(keep.max()) + 1
     new_aff = np.array(affine, float)
     new_aff[:3, 3] += new_aff[:3, axis] * lo
     return tuple(slice(lo, hi) if k == axis else slice(None) for k in range(3)), new_aff
 
 
+def slab_above(shape, affine: np.ndarray, to_mni: np.ndarray, z_mni: float):
+    """(index of the voxel grid, its affine): the slices, along the voxel axis nearest MNI z, whose
+    centre lies at or above MNI z ``z_mni``; ``to_mni`` maps world mm to MNI mm. The field of view
+    of a scan that stops in the pons (here and ``anatomy_sweep.py --fov-bottom-z``)."""
+    return _slices_where(shape, affine, to_mni, 2, lambda z: z >= z_mni)
+
+
 def cut_below(data: np.ndarray, affine: np.ndarray, z_mni: float, to_mni: np.ndarray):
     """``data`` and its affine without the slices below MNI z ``z_mni`` (:func:`slab_above`)."""
     index, new_aff = slab_above(data.shape, affine, to_mni, z_mni)
+    return np.ascontiguousarray(data[index]), new_aff
+
+
+def _axis_nearest(affine: np.ndarray, to_mni: np.ndarray, mni_axis: int) -> tuple[int, float]:
+    """(the voxel axis nearest MNI axis ``mni_axis``, the MNI mm one step along it moves on that
+    MNI axis: its sign says which end of the grid is the low one)."""
+    vox2mni = np.asarray(to_mni, float) @ np.asarray(affine, float)
+    axis = int(np.argmax(np.abs(vox2mni[mni_axis, :3])))
+    return axis, float(vox2mni[mni_axis, axis])
+
+
+def extend_below(data: np.ndarray, affine: np.ndarray, mm: float, to_mni: np.ndarray, seed: int = 0):
+    """(data, affine) with ``mm`` more field of view below the image, along the voxel axis nearest
+    MNI z: a sagittal or coronal acquisition's field of view (22 cm, say) holds the neck.
+    The new slices continue the tissue of the image's lowest 8 mm (the upper cervical cord, its
+    CSF, the neck muscles, all with their real diffusion signal): their average, its noise floor
+    taken off (Rician: E[M²] = A² + 2σ²), then Rician noise of the scan's own σ. A straight cord
+    and uniform muscles below the real ones, as bright as the image's lowest slices (a head-neck
+    coil's sensitivity): the registration and mask see a neck of the right size and contrast."""
+    axis, step = _axis_nearest(affine, to_mni, 2)
+    vox = float(np.linalg.norm(np.asarray(affine, float)[:3, axis]))
+    n, k = int(round(mm / vox)), max(1, int(round(8.0 / vox)))
+    low_end = 0 if step > 0 else data.shape[axis] - 1
+    edge = np.take(data, range(k) if low_end == 0 else range(data.shape[axis] - k, data.shape[axis]), axis=axis)
+    sigma = _scan_sigma(data)
+    mean = edge.astype(np.float64).mean(axis=axis)
+    signal = np.sqrt(np.clip(mean ** 2 - 2.0 * sigma ** 2, 0.0, None))
+    rng = np.random.default_rng(seed)
+    new = np.stack([_rician(signal, sigma, rng) for _ in range(n)], axis=axis)
+    new_aff = np.array(affine, float)
+    if low_end == 0:
+        new = np.flip(new, axis=axis)
+        new_aff[:3, 3] -= new_aff[:3, axis] * n
+        out = np.concatenate([new, data], axis=axis)
+    else:
+        out = np.concatenate([data, new], axis=axis)
+    return np.ascontiguousarray(out.astype(np.float32)), new_aff
+
+
+def narrower(data: np.ndarray, affine: np.ndarray, half_mm: float, to_mni: np.ndarray):
+    """(data, affine) keeping only the slices, along the voxel axis nearest MNI x, whose centre
+    lies within ``half_mm`` (scanner mm) of MNI x 0, the head's midline: a sagittal acquisition
+    of 48 slices of 2.7 mm spans ±64.8 mm, less than a head is wide."""
+    axis, step = _axis_nearest(affine, to_mni, 0)
+    world_per_mni = float(np.linalg.norm(np.asarray(affine, float)[:3, axis])) / abs(step)
+    index, new_aff = _slices_where(data.shape, affine, to_mni, 0, lambda x: np.abs(x) * world_per_mni <= half_mm)
     return np.ascontiguousarray(data[index]), new_aff
 
 
@@ -273,6 +334,10 @@ def acquire(spec, data, affine, bvals, keep, to_mni):
         return (*slices(data, affine, *arg), bvals, keep)
     if kind == "cut":
         return (*cut_below(data, affine, arg, to_mni()), bvals, keep)
+    if kind == "neck":
+        return (*extend_below(data, affine, arg, to_mni()), bvals, keep)
+    if kind == "width":
+        return (*narrower(data, affine, arg, to_mni()), bvals, keep)
     new_aff, new_shape = regrid(affine, data.shape, kind, arg)
     return resample(data, affine, new_aff, new_shape), new_aff, bvals, keep
 

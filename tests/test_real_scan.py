@@ -195,3 +195,45 @@ def test_a_slab_the_affine_could_not_place_is_flagged_and_the_similarity_places_
     monkeypatch.setattr(register, "SLAB_STAGE", "similarity")
     off, flags, _ = off_and_flags()
     assert off < 4.0 and flags == [], (off, flags)
+
+
+ELITION = REAL / "sub-elition" / "dwi"
+
+
+@pytest.mark.skipif(not ELITION.is_dir(), reason="../shared/real-dwi not present")
+def test_a_sagittal_acquisition_with_the_neck_registers_where_the_whole_scan_does(tmp_path):
+    """The Elition head as a sagittal acquisition of the kind Siemens QA data holds (2.7 mm, 48
+    slices across, a 22 cm field of view down the neck; ``real_grids.CLINICAL["sagneck"]``): 56 mm
+    of neck below the image, turned 8° about the vertical, cut to ±64.8 mm across. The neck adds
+    tissue the template lacks and the brain mask keeps; the template must still land where it
+    lands on the scan as acquired, and no slab path may be taken (the image reaches below the
+    medulla)."""
+    import sys
+
+    import numpy as np
+
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.steps.register import affine_distance_mm, register_template
+    from cstbatch.study.options import defaults
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from real_grids import fa_image, world_to_mni, write_grids
+
+    write_grids(ELITION, "sub-elition_dwi", tmp_path, "elition", ["sagneck"])
+    d = tmp_path / "sub-elitionsagneck" / "dwi"
+    img = nib.load(str(d / "sub-elitionsagneck_dwi.nii.gz"))
+    assert nib.aff2axcodes(img.affine)[2] in "LR" and img.shape[2] == 48
+    bvals, bvecs = np.loadtxt(d / "sub-elitionsagneck_dwi.bval").ravel(), np.loadtxt(d / "sub-elitionsagneck_dwi.bvec").T
+    fa = fa_image(np.asarray(img.dataobj, np.float32), img.affine, bvals, bvecs)
+    options = defaults()
+    reg = register_template(fa, implementation_for("register", options, None).func(options), options)
+    src = nib.load(str(ELITION / "sub-elition_dwi.nii.gz"))
+    whole = world_to_mni(np.asarray(src.dataobj, np.float32), src.affine,
+                         np.loadtxt(ELITION / "sub-elition_dwi.bval").ravel(),
+                         np.loadtxt(ELITION / "sub-elition_dwi.bvec").T)
+    content = np.asarray(fa.dataobj) > 0
+    world = np.argwhere(content) @ fa.affine[:3, :3].T + fa.affine[:3, 3]
+    assert (world @ whole[2, :3] + whole[2, 3]).min() < -130  # the neck is in the image
+    off = affine_distance_mm(content, fa.affine, reg.subject_to_mni, whole)
+    assert off < 2.0, off
+    assert reg.info["affine_stage"] == "affine"
