@@ -72,7 +72,8 @@ CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "gap52oblique": [("x", -29.0), ("y", 20.0), ("slices", (1.8, 4.0, 5.2))],
             "neck56": [("neck", 56.0)],
             "sagneck": [("neck", 56.0), ("z", 8.0), ("voxel", 2.7), ("width", 64.8), ("perm", (1, 2, 0))],
-            "corneck": [("neck", 56.0), ("x", -10.0), ("voxel", 2.5), ("perm", (0, 2, 1))]}
+            "corneck": [("neck", 56.0), ("x", -10.0), ("voxel", 2.5), ("perm", (0, 2, 1))],
+            "sag36": [("voxel", 2.7), ("width", 48.6), ("perm", (1, 2, 0))]}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:

@@ -210,7 +210,10 @@ def test_a_region_the_image_does_not_cover_is_not_measured(bundle):
     assert m["left"]["fa_mean"] == pytest.approx(0.6, abs=1e-6)  # the tract's own mean is kept
     rows = metrics_to_rows(m)
     assert rows[0]["fa_pontine"] is None and rows[0]["fa_internal_capsule"] == pytest.approx(0.6, abs=1e-6)
-    assert compute_metrics(left, right, _maps(), AFF, options, mni=np.eye(4))["regions_not_covered"] == []
+    plain = compute_metrics(left, right, _maps(), AFF, options, mni=np.eye(4))
+    assert plain["regions_not_covered"] == [] and plain["gyrus_coverage"] is None
+    held = {"medial": 1.0, "middle": 1.0, "lateral": 0.44}
+    assert compute_metrics(left, right, _maps(), AFF, options, mni=np.eye(4), gyrus_coverage=held)["gyrus_coverage"] == held
 
 
 def test_profile_orientation_brainstem_to_cortex(bundle):

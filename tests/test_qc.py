@@ -190,7 +190,49 @@ def test_coverage_whole_brain_and_slabs():
     assert "medulla (MNI z -58 to -42 mm)" in coverage.describe(["medulla"])
 
 
+def test_gyrus_coverage_tells_a_narrow_field_of_view_from_missing_ends():
+    """A sagittal acquisition of 36 slices of 2.7 mm spans ±48.6 mm across: every CST level is in
+    it, but not the face area of the precentral gyrus (|x| ≥ 45 mm, reaching 66 mm). The atlas's
+    own template gives the gyrus's points; the registration's transform is applied."""
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.study.options import defaults
+
+    options = defaults()
+    points = coverage.gyrus_points(implementation_for("register", options, None).func(options).registration_template)
+    ax = np.abs(points[:, 0])
+    assert points[:, 2].min() >= 18 and points[:, 2].max() <= 80 and ax.max() > 60
+    assert all(((ax >= lo) & (ax < hi)).sum() > 1000 for _, lo, hi in coverage.GYRUS_PARTS_MNI_X)
+    shape, affine = _grid_mm(-72, 82)
+    assert coverage.gyrus_fractions(points, shape, affine, np.eye(4)) == {"medial": 1.0, "middle": 1.0, "lateral": 1.0}
+    narrow = np.array(affine)
+    narrow[0, 3] = -48.0
+    frac = coverage.gyrus_fractions(points, (49,) + shape[1:], narrow, np.eye(4))  # x -48 .. 48
+    assert frac["medial"] == 1.0 and frac["middle"] == 1.0 and frac["lateral"] < 0.3
+    assert coverage.gyrus_parts_missing(frac) == ["lateral"]
+    assert coverage.coverage((49,) + shape[1:], narrow, np.eye(4))["missing"] == []  # the levels are all there
+    # the head 20 mm to the left in the scanner: the grid now holds its right face area, not its left
+    shift = np.eye(4)
+    shift[0, 3] = 20.0
+    moved = coverage.gyrus_fractions(points[points[:, 0] > 0], (49,) + shape[1:], narrow, shift)
+    assert moved["lateral"] == 1.0
+
+
 # ----------------------------------------------------------------------------- flags
+def test_fov_truncated_names_a_part_of_the_gyrus_the_field_of_view_cuts():
+    full = coverage.coverage(*_grid_mm(-72, 82), np.eye(4))
+    cut = qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full},
+                           gyrus={"medial": 1.0, "middle": 0.93, "lateral": 0.21})
+    assert [f["code"] for f in cut] == ["fov_truncated"]
+    assert "cuts the lateral precentral gyrus (face area), 21 % inside" in cut[0]["message"]
+    assert "middle" not in cut[0]["message"] and "missing levels" not in cut[0]["message"]
+    both = qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": coverage.coverage(
+        *_grid_mm(-10, 82), np.eye(4))}, gyrus={"medial": 1.0, "middle": 1.0, "lateral": 0.4})
+    assert "missing levels: medulla" in both[0]["message"] and "face area), 40 % inside" in both[0]["message"]
+    assert qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full},
+                            gyrus={"medial": 1.0, "middle": 1.0, "lateral": 0.6}) == []
+    assert qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full}, gyrus=None) == []
+
+
 def test_registration_ambiguous_needs_a_far_optimum_that_fits_almost_as_well():
     """Rows are the register step's ``affine_start_mi``: [start dz, MI, mm from the placement
     taken]. Numbers from measured slabs (benchmarks/RESULTS.md): a Toshiba slab with a rival 9.6 mm

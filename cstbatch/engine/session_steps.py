@@ -366,14 +366,20 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
     from cstbatch.outputs.records import read_record
     from cstbatch.steps.qc import failing, session_flags
 
+    from cstbatch.steps.coverage import gyrus_fractions, gyrus_points
+
     infos = {s: (read_record(ctx.layout.record(s)) or {}).get("info") or {} for s in ("ingest", "model", "register")}
     brainstem = np.asarray(nib.load(str(ctx.layout.roi("brainstem"))).dataobj) > 0
+    reg = load_session_registration(ctx)
+    gyrus = gyrus_fractions(gyrus_points(_atlas(ctx).registration_template), fa_img.shape, fa_img.affine,
+                            reg.subject_to_mni)
     result = compute_metrics(_load_streamlines(ctx.layout.cst("left")), _load_streamlines(ctx.layout.cst("right")),
                              _load_maps(ctx.layout), fa_img.affine, ctx.options,
-                             mni=load_session_registration(ctx), brainstem_mask=brainstem,
-                             uncovered_levels=(infos["register"].get("coverage") or {}).get("missing") or ())
+                             mni=reg, brainstem_mask=brainstem,
+                             uncovered_levels=(infos["register"].get("coverage") or {}).get("missing") or (),
+                             gyrus_coverage=gyrus)
     flags = session_flags({s: result[s]["streamline_count"] for s in ("left", "right")}, ctx.options, **infos,
-                          course=result.get("course_asymmetry"))
+                          course=result.get("course_asymmetry"), gyrus=gyrus)
     # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
     # them as entity values conflicting with the file name
     extract_info = ((read_record(ctx.layout.record("extract")) or {}).get("info") or {})

@@ -10,9 +10,17 @@ the course of the pyramidal tract in MNI atlases (pyramids of the medulla → ba
 cerebral peduncle → posterior limb of the internal capsule → centrum semiovale → precentral
 gyrus). A level is *covered* when at least :data:`MIN_LEVEL_FRACTION` of its points (every 2 mm
 along z, both sides) fall inside the image grid (half a voxel of tolerance).
+
+The precentral gyrus, where the tract fans out, has three parts across (:data:`GYRUS_PARTS_MNI_X`:
+leg area by the midline, hand knob, face area on the lateral surface). A field of view can hold
+every level and still miss a part: a sagittal acquisition of 48 slices of 2.7 mm spans ±65 mm
+across, where the face area reaches 60-65 mm from the midline. :func:`gyrus_fractions` says how
+much of each part lies inside the image, so "no streamline reaches the face area" can be told
+apart from "the image does not hold the face area".
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -53,18 +61,60 @@ def level_points(level: Level) -> np.ndarray:
     return np.vstack([left, right])
 
 
-def level_fractions(shape, affine, subject_to_mni) -> dict[str, float]:
-    """Share of each level's points inside the image grid (``shape``, voxel → RAS+ mm ``affine``),
-    given the subject RAS+ mm → MNI mm 4x4 transform (the registration's affine part)."""
+def inside_image(points_mni: np.ndarray, shape, affine, subject_to_mni) -> np.ndarray:
+    """Bool per MNI mm point: inside the image grid (``shape``, voxel → RAS+ mm ``affine``, half a
+    voxel of tolerance), given the subject RAS+ mm → MNI mm 4x4 transform (the registration's
+    affine part)."""
     to_vox = np.linalg.inv(np.asarray(affine, float)) @ np.linalg.inv(np.asarray(subject_to_mni, float))
-    hi = np.asarray(shape[:3], float) - 0.5
-    out = {}
-    for level in CST_LEVELS:
-        pts = level_points(level)
-        ijk = pts @ to_vox[:3, :3].T + to_vox[:3, 3]
-        inside = np.all((ijk >= -0.5) & (ijk <= hi), axis=1)
-        out[level.name] = round(float(inside.mean()), 3)
+    ijk = np.asarray(points_mni, float).reshape(-1, 3) @ to_vox[:3, :3].T + to_vox[:3, 3]
+    return np.all((ijk >= -0.5) & (ijk <= np.asarray(shape[:3], float) - 0.5), axis=1)
+
+
+def level_fractions(shape, affine, subject_to_mni) -> dict[str, float]:
+    """Share of each level's points inside the image grid (:func:`inside_image`)."""
+    return {level.name: round(float(inside_image(level_points(level), shape, affine, subject_to_mni).mean()), 3)
+            for level in CST_LEVELS}
+
+
+#: Parts of the precentral gyrus by MNI |x| (mm): name, from, to. The leg area runs up to the
+#: vertex and over the midline, the hand knob lies between, the face area low on the lateral surface.
+GYRUS_PARTS_MNI_X = (("medial", 0.0, 25.0), ("middle", 25.0, 45.0), ("lateral", 45.0, math.inf))
+GYRUS_PART_LABELS = {"medial": "medial precentral gyrus (leg area)", "middle": "middle precentral gyrus (hand knob)",
+                     "lateral": "lateral precentral gyrus (face area)"}
+#: Template voxels (every this many along each axis) that sample the gyrus for :func:`gyrus_points`.
+GYRUS_STRIDE = 2
+
+
+def gyrus_points(template_img) -> np.ndarray:
+    """(n, 3) MNI mm of the precentral gyrus: the template's brain voxels (any non-zero value; an
+    atlas's registration template is zero outside the brain) inside the gyrus band the corridor
+    extractor targets (:func:`cstbatch.steps.atlas.precentral_band`, z 18-80), both sides."""
+    from cstbatch.steps.atlas import precentral_band
+
+    data = np.asarray(template_img.dataobj, np.float32)[::GYRUS_STRIDE, ::GYRUS_STRIDE, ::GYRUS_STRIDE]
+    affine = np.asarray(template_img.affine, float) @ np.diag([GYRUS_STRIDE] * 3 + [1])
+    ijk = np.argwhere(data > 0)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return xyz[precentral_band(xyz[:, 0], xyz[:, 1], xyz[:, 2], z_range=(18.0, 80.0))]
+
+
+def gyrus_fractions(points_mni: np.ndarray, shape, affine, subject_to_mni) -> dict[str, float | None]:
+    """Share of each part of the gyrus (:data:`GYRUS_PARTS_MNI_X`, points from :func:`gyrus_points`)
+    inside the image grid; None for a part without points."""
+    points_mni = np.asarray(points_mni, float).reshape(-1, 3)
+    inside = inside_image(points_mni, shape, affine, subject_to_mni)
+    ax = np.abs(points_mni[:, 0])
+    out: dict[str, float | None] = {}
+    for name, lo, hi in GYRUS_PARTS_MNI_X:
+        part = (ax >= lo) & (ax < hi)
+        out[name] = round(float(inside[part].mean()), 3) if part.any() else None
     return out
+
+
+def gyrus_parts_missing(fractions) -> list[str]:
+    """The parts of the gyrus less than :data:`MIN_LEVEL_FRACTION` inside the image."""
+    return [name for name, _, _ in GYRUS_PARTS_MNI_X
+            if (fractions or {}).get(name) is not None and fractions[name] < MIN_LEVEL_FRACTION]
 
 
 def covered_levels(shape, affine, subject_to_mni, min_fraction: float = MIN_LEVEL_FRACTION) -> list[str]:

@@ -55,6 +55,11 @@ cortical_ends
     tractography on clinical scans mostly reaches its medial part (the shared real scans:
     0–9 % of the ends at |x| ≥ 40 mm), so a tract's FA and volume may describe the leg fibres
     only. The report says so when it happens; a group study can compare like with like.
+gyrus_coverage
+    The share of each of those parts of the gyrus inside the image (``medial``, ``middle``,
+    ``lateral``: 0-1; ``None`` without an MNI transform): a tract cannot reach a part the field of
+    view leaves out, and the report and the ``fov_truncated`` flag say so instead of reading the
+    missing ends as anatomy.
 laterality
     (L − R) / (L + R) for each scalar (count, volume, length, fa/md/rd/ad means); ``None``
     when either side is not found, missing/NaN, or both are zero.
@@ -68,6 +73,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from nibabel.affines import voxel_sizes
+
+from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
@@ -88,8 +95,6 @@ REGION_THIRDS = {"pontine": 0, "internal_capsule": 1, "precentral": 2}
 REGION_LEVELS = {"pontine": "pons", "internal_capsule": "internal_capsule", "precentral": "precentral"}
 #: MNI z range (mm) over which :func:`course_asymmetry` compares the two sides
 COURSE_Z = (-6.0, 40.0)
-#: parts of the precentral gyrus by the MNI |x| (mm) of a streamline's cortical end (module doc)
-CORTICAL_PARTS_MNI_X = (("medial", 0.0, 25.0), ("middle", 25.0, 45.0), ("lateral", 45.0, math.inf))
 LATERALITY_KEYS = ("streamline_count", "volume_mm3", "mean_length_mm") + tuple(f"{s}_mean" for s in SCALARS)
 
 
@@ -242,7 +247,7 @@ def cortical_ends(oriented: Sequence[np.ndarray], subject_to_mni: np.ndarray) ->
     """Streamlines (oriented brainstem → cortex) ending in each part of the precentral gyrus."""
     m = np.asarray(subject_to_mni, float)
     x = np.abs(np.array([s[-1] for s in oriented]) @ m[0, :3] + m[0, 3])
-    return {name: int(((x >= lo) & (x < hi)).sum()) for name, lo, hi in CORTICAL_PARTS_MNI_X}
+    return {name: int(((x >= lo) & (x < hi)).sum()) for name, lo, hi in GYRUS_PARTS_MNI_X}
 
 
 def laterality_index(left, right) -> float | None:
@@ -259,7 +264,7 @@ def laterality_index(left, right) -> float | None:
 def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarray],
                     maps: Mapping[str, np.ndarray], affine, options: Mapping[str, Any] | None = None,
                     *, mni=None, brainstem_mask: np.ndarray | None = None,
-                    uncovered_levels: Sequence[str] = ()) -> dict:
+                    uncovered_levels: Sequence[str] = (), gyrus_coverage: Mapping[str, Any] | None = None) -> dict:
     """Metrics per side plus laterality (see module doc).
 
     ``maps``: ``fa``/``md``/``rd``/``ad`` arrays on the grid of ``affine`` (others ignored).
@@ -267,6 +272,9 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     (orientation and MNI z regions); ``brainstem_mask``: the brainstem ROI on the subject
     grid (orientation fallback). ``uncovered_levels``: the CST levels the image misses (the
     register step's coverage); the regions in them get no values (:data:`REGION_LEVELS`).
+    ``gyrus_coverage``: the share of each part of the precentral gyrus inside the image
+    (:func:`cstbatch.steps.coverage.gyrus_fractions`), kept as ``gyrus_coverage`` beside the
+    ``cortical_ends`` it qualifies.
     """
     options = dict(options or {})
     nodes = int(options.get("profile_nodes") or DEFAULT_PROFILE_NODES)
@@ -293,6 +301,7 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
         for r in uncovered:
             result[side]["regions"][r] = {name: None for name in SCALARS}
     result["regions_not_covered"] = uncovered
+    result["gyrus_coverage"] = dict(gyrus_coverage) if gyrus_coverage else None
     both = result["left"]["found"] and result["right"]["found"]
     result["laterality"] = {k: laterality_index(result["left"][k], result["right"][k]) if both else None
                             for k in LATERALITY_KEYS}
@@ -363,7 +372,7 @@ def metrics_to_rows(metrics: Mapping[str, Any]) -> list[dict]:
             for s in SCALARS:
                 row[f"{s}_{r}"] = vals.get(s)
         ends = m.get("cortical_ends") or {}
-        for name, _, _ in CORTICAL_PARTS_MNI_X:
+        for name, _, _ in GYRUS_PARTS_MNI_X:
             row[f"ends_{name}"] = ends.get(name)
         rows.append(row)
     li = {"side": "laterality_index"}

@@ -74,7 +74,8 @@ QC_CODES: dict[str, str] = {
     "cst_course_asymmetric": f"the two CSTs' courses (peduncle to centrum semiovale, one mirrored) lie more than "
                              f"{COURSE_ASYMMETRY_MM:g} mm apart: a detour around a blocked path, or a displaced tract",
     "fov_truncated": "the image does not cover every CST level (medulla → precentral gyrus, MNI z ranges in "
-                     "cstbatch.steps.coverage): the tract is cut and its metrics are partial",
+                     "cstbatch.steps.coverage) or holds less than half of a part of the precentral gyrus (leg "
+                     "area, hand knob, face area): the tract is cut and its metrics are partial",
     "gradient_table_suspect": "another sign flip / axis permutation of the b-vectors gives clearly longer "
                               "streamlines than the given table (gradient_check=flag)",
     "gradient_table_fixed": "the b-vectors were replaced by a better flip/permutation (gradient_check=fix)",
@@ -142,10 +143,10 @@ def parse_codes(value: Any) -> list[str]:
 
 def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest: Mapping | None = None,
                   model: Mapping | None = None, register: Mapping | None = None,
-                  course: Mapping | None = None) -> list[dict[str, str]]:
-    """The session's flags, from the steps' record ``info`` dicts, the CST counts per side and
-    the metrics' ``course_asymmetry``."""
-    from cstbatch.steps.coverage import describe
+                  course: Mapping | None = None, gyrus: Mapping | None = None) -> list[dict[str, str]]:
+    """The session's flags, from the steps' record ``info`` dicts, the CST counts per side, the
+    metrics' ``course_asymmetry`` and ``gyrus_coverage`` (``gyrus``)."""
+    from cstbatch.steps.coverage import GYRUS_PART_LABELS, describe, gyrus_parts_missing
 
     ingest, model, register = ingest or {}, model or {}, register or {}
     flags = []
@@ -170,9 +171,11 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                           f"{z0:g} to {z1:g}; healthy scans: 2-3 mm): one side may detour around a "
                           "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
     cov = register.get("coverage") or {}
-    if cov.get("missing"):
-        flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; missing levels: "
-                                           + describe(cov["missing"])))
+    cut = [f"{GYRUS_PART_LABELS[p]}, {gyrus[p] * 100:.0f} % inside" for p in gyrus_parts_missing(gyrus)]
+    if cov.get("missing") or cut:
+        flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; "
+                          + "; ".join(([f"missing levels: {describe(cov['missing'])}"] if cov.get("missing") else [])
+                                      + ([f"the side of the field of view cuts the {', '.join(cut)}"] if cut else []))))
     grad = model.get("gradient_check") or {}
     if grad.get("applied"):
         flags.append(flag("gradient_table_fixed", f"gradient table replaced by '{grad['applied']}' "

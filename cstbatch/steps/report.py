@@ -72,6 +72,9 @@ PROFILE_DIFF_NOTE = 0.10
 #: below this share of a found side's streamlines ending in the lateral (face) part of the
 #: precentral gyrus, the summary says the tract's numbers describe its medial and middle parts
 LATERAL_ENDS_NOTE = 0.02
+#: below this share of a part of the precentral gyrus inside the image, the summary says the field
+#: of view cuts it (the metrics' gyrus_coverage); the fov_truncated flag waits for less than half
+GYRUS_HELD_NOTE = 0.9
 #: Half-thickness (mm) of the slab of tract voxels projected onto each FA slice.
 OVERLAY_SLAB_MM = 4.0
 #: At most this many bytes of DWI volumes are averaged for the brain-mask figure.
@@ -135,8 +138,16 @@ def _ends_sentence(metrics: dict) -> str | None:
                       for side, s in known.items())
     out = (f"Where the streamlines end on the precentral gyrus (medial leg area / middle hand knob / lateral "
            f"face area): {parts}.")
+    from cstbatch.steps.coverage import GYRUS_PART_LABELS, GYRUS_PARTS_MNI_X
+
+    held = metrics.get("gyrus_coverage") or {}
+    cut = [name for name, _, _ in GYRUS_PARTS_MNI_X if held.get(name) is not None and held[name] < GYRUS_HELD_NOTE]
+    if cut:
+        out += (" The image holds only " + ", ".join(f"{held[n] * 100:.0f} % of the {GYRUS_PART_LABELS[n]}" for n in cut)
+                + ": the field of view ends before the side of the brain, so no tract can reach what lies "
+                  "outside it, and these shares say nothing about the anatomy there.")
     missed = [side for side, s in known.items() if s["lateral"] < LATERAL_ENDS_NOTE]
-    if missed:
+    if missed and "lateral" not in cut:
         out += (f" Almost none of the {' and '.join(missed)} CST reaches the face area: tractography on "
                 "clinical scans rarely follows the fan's lateral fibres through the crossings of the corona "
                 "radiata, so these numbers describe the tract's leg and hand fibres.")
