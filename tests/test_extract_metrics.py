@@ -212,7 +212,7 @@ def test_a_region_the_image_does_not_cover_is_not_measured(bundle):
     assert rows[0]["fa_pontine"] is None and rows[0]["fa_internal_capsule"] == pytest.approx(0.6, abs=1e-6)
     plain = compute_metrics(left, right, _maps(), AFF, options, mni=np.eye(4))
     assert plain["regions_not_covered"] == [] and plain["gyrus_coverage"] is None
-    held = {"medial": 1.0, "middle": 1.0, "lateral": 0.44}
+    held = {"left": {"medial": 1.0, "middle": 1.0, "lateral": 0.44}, "right": {"medial": 1.0, "middle": 1.0, "lateral": 1.0}}
     assert compute_metrics(left, right, _maps(), AFF, options, mni=np.eye(4), gyrus_coverage=held)["gyrus_coverage"] == held
 
 

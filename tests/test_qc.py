@@ -193,7 +193,7 @@ def test_coverage_whole_brain_and_slabs():
 def test_gyrus_coverage_tells_a_narrow_field_of_view_from_missing_ends():
     """A sagittal acquisition of 36 slices of 2.7 mm spans ±48.6 mm across: every CST level is in
     it, but not the face area of the precentral gyrus (|x| ≥ 45 mm, reaching 66 mm). The atlas's
-    own template gives the gyrus's points; the registration's transform is applied."""
+    own template gives the gyrus's points; the registration's transform is applied, per side."""
     from cstbatch.engine.context import implementation_for
     from cstbatch.study.options import defaults
 
@@ -203,33 +203,39 @@ def test_gyrus_coverage_tells_a_narrow_field_of_view_from_missing_ends():
     assert points[:, 2].min() >= 18 and points[:, 2].max() <= 80 and ax.max() > 60
     assert all(((ax >= lo) & (ax < hi)).sum() > 1000 for _, lo, hi in coverage.GYRUS_PARTS_MNI_X)
     shape, affine = _grid_mm(-72, 82)
-    assert coverage.gyrus_fractions(points, shape, affine, np.eye(4)) == {"medial": 1.0, "middle": 1.0, "lateral": 1.0}
+    whole = {"medial": 1.0, "middle": 1.0, "lateral": 1.0}
+    assert coverage.gyrus_fractions(points, shape, affine, np.eye(4)) == {"left": whole, "right": whole}
     narrow = np.array(affine)
     narrow[0, 3] = -48.0
     frac = coverage.gyrus_fractions(points, (49,) + shape[1:], narrow, np.eye(4))  # x -48 .. 48
-    assert frac["medial"] == 1.0 and frac["middle"] == 1.0 and frac["lateral"] < 0.3
-    assert coverage.gyrus_parts_missing(frac) == ["lateral"]
+    for side in ("left", "right"):
+        assert frac[side]["medial"] == 1.0 and frac[side]["middle"] == 1.0 and frac[side]["lateral"] < 0.3
+    assert [(side, part) for side, part, _ in coverage.gyrus_parts_cut(frac)] == [("left", "lateral"), ("right", "lateral")]
     assert coverage.coverage((49,) + shape[1:], narrow, np.eye(4))["missing"] == []  # the levels are all there
-    # the head 20 mm to the left in the scanner: the grid now holds its right face area, not its left
+    # the head 40 mm to the left in the scanner (subject x = MNI x - 40): the grid holds its whole
+    # right side and little of its left
     shift = np.eye(4)
-    shift[0, 3] = 20.0
-    moved = coverage.gyrus_fractions(points[points[:, 0] > 0], (49,) + shape[1:], narrow, shift)
-    assert moved["lateral"] == 1.0
+    shift[0, 3] = 40.0
+    moved = coverage.gyrus_fractions(points, (49,) + shape[1:], narrow, shift)
+    assert moved["right"] == whole and moved["left"]["lateral"] == 0.0 and moved["left"]["middle"] < 0.5
+    assert "the left lateral precentral gyrus (face area), 0 % inside" in coverage.describe_cut(coverage.gyrus_parts_cut(moved))
 
 
 # ----------------------------------------------------------------------------- flags
 def test_fov_truncated_names_a_part_of_the_gyrus_the_field_of_view_cuts():
     full = coverage.coverage(*_grid_mm(-72, 82), np.eye(4))
+    whole = {"medial": 1.0, "middle": 1.0, "lateral": 1.0}
     cut = qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full},
-                           gyrus={"medial": 1.0, "middle": 0.93, "lateral": 0.21})
+                           gyrus={"left": {"medial": 1.0, "middle": 0.93, "lateral": 0.21}, "right": whole})
     assert [f["code"] for f in cut] == ["fov_truncated"]
-    assert "cuts the lateral precentral gyrus (face area), 21 % inside" in cut[0]["message"]
-    assert "middle" not in cut[0]["message"] and "missing levels" not in cut[0]["message"]
+    assert "cuts the left lateral precentral gyrus (face area), 21 % inside" in cut[0]["message"]
+    assert "middle" not in cut[0]["message"] and "right" not in cut[0]["message"] and "levels" not in cut[0]["message"]
     both = qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": coverage.coverage(
-        *_grid_mm(-10, 82), np.eye(4))}, gyrus={"medial": 1.0, "middle": 1.0, "lateral": 0.4})
-    assert "missing levels: medulla" in both[0]["message"] and "face area), 40 % inside" in both[0]["message"]
+        *_grid_mm(-10, 82), np.eye(4))}, gyrus={"left": whole, "right": {**whole, "lateral": 0.4}})
+    assert "missing levels: medulla" in both[0]["message"] and "right lateral precentral gyrus (face area), 40 % inside" \
+        in both[0]["message"]
     assert qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full},
-                            gyrus={"medial": 1.0, "middle": 1.0, "lateral": 0.6}) == []
+                            gyrus={"left": {**whole, "lateral": 0.6}, "right": whole}) == []
     assert qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full}, gyrus=None) == []
 
 

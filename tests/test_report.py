@@ -365,10 +365,16 @@ def test_summary_says_where_on_the_gyrus_the_tracts_end_and_when_the_face_area_i
     row = [r for r in _key_table(metrics) if r[0].startswith("Ends on the gyrus")][0]
     assert row[1:3] == ["80 / 20 / 0", "50 / 30 / 20"]
     # the image holds little of the face area: say so, not that tractography missed it
-    cut = {**metrics, "gyrus_coverage": {"medial": 1.0, "middle": 0.95, "lateral": 0.44}}
+    whole = {"medial": 1.0, "middle": 1.0, "lateral": 1.0}
+    cut = {**metrics, "gyrus_coverage": {"left": {"medial": 1.0, "middle": 0.95, "lateral": 0.44}, "right": whole}}
     text = " ".join(summary_sentences(cut))
-    assert "The image holds only 44 % of the lateral precentral gyrus (face area)" in text
+    assert "The image holds only 44 % of the left lateral precentral gyrus (face area)" in text
     assert "Almost none" not in text and "hand knob" not in text.split("The image holds")[1]
+    # the right side's face area is inside the image: its missing ends are the tract's again
+    metrics["right"]["cortical_ends"]["lateral"] = 0
+    text = " ".join(summary_sentences({**cut, "right": metrics["right"]}))
+    assert "Almost none of the right CST reaches the face area" in text and "left CST reaches" not in text
+    metrics["right"]["cortical_ends"]["lateral"] = 20
     metrics["left"]["cortical_ends"]["lateral"] = 10  # 10 of 110: no caveat
     assert "Almost none" not in " ".join(summary_sentences(metrics))
     # a side that was not found, or metrics without the counts (older runs): no sentence, no row

@@ -98,23 +98,36 @@ def gyrus_points(template_img) -> np.ndarray:
     return xyz[precentral_band(xyz[:, 0], xyz[:, 1], xyz[:, 2], z_range=(18.0, 80.0))]
 
 
-def gyrus_fractions(points_mni: np.ndarray, shape, affine, subject_to_mni) -> dict[str, float | None]:
-    """Share of each part of the gyrus (:data:`GYRUS_PARTS_MNI_X`, points from :func:`gyrus_points`)
-    inside the image grid; None for a part without points."""
+def gyrus_fractions(points_mni: np.ndarray, shape, affine, subject_to_mni) -> dict[str, dict[str, float | None]]:
+    """Per side (``left``: MNI x < 0), the share of each part of the gyrus (:data:`GYRUS_PARTS_MNI_X`,
+    points from :func:`gyrus_points`) inside the image grid; None for a part without points. Per
+    side, because a head off the field of view's centre loses one side's face area only."""
     points_mni = np.asarray(points_mni, float).reshape(-1, 3)
     inside = inside_image(points_mni, shape, affine, subject_to_mni)
     ax = np.abs(points_mni[:, 0])
-    out: dict[str, float | None] = {}
-    for name, lo, hi in GYRUS_PARTS_MNI_X:
-        part = (ax >= lo) & (ax < hi)
-        out[name] = round(float(inside[part].mean()), 3) if part.any() else None
+    out: dict[str, dict[str, float | None]] = {}
+    for side, on_side in (("left", points_mni[:, 0] < 0), ("right", points_mni[:, 0] > 0)):
+        out[side] = {}
+        for name, lo, hi in GYRUS_PARTS_MNI_X:
+            part = on_side & (ax >= lo) & (ax < hi)
+            out[side][name] = round(float(inside[part].mean()), 3) if part.any() else None
     return out
 
 
-def gyrus_parts_missing(fractions) -> list[str]:
-    """The parts of the gyrus less than :data:`MIN_LEVEL_FRACTION` inside the image."""
-    return [name for name, _, _ in GYRUS_PARTS_MNI_X
-            if (fractions or {}).get(name) is not None and fractions[name] < MIN_LEVEL_FRACTION]
+def gyrus_parts_cut(fractions, below: float = MIN_LEVEL_FRACTION) -> list[tuple[str, str, float]]:
+    """(side, part, share inside) of the parts of the gyrus (:func:`gyrus_fractions`) less than
+    ``below`` inside the image."""
+    out = []
+    for side in ("left", "right"):
+        held = (fractions or {}).get(side) or {}
+        out += [(side, name, held[name]) for name, _, _ in GYRUS_PARTS_MNI_X
+                if held.get(name) is not None and held[name] < below]
+    return out
+
+
+def describe_cut(cut: Iterable[tuple[str, str, float]]) -> str:
+    """'the left lateral precentral gyrus (face area), 21 % inside'."""
+    return ", ".join(f"the {side} {GYRUS_PART_LABELS[name]}, {share * 100:.0f} % inside" for side, name, share in cut)
 
 
 def covered_levels(shape, affine, subject_to_mni, min_fraction: float = MIN_LEVEL_FRACTION) -> list[str]:

@@ -56,10 +56,10 @@ cortical_ends
     0–9 % of the ends at |x| ≥ 40 mm), so a tract's FA and volume may describe the leg fibres
     only. The report says so when it happens; a group study can compare like with like.
 gyrus_coverage
-    The share of each of those parts of the gyrus inside the image (``medial``, ``middle``,
-    ``lateral``: 0-1; ``None`` without an MNI transform): a tract cannot reach a part the field of
-    view leaves out, and the report and the ``fov_truncated`` flag say so instead of reading the
-    missing ends as anatomy.
+    Per side (``left``, ``right``), the share of each of those parts of the gyrus inside the image
+    (``medial``, ``middle``, ``lateral``: 0-1): a tract cannot reach a part the field of view leaves
+    out, and the report and the ``fov_truncated`` flag say so instead of reading the missing ends
+    as anatomy.
 laterality
     (L − R) / (L + R) for each scalar (count, volume, length, fa/md/rd/ad means); ``None``
     when either side is not found, missing/NaN, or both are zero.

@@ -146,7 +146,7 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                   course: Mapping | None = None, gyrus: Mapping | None = None) -> list[dict[str, str]]:
     """The session's flags, from the steps' record ``info`` dicts, the CST counts per side, the
     metrics' ``course_asymmetry`` and ``gyrus_coverage`` (``gyrus``)."""
-    from cstbatch.steps.coverage import GYRUS_PART_LABELS, describe, gyrus_parts_missing
+    from cstbatch.steps.coverage import describe, describe_cut, gyrus_parts_cut
 
     ingest, model, register = ingest or {}, model or {}, register or {}
     flags = []
@@ -171,11 +171,11 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                           f"{z0:g} to {z1:g}; healthy scans: 2-3 mm): one side may detour around a "
                           "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
     cov = register.get("coverage") or {}
-    cut = [f"{GYRUS_PART_LABELS[p]}, {gyrus[p] * 100:.0f} % inside" for p in gyrus_parts_missing(gyrus)]
+    cut = gyrus_parts_cut(gyrus)
     if cov.get("missing") or cut:
         flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; "
                           + "; ".join(([f"missing levels: {describe(cov['missing'])}"] if cov.get("missing") else [])
-                                      + ([f"the side of the field of view cuts the {', '.join(cut)}"] if cut else []))))
+                                      + ([f"the side of the field of view cuts {describe_cut(cut)}"] if cut else []))))
     grad = model.get("gradient_check") or {}
     if grad.get("applied"):
         flags.append(flag("gradient_table_fixed", f"gradient table replaced by '{grad['applied']}' "

@@ -138,16 +138,17 @@ def _ends_sentence(metrics: dict) -> str | None:
                       for side, s in known.items())
     out = (f"Where the streamlines end on the precentral gyrus (medial leg area / middle hand knob / lateral "
            f"face area): {parts}.")
-    from cstbatch.steps.coverage import GYRUS_PART_LABELS, GYRUS_PARTS_MNI_X
+    from cstbatch.steps.coverage import GYRUS_PART_LABELS, gyrus_parts_cut
 
-    held = metrics.get("gyrus_coverage") or {}
-    cut = [name for name, _, _ in GYRUS_PARTS_MNI_X if held.get(name) is not None and held[name] < GYRUS_HELD_NOTE]
+    cut = gyrus_parts_cut(metrics.get("gyrus_coverage"), below=GYRUS_HELD_NOTE)
     if cut:
-        out += (" The image holds only " + ", ".join(f"{held[n] * 100:.0f} % of the {GYRUS_PART_LABELS[n]}" for n in cut)
+        out += (" The image holds only " + ", ".join(f"{share * 100:.0f} % of the {side} {GYRUS_PART_LABELS[name]}"
+                                                     for side, name, share in cut)
                 + ": the field of view ends before the side of the brain, so no tract can reach what lies "
                   "outside it, and these shares say nothing about the anatomy there.")
-    missed = [side for side, s in known.items() if s["lateral"] < LATERAL_ENDS_NOTE]
-    if missed and "lateral" not in cut:
+    face_cut = {side for side, name, _ in cut if name == "lateral"}
+    missed = [side for side, s in known.items() if s["lateral"] < LATERAL_ENDS_NOTE and side not in face_cut]
+    if missed:
         out += (f" Almost none of the {' and '.join(missed)} CST reaches the face area: tractography on "
                 "clinical scans rarely follows the fan's lateral fibres through the crossings of the corona "
                 "radiata, so these numbers describe the tract's leg and hand fibres.")
