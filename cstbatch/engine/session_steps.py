@@ -364,9 +364,8 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
     from cstbatch.atomic import write_json
     from cstbatch.outputs.provenance import session_provenance
     from cstbatch.outputs.records import read_record
-    from cstbatch.steps.qc import failing, session_flags
-
     from cstbatch.steps.coverage import gyrus_fractions, gyrus_points
+    from cstbatch.steps.qc import failing, session_flags
 
     infos = {s: (read_record(ctx.layout.record(s)) or {}).get("info") or {} for s in ("ingest", "model", "register")}
     brainstem = np.asarray(nib.load(str(ctx.layout.roi("brainstem"))).dataobj) > 0
