@@ -4,6 +4,7 @@
         [--methods passthrough,corridor] [--track csd_deterministic] [--cache DIR] [--json OUT]
         [--bvalue 1000] [--directions 32] [--b0s 5] [--fov-bottom-z Z]
         [--lesion random|none|left|right|alternate] [--lesion-eig PAR,PERP] [--phantom tubes|juelich]
+        [--regions]
 
 Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.sample.anatomy.
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
@@ -32,6 +33,10 @@ lesioned side has the lower mean CST FA.
 ``--phantom juelich`` makes each subject with ``benchmarks/atlas_phantom.py`` instead: bundles
 from the Juelich histological atlas (a CST of 17-23 cm³ with a continuous fan), a nonlinear
 deformation per subject, no distractor; ``--lesion-eig`` does not apply to it.
+
+``--regions`` adds, per method and side, the truth voxels, recall, false positives and precision
+summed over the subjects by MNI region (:data:`REGION_Z`; from z 20 up also by |x|, the fan's leg,
+hand and face branches): where a set's Dice is lost.
 
 Develop on one seed range and report on a fresh one (``--seed0``). ``--cache`` keeps the
 tracked and registered subjects (pickles keyed by seed, voxel, tracker and its options), so
@@ -192,8 +197,11 @@ def score(subj: dict, method: str, options: dict) -> dict:
     masks, aff = subj["masks"], subj["affine"]
     row = {"seed": subj["seed"], "method": method, "orient": subj["orientation"], "snr": round(subj["snr"], 1),
            "lesion": subj["lesion"] or "-", "extract_s": seconds}
+    vox2mni = subj["reg"].subject_to_mni @ aff
+    mni_xyz = np.indices(subj["shape"]).transpose(1, 2, 3, 0) @ vox2mni[:3, :3].T + vox2mni[:3, 3]
     for s, other in (("left", "right"), ("right", "left")):
         v = visited_voxel_mask(bundles[s], subj["shape"], aff)
+        row[f"regions_{s[0].upper()}"] = region_counts(v, masks[f"cst_{s}"], mni_xyz)
         t_ = masks[f"cst_{s}"]
         k = s[0].upper()
         row[f"n_{k}"] = len(bundles[s])
@@ -212,6 +220,39 @@ def score(subj: dict, method: str, options: dict) -> dict:
     bad = sum(_points_in(x, masks["distractor"], inv) > _points_in(x, cst, inv) for x in every)
     row["distr"] = bad / len(every) if every else math.nan
     return row
+
+
+#: where the tract's truth and false positives lie (``--regions``): MNI z bands (brainstem, the
+#: peduncle, the capsule, the corona radiata, under and in the gyrus) and, from z 20 up, |x| bands
+#: (the fan's leg, hand and face branches)
+REGION_Z = ((-80.0, -20.0), (-20.0, 0.0), (0.0, 20.0), (20.0, 40.0), (40.0, 90.0))
+REGION_X = ((0.0, 25.0), (25.0, 40.0), (40.0, 99.0))
+
+
+def region_counts(visited: np.ndarray, truth: np.ndarray, mni_xyz: np.ndarray) -> dict:
+    """{(z band, |x| band): [truth voxels, of them visited, visited outside the truth]} for one
+    side; ``mni_xyz`` (X, Y, Z, 3) the MNI mm of every voxel. Below z 20 one |x| band."""
+    z, ax = mni_xyz[..., 2], np.abs(mni_xyz[..., 0])
+    out = {}
+    for zb in REGION_Z:
+        for xb in (REGION_X if zb[0] >= 20 else ((0.0, 99.0),)):
+            m = (z >= zb[0]) & (z < zb[1]) & (ax >= xb[0]) & (ax < xb[1])
+            out[zb, xb] = [int((truth & m).sum()), int((visited & truth & m).sum()), int((visited & ~truth & m).sum())]
+    return out
+
+
+def region_table(rows: list[dict]) -> str:
+    """The summed :func:`region_counts` of ``rows`` per side: recall and precision by region."""
+    lines = ["side	MNI z	|x|	truth voxels	recall	false positives	precision"]
+    for k in "LR":
+        total: dict = {}
+        for r in rows:
+            for key, counts in r[f"regions_{k}"].items():
+                total[key] = [a + b for a, b in zip(total.get(key, [0, 0, 0]), counts)]
+        for (zb, xb), (n, hit, fp) in total.items():
+            lines.append(f"{k}	{zb[0]:g}..{zb[1]:g}	{xb[0]:g}..{xb[1]:g}	{n}	{hit / max(n, 1):.2f}	{fp}	"
+                         f"{hit / max(hit + fp, 1):.2f}")
+    return "\n".join(lines)
 
 
 def lesion_side_check(rows: list[dict]) -> str:
@@ -257,6 +298,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lesion-eig", default=None, help="PAR,PERP of the lesion in 1e-3 mm^2/s (default 1.35,0.72)")
     ap.add_argument("--phantom", default="tubes", choices=("tubes", "juelich"),
                     help="tubes: cstbatch.sample.phantom (default); juelich: benchmarks/atlas_phantom.py")
+    ap.add_argument("--regions", action="store_true",
+                    help="also print recall and precision by MNI region, summed over the subjects")
     args = ap.parse_args(argv)
     lesion_eig = None if args.lesion_eig is None else [float(v) for v in args.lesion_eig.split(",")]
     if lesion_eig is not None and len(lesion_eig) != 2:
@@ -293,8 +336,11 @@ def main(argv=None) -> int:
         for c, (lo, med, hi) in summ.items():
             print(f"  {c:8s} min {lo:.3f}  median {med:.3f}  max {hi:.3f}")
         print(f"  lesions: {lesion_side_check(rs)}")
+        if args.regions:
+            print(region_table(rs))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps([{k: v for k, v in r.items() if not k.startswith("regions_")} for r in rows],
+                                        indent=1))
     return 0
 
 
