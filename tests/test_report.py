@@ -394,6 +394,10 @@ def test_group_report_gives_each_session_s_share_of_face_area_ends(tmp_path):
     assert face_ends_percent(rows[1], "left") is None  # metrics from before the counts
     text = write_group_report(tmp_path, _summary(rows), rows).read_text(encoding="utf-8")
     assert "Face-area ends L / R (%)" in text and ">0 / 20</td>" in text and ">n/a / n/a</td>" in text
+    # the image holds 44 % of the left face area: its 0 % is marked as the field of view's
+    rows[0].update(gyrus_coverage_left_lateral=0.443, gyrus_coverage_right_lateral=1.0)
+    text = write_group_report(tmp_path, _summary(rows), rows).read_text(encoding="utf-8")
+    assert ">0* / 20</td>" in text and "* the image holds less than 90% of that side" in text
 
 
 def test_summary_names_the_region_where_left_and_right_fa_differ_most():

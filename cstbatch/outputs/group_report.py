@@ -189,11 +189,27 @@ def _cohort(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> li
     return entries
 
 
+#: below this share of a part of the precentral gyrus inside the image (metrics.json's
+#: ``gyrus_coverage``), the session report and the cohort table say the field of view cuts it:
+#: the tract's missing ends there are the image's, not the anatomy's
+GYRUS_HELD_NOTE = 0.9
+
+
 def face_ends_percent(entry: Mapping[str, Any], side: str) -> float | None:
     """% of a side's streamlines ending in the lateral (face) part of the precentral gyrus."""
     parts = [to_float(entry.get(f"{side}_cortical_ends_{k}")) for k in ("medial", "middle", "lateral")]
     total = sum(p for p in parts if p == p)
     return 100.0 * parts[2] / total if total and parts[2] == parts[2] else None
+
+
+def face_ends_cell(entry: Mapping[str, Any]) -> str:
+    """'L / R' face-area ends (%), each marked * when the image holds less than
+    :data:`GYRUS_HELD_NOTE` of that side's face area."""
+    cells = []
+    for side in ("left", "right"):
+        held = to_float(entry.get(f"gyrus_coverage_{side}_lateral"))
+        cells.append(fmt(face_ends_percent(entry, side), 0) + ("*" if held == held and held < GYRUS_HELD_NOTE else ""))
+    return " / ".join(cells)
 
 
 def _flags(entry: Mapping[str, Any], reg_q: float) -> list[str]:
@@ -376,7 +392,7 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
                       fmt(e.get("left_fa_mean")), fmt(e.get("right_fa_mean")),
                       fmt(e.get("laterality_fa_mean"), 3, signed=True),
                       fmt(e.get("laterality_volume_mm3"), 3, signed=True),
-                      " / ".join(fmt(face_ends_percent(e, s), 0) for s in ("left", "right")), fmt(reg_q, 2),
+                      face_ends_cell(e), fmt(reg_q, 2),
                       "; ".join(flags), RowClass(css)])
     b.append(H2("Distributions"))
     if good:
@@ -398,7 +414,9 @@ def build_group_document(output_dir: Path, summary: Mapping[str, Any], rows: Seq
     b.append(P("Click a column header to sort by it (again to reverse). "
                "LI: laterality index (L − R)/(L + R), negative when the left value is lower. "
                "Face-area ends: share of each CST's streamlines ending in the lateral part of the precentral "
-               "gyrus (MNI |x| ≥ 45 mm); near 0 the tract's numbers describe its leg and hand fibres only. "
+               "gyrus (MNI |x| ≥ 45 mm); near 0 the tract's numbers describe its leg and hand fibres only; "
+               f"* the image holds less than {GYRUS_HELD_NOTE:.0%} of that side's face area (the field of view "
+               "cuts it: metrics.json gyrus_coverage). "
                "Registration r: correlation of the subject's FA with the warped template.", css="meta"))
 
     b.append(H2("QC flags and outliers", anchor="qc"))

@@ -72,9 +72,6 @@ PROFILE_DIFF_NOTE = 0.10
 #: below this share of a found side's streamlines ending in the lateral (face) part of the
 #: precentral gyrus, the summary says the tract's numbers describe its medial and middle parts
 LATERAL_ENDS_NOTE = 0.02
-#: below this share of a part of the precentral gyrus inside the image, the summary says the field
-#: of view cuts it (the metrics' gyrus_coverage); the fov_truncated flag waits for less than half
-GYRUS_HELD_NOTE = 0.9
 #: Half-thickness (mm) of the slab of tract voxels projected onto each FA slice.
 OVERLAY_SLAB_MM = 4.0
 #: At most this many bytes of DWI volumes are averaged for the brain-mask figure.
@@ -138,6 +135,7 @@ def _ends_sentence(metrics: dict) -> str | None:
                       for side, s in known.items())
     out = (f"Where the streamlines end on the precentral gyrus (medial leg area / middle hand knob / lateral "
            f"face area): {parts}.")
+    from cstbatch.outputs.group_report import GYRUS_HELD_NOTE  # the fov_truncated flag waits for half
     from cstbatch.steps.coverage import GYRUS_PART_LABELS, gyrus_parts_cut
 
     cut = gyrus_parts_cut(metrics.get("gyrus_coverage"), below=GYRUS_HELD_NOTE)
