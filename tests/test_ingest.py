@@ -173,7 +173,10 @@ def test_bvec_not_three_rows(dwi):
 
 def test_bvec_transposed_is_rejected(dwi):
     np.savetxt(dwi["bvec"], dwi["bvecs"], fmt="%.6f")  # N rows x 3 columns
-    _expect_error(dwi["bvec"], "must have 3 rows", *_args(dwi))
+    _expect_error(dwi["bvec"], "found 10 rows of 3 values, one per volume: the table looks transposed", *_args(dwi))
+    # two rows is no transposed table: no such hint
+    dwi["bvec"].write_text("".join(" ".join(f"{v:.6f}" for v in dwi["bvecs"][:, i]) + "\n" for i in range(2)))
+    assert "looks transposed" not in _expect_error(dwi["bvec"], "must have 3 rows", *_args(dwi))
 
 
 def test_no_b0(dwi):

@@ -142,8 +142,13 @@ def read_bvals_bvecs(
 
     rows = _read_numbers(bvec_path, "b-vector")
     if len(rows) != 3:
+        # one row of three numbers per volume is MRtrix's and some converters' layout: say so
+        # rather than guess, a transposed table read the wrong way round is a silent error
+        transposed = len(rows) == n_volumes and all(len(r) == 3 for r in rows)
         raise InputError(
             bvec_path, f"b-vector file must have 3 rows (x, y, z; FSL layout), found {len(rows)}"
+            + (f" rows of 3 values, one per volume: the table looks transposed (transpose it to 3 rows "
+               f"of {n_volumes})" if transposed else "")
         )
     lengths = {len(r) for r in rows}
     if len(lengths) != 1:
