@@ -40,9 +40,9 @@ def register_maskers(register):
 @hookimpl
 def register_trackers(register):
     register("csd_deterministic", _lazy(".track", "track_deterministic",
-             "CSD peaks + deterministic maximum direction getter; passes fibre crossings."), version="2")
+             "CSD peaks + deterministic maximum direction getter; passes fibre crossings."), version="1")
     register("csd_probabilistic", _lazy(".track", "track_probabilistic",
-             "CSD + probabilistic direction getter (deterministic by seed); follows the fan."), version="2")
+             "CSD + probabilistic direction getter (deterministic by seed); follows the fan."), version="1")
     register("tensor_eudx", _lazy(".track", "track_tensor_eudx",
              "DTI EuDX (stops in crossings; for comparison)."), version="1")
 
@@ -74,4 +74,4 @@ def register_extractors(register):
 @hookimpl
 def register_reporters(register):
     register("html", _lazy(".report", "report_html",
-             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="5")
+             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="4")

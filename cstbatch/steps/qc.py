@@ -57,8 +57,7 @@ MIN_REGISTRATION_R = 0.35
 AMBIGUOUS_MM = 5.0
 AMBIGUOUS_MI = 0.02
 #: Fewer diffusion directions than this: ``few_directions``. CSD needs 15 for SH order 4
-#: (:func:`cstbatch.steps.track.sh_order_for`); 12-14 are super-resolved to order 4, fewer get
-#: order 2, which resolves no crossing.
+#: (:func:`cstbatch.steps.track.sh_order_for`); below it tracking cannot resolve fibre crossings.
 FEW_DIRECTIONS = 15
 #: A tensor needs 6 non-collinear directions; fewer is an input error.
 MIN_DIRECTIONS = 6
@@ -83,8 +82,7 @@ QC_CODES: dict[str, str] = {
     "registration_poor": f"template-to-subject FA correlation below {MIN_REGISTRATION_R}: ROIs may be misplaced",
     "registration_ambiguous": f"on a slab, another template placement at least {AMBIGUOUS_MM:g} mm away fits almost as "
                               f"well (mutual information within {AMBIGUOUS_MI:g}): the CST's levels may be off by that much",
-    "few_directions": f"fewer than {FEW_DIRECTIONS} diffusion directions: CSD resolves crossings poorly (12-14: "
-                      "SH order 4 super-resolved) or not at all (below 12: order 2)",
+    "few_directions": f"fewer than {FEW_DIRECTIONS} diffusion directions: CSD cannot resolve crossings (SH order 2)",
     "low_snr": f"white-matter SNR of the b0 below {MIN_SNR}: FA is biased upwards by noise",
     "head_motion": "motion_correction measured a volume more than one voxel away from its reference "
                    "(the flag says whether it was corrected)",
@@ -149,7 +147,6 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     """The session's flags, from the steps' record ``info`` dicts, the CST counts per side, the
     metrics' ``course_asymmetry`` and ``gyrus_coverage`` (``gyrus``)."""
     from cstbatch.steps.coverage import describe, describe_cut, gyrus_parts_cut
-    from cstbatch.steps.track import SUPER_RESOLVED_MIN_DIRECTIONS
 
     ingest, model, register = ingest or {}, model or {}, register or {}
     flags = []
@@ -202,10 +199,7 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     n_dirs = ingest.get("n_directions")
     if isinstance(n_dirs, int) and n_dirs < FEW_DIRECTIONS:
         flags.append(flag("few_directions", f"{n_dirs} diffusion directions (< {FEW_DIRECTIONS}): fibre "
-                                            "crossings " + ("are resolved poorly (CSD super-resolved to SH order 4)"
-                                                            if n_dirs >= SUPER_RESOLVED_MIN_DIRECTIONS
-                                                            else "cannot be resolved (SH order 2)")
-                                            + ", the CST may be incomplete"))
+                                            "crossings cannot be resolved, the CST may be incomplete"))
     matter = [w for w in ingest.get("dcm2niix_warnings") or []
               if any(k in w.lower() for k in CONVERSION_WARNINGS_THAT_MATTER)]
     if matter:

@@ -146,25 +146,15 @@ def select_shell(gtab):
     return np.flatnonzero(keep), float(best)
 
 
-#: Fewest directions CSD is fitted at SH order 4 from (15 coefficients): 12-14 directions are
-#: super-resolved, which CSD's non-negativity constraint allows (Tournier et al. 2007).
-SUPER_RESOLVED_MIN_DIRECTIONS = 12
-
-
 def sh_order_for(n_directions: int) -> int:
-    """SH order for CSD: the highest of 8/6/4 with at least as many directions as SH
-    coefficients (45/28/15), order 4 also from :data:`SUPER_RESOLVED_MIN_DIRECTIONS`, else 2.
+    """SH order for CSD: the highest of 8/6/4/2 with at least as many directions as SH
+    coefficients (45/28/15/6).
 
     CSD's non-negativity constraint allows some super-resolution, but a lower order on
     ~30-direction clinical data keeps the fit stable; 6 still separates 60-90° crossings.
-    Order 2 is tensor-like and resolves no crossing at all, which is what the clinical 12-direction
-    scans (Toshiba, Canon) used to get. Super-resolved order 4 there, measured on 12-direction
-    copies of the development phantoms (``anatomy_sweep.py --directions 12``, worst-side Dice
-    min / median): tubes 0.348 / 0.533 -> 0.480 / 0.586 (recall 0.73 / 0.71 -> 0.86 / 0.79 at the
-    same precision), atlas 0.344 / 0.445 -> 0.365 / 0.461; on the Elition scan cut to 12
-    directions the right CST's Dice against its 16-direction self rose from 0.67 to 0.85.
+    Below 15 directions crossings cannot be resolved at all (order 2 is tensor-like).
     """
-    for order, n_coef in ((8, 45), (6, 28), (4, SUPER_RESOLVED_MIN_DIRECTIONS)):
+    for order, n_coef in ((8, 45), (6, 28), (4, 15)):
         if n_directions >= n_coef:
             return order
     return 2
