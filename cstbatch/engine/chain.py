@@ -46,8 +46,8 @@ BUILTIN_STEP_VERSION["metrics"] = "5"
 # registration_ambiguous QC flag
 BUILTIN_STEP_VERSION["metrics"] = "6"
 # metrics 7: gyrus_coverage (how much of each part of the precentral gyrus the image holds), read
-# by fov_truncated; report 2: the summary says when the field of view cuts a part of the gyrus
-BUILTIN_STEP_VERSION.update(metrics="7", report="2")
+# by fov_truncated (the html reporter, version 5, says so in its summary)
+BUILTIN_STEP_VERSION["metrics"] = "7"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's

@@ -74,4 +74,4 @@ def register_extractors(register):
 @hookimpl
 def register_reporters(register):
     register("html", _lazy(".report", "report_html",
-             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="4")
+             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="5")
