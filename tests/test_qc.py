@@ -234,9 +234,36 @@ def test_fov_truncated_names_a_part_of_the_gyrus_the_field_of_view_cuts():
         *_grid_mm(-10, 82), np.eye(4))}, gyrus={"left": whole, "right": {**whole, "lateral": 0.4}})
     assert "missing levels: medulla" in both[0]["message"] and "right lateral precentral gyrus (face area), 40 % inside" \
         in both[0]["message"]
+    partly = qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full},
+                              gyrus={"left": {**whole, "lateral": 0.6}, "right": whole})
+    assert "cuts the left lateral precentral gyrus (face area), 60 % inside" in partly[0]["message"]
     assert qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full},
-                            gyrus={"left": {**whole, "lateral": 0.6}, "right": whole}) == []
+                            gyrus={"left": {**whole, "lateral": 0.95}, "right": whole}) == []
     assert qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": full}, gyrus=None) == []
+
+
+def test_fov_truncated_does_not_flip_where_a_level_is_half_inside():
+    """The Toshiba and Trio fields of view both end inside the medulla (44 % and 56 % of its points
+    inside): both are flagged, the one as missing the medulla and the other as holding it partly,
+    while the tract search starts in the medulla on both (covered: at least half inside)."""
+    shape, affine = _grid_mm(-50, 82)  # the medulla's points run from z -58 to -42 every 2 mm
+    cov = coverage.coverage(shape, affine, np.eye(4))
+    assert 0.5 <= cov["fractions"]["medulla"] < 0.9 and "medulla" in cov["covered"]
+    assert coverage.partial_levels(cov["fractions"]) == [("medulla", cov["fractions"]["medulla"])]
+    flags = qc.session_flags({"left": 300, "right": 300}, {}, register={"coverage": cov})
+    assert [f["code"] for f in flags] == ["fov_truncated"]
+    assert "partly outside the image: medulla (MNI z -58 to -42 mm), 56 % inside" in flags[0]["message"]
+    assert "missing levels" not in flags[0]["message"]
+    lower = coverage.coverage(*_grid_mm(-48, 82), np.eye(4))
+    assert lower["missing"] == ["medulla"] and coverage.partial_levels(lower["fractions"]) == []
+    assert "missing levels: medulla" in qc.session_flags({"left": 300, "right": 300}, {},
+                                                         register={"coverage": lower})[0]["message"]
+
+
+def test_the_cohort_table_marks_a_cut_face_area_at_the_flag_s_share():
+    from cstbatch.outputs.group_report import GYRUS_HELD_NOTE
+
+    assert GYRUS_HELD_NOTE == coverage.COMPLETE_FRACTION
 
 
 def test_registration_ambiguous_needs_a_far_optimum_that_fits_almost_as_well():

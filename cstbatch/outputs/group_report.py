@@ -190,8 +190,10 @@ def _cohort(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> li
 
 
 #: below this share of a part of the precentral gyrus inside the image (metrics.json's
-#: ``gyrus_coverage``), the session report and the cohort table say the field of view cuts it:
-#: the tract's missing ends there are the image's, not the anatomy's
+#: ``gyrus_coverage``), the cohort table marks the field of view as cutting it: the tract's
+#: missing ends there are the image's, not the anatomy's. The share the session's fov_truncated
+#: flag and report use, ``cstbatch.steps.coverage.COMPLETE_FRACTION`` (this layer cannot import
+#: it; a test keeps the two equal).
 GYRUS_HELD_NOTE = 0.9
 
 

@@ -73,9 +73,9 @@ QC_CODES: dict[str, str] = {
                   "profile rest on few paths (a lesion may interrupt the tract)",
     "cst_course_asymmetric": f"the two CSTs' courses (peduncle to centrum semiovale, one mirrored) lie more than "
                              f"{COURSE_ASYMMETRY_MM:g} mm apart: a detour around a blocked path, or a displaced tract",
-    "fov_truncated": "the image does not cover every CST level (medulla → precentral gyrus, MNI z ranges in "
-                     "cstbatch.steps.coverage) or holds less than half of a part of the precentral gyrus (leg "
-                     "area, hand knob, face area): the tract is cut and its metrics are partial",
+    "fov_truncated": "the image does not hold every CST level whole (medulla → precentral gyrus, MNI z ranges in "
+                     "cstbatch.steps.coverage; whole: 90 % inside) or every part of the precentral gyrus (leg area, "
+                     "hand knob, face area): the tract is cut and its metrics are partial",
     "gradient_table_suspect": "another sign flip / axis permutation of the b-vectors gives clearly longer "
                               "streamlines than the given table (gradient_check=flag)",
     "gradient_table_fixed": "the b-vectors were replaced by a better flip/permutation (gradient_check=fix)",
@@ -146,7 +146,7 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                   course: Mapping | None = None, gyrus: Mapping | None = None) -> list[dict[str, str]]:
     """The session's flags, from the steps' record ``info`` dicts, the CST counts per side, the
     metrics' ``course_asymmetry`` and ``gyrus_coverage`` (``gyrus``)."""
-    from cstbatch.steps.coverage import describe, describe_cut, gyrus_parts_cut
+    from cstbatch.steps.coverage import describe, describe_cut, describe_partial, gyrus_parts_cut, partial_levels
 
     ingest, model, register = ingest or {}, model or {}, register or {}
     flags = []
@@ -171,10 +171,11 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                           f"{z0:g} to {z1:g}; healthy scans: 2-3 mm): one side may detour around a "
                           "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
     cov = register.get("coverage") or {}
-    cut = gyrus_parts_cut(gyrus)
-    if cov.get("missing") or cut:
+    partial, cut = partial_levels(cov.get("fractions")), gyrus_parts_cut(gyrus)
+    if cov.get("missing") or partial or cut:
         flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; "
                           + "; ".join(([f"missing levels: {describe(cov['missing'])}"] if cov.get("missing") else [])
+                                      + ([f"partly outside the image: {describe_partial(partial)}"] if partial else [])
                                       + ([f"the side of the field of view cuts {describe_cut(cut)}"] if cut else []))))
     grad = model.get("gradient_check") or {}
     if grad.get("applied"):

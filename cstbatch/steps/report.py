@@ -135,10 +135,9 @@ def _ends_sentence(metrics: dict) -> str | None:
                       for side, s in known.items())
     out = (f"Where the streamlines end on the precentral gyrus (medial leg area / middle hand knob / lateral "
            f"face area): {parts}.")
-    from cstbatch.outputs.group_report import GYRUS_HELD_NOTE  # the fov_truncated flag waits for half
     from cstbatch.steps.coverage import GYRUS_PART_LABELS, gyrus_parts_cut
 
-    cut = gyrus_parts_cut(metrics.get("gyrus_coverage"), below=GYRUS_HELD_NOTE)
+    cut = gyrus_parts_cut(metrics.get("gyrus_coverage"))
     if cut:
         out += (" The image holds only " + ", ".join(f"{share * 100:.0f} % of the {side} {GYRUS_PART_LABELS[name]}"
                                                      for side, name, share in cut)
