@@ -349,8 +349,9 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
         # a slab: a similarity from the rigid result and from it moved up and down (SLAB_STAGE)
         stage, stages["affine_12dof"] = SLAB_STAGE, current.copy()
         transform = AffineTransform3D if SLAB_STAGE == "affine" else RigidIsoScalingTransform3D
-        current, best = from_rigid(transform, 0.0)
-        ends = [(0.0, -best, current)]
+        if SLAB_STAGE != "affine":  # the 12-parameter stage from the rigid result has just run
+            current, best = from_rigid(transform, 0.0)
+            ends = [(0.0, -best, current)]
         for dz in AFFINE_STARTS_MM:
             candidate, value = from_rigid(transform, dz)
             ends.append((dz, -value, candidate))
