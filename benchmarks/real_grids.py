@@ -343,8 +343,21 @@ def acquire(spec, data, affine, bvals, keep, to_mni):
     return resample(data, affine, new_aff, new_shape), new_aff, bvals, keep
 
 
-def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> list[str]:
-    """The original scan and its regridded copies as subjects ``<name><grid>`` of ``bids``."""
+def write_dwi(stem: Path, data: np.ndarray, affine: np.ndarray, bvals: np.ndarray) -> None:
+    """``<stem>.nii.gz`` (float32, qform and sform both ``affine``) and ``<stem>.bval``."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data, np.float32), affine)
+    img.set_qform(affine, 1)
+    img.set_sform(affine, 1)
+    nib.save(img, f"{stem}.nii.gz")
+    np.savetxt(f"{stem}.bval", np.asarray(bvals)[None], fmt="%g")
+
+
+def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None, to_mni=None) -> list[str]:
+    """The original scan and its regridded copies as subjects ``<name><grid>`` of ``bids``;
+    ``to_mni``: the scan's world → MNI map when the caller has it (else registered here, once,
+    if a grid needs it)."""
     import functools
 
     import nibabel as nib
@@ -357,7 +370,8 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> 
     bvals0 = np.loadtxt(src_dir / f"{stem}.bval").ravel()
     bvecs = np.loadtxt(src_dir / f"{stem}.bvec").T
     world_dirs = voxel_to_world_dirs(bids_to_voxel_axes(bvecs, affine), affine)
-    to_mni = functools.cache(lambda: world_to_mni(data, affine, bvals0, bvecs))
+    known = to_mni
+    to_mni = functools.cache(lambda: known if known is not None else world_to_mni(data, affine, bvals0, bvecs))
     subjects = []
     chains = {**{g: [v] for g, v in GRIDS.items()}, **CLINICAL}
     for grid, chain in {"orig": None, **{g: chains[g] for g in (grids or GRIDS)}}.items():
@@ -372,11 +386,7 @@ def write_grids(src_dir: Path, stem: str, bids: Path, name: str, grids=None) -> 
         out, new_aff, bvals, keep = data, affine, bvals0, np.arange(data.shape[3])
         for spec in chain:
             out, new_aff, bvals, keep = acquire(spec, out, new_aff, bvals, keep, to_mni)
-        np.savetxt(d / f"sub-{sub}_dwi.bval", bvals[None], fmt="%g")
-        nimg = nib.Nifti1Image(out.astype(np.float32), new_aff)
-        nimg.set_qform(new_aff, 1)
-        nimg.set_sform(new_aff, 1)
-        nib.save(nimg, str(d / f"sub-{sub}_dwi.nii.gz"))
+        write_dwi(d / f"sub-{sub}_dwi", out, new_aff, bvals)
         axes = new_aff[:3, :3] / np.linalg.norm(new_aff[:3, :3], axis=0, keepdims=True)
         np.savetxt(d / f"sub-{sub}_dwi.bvec", voxel_axes_to_bids(world_dirs[keep] @ axes, new_aff).T, fmt="%.6f")
     return subjects

@@ -42,6 +42,7 @@ def degrade(data: np.ndarray, affine: np.ndarray, bvals: np.ndarray, variant: st
 
 def write_pairs(real: Path, bids: Path, variants: list[str]) -> list[tuple[str, str]]:
     import nibabel as nib
+    import real_grids as rg
 
     pairs = []
     for v in variants:
@@ -54,11 +55,7 @@ def write_pairs(real: Path, bids: Path, variants: list[str]) -> list[tuple[str, 
                                           np.loadtxt(src / f"{stem}.bval").ravel(), v, seed=rep)
             d = bids / f"sub-{sub}" / f"ses-rep{rep}" / "dwi"
             d.mkdir(parents=True, exist_ok=True)
-            out = nib.Nifti1Image(np.asarray(data, np.float32), affine)
-            out.set_qform(affine, 1)
-            out.set_sform(affine, 1)
-            nib.save(out, str(d / f"{name}.nii.gz"))
-            np.savetxt(d / f"{name}.bval", bvals[None], fmt="%g")
+            rg.write_dwi(d / name, data, affine, bvals)
             for ext in ("bvec", "json"):
                 shutil.copyfile(src / f"{stem}.{ext}", d / f"{name}.{ext}")
         pairs.append((f"sub-{sub}_ses-rep1", f"sub-{sub}_ses-rep2"))

@@ -219,7 +219,11 @@ def test_a_sagittal_acquisition_with_the_neck_registers_where_the_whole_scan_doe
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from real_grids import fa_image, world_to_mni, write_grids
 
-    write_grids(ELITION, "sub-elition_dwi", tmp_path, "elition", ["sagneck"])
+    src = nib.load(str(ELITION / "sub-elition_dwi.nii.gz"))
+    whole = world_to_mni(np.asarray(src.dataobj, np.float32), src.affine,
+                         np.loadtxt(ELITION / "sub-elition_dwi.bval").ravel(),
+                         np.loadtxt(ELITION / "sub-elition_dwi.bvec").T)
+    write_grids(ELITION, "sub-elition_dwi", tmp_path, "elition", ["sagneck"], to_mni=whole)
     d = tmp_path / "sub-elitionsagneck" / "dwi"
     img = nib.load(str(d / "sub-elitionsagneck_dwi.nii.gz"))
     assert nib.aff2axcodes(img.affine)[2] in "LR" and img.shape[2] == 48
@@ -227,10 +231,6 @@ def test_a_sagittal_acquisition_with_the_neck_registers_where_the_whole_scan_doe
     fa = fa_image(np.asarray(img.dataobj, np.float32), img.affine, bvals, bvecs)
     options = defaults()
     reg = register_template(fa, implementation_for("register", options, None).func(options), options)
-    src = nib.load(str(ELITION / "sub-elition_dwi.nii.gz"))
-    whole = world_to_mni(np.asarray(src.dataobj, np.float32), src.affine,
-                         np.loadtxt(ELITION / "sub-elition_dwi.bval").ravel(),
-                         np.loadtxt(ELITION / "sub-elition_dwi.bvec").T)
     content = np.asarray(fa.dataobj) > 0
     world = np.argwhere(content) @ fa.affine[:3, :3].T + fa.affine[:3, 3]
     assert (world @ whole[2, :3] + whole[2, 3]).min() < -130  # the neck is in the image
