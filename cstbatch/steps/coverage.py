@@ -133,14 +133,14 @@ def describe_partial(partial: Iterable[tuple[str, float]]) -> str:
     return ", ".join(f"{describe([name])}, {share * 100:.0f} % inside" for name, share in partial)
 
 
-def gyrus_parts_cut(fractions, below: float = COMPLETE_FRACTION) -> list[tuple[str, str, float]]:
+def gyrus_parts_cut(fractions) -> list[tuple[str, str, float]]:
     """(side, part, share inside) of the parts of the gyrus (:func:`gyrus_fractions`) less than
-    ``below`` inside the image."""
+    :data:`COMPLETE_FRACTION` inside the image."""
     out = []
     for side in ("left", "right"):
         held = (fractions or {}).get(side) or {}
         out += [(side, name, held[name]) for name, _, _ in GYRUS_PARTS_MNI_X
-                if held.get(name) is not None and held[name] < below]
+                if held.get(name) is not None and held[name] < COMPLETE_FRACTION]
     return out
 
 

@@ -172,11 +172,11 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                           "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
     cov = register.get("coverage") or {}
     partial, cut = partial_levels(cov.get("fractions")), gyrus_parts_cut(gyrus)
-    if cov.get("missing") or partial or cut:
-        flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; "
-                          + "; ".join(([f"missing levels: {describe(cov['missing'])}"] if cov.get("missing") else [])
-                                      + ([f"partly outside the image: {describe_partial(partial)}"] if partial else [])
-                                      + ([f"the side of the field of view cuts {describe_cut(cut)}"] if cut else []))))
+    outside = [f"missing levels: {describe(cov['missing'])}"] if cov.get("missing") else []
+    outside += [f"partly outside the image: {describe_partial(partial)}"] if partial else []
+    outside += [f"the side of the field of view cuts {describe_cut(cut)}"] if cut else []
+    if outside:
+        flags.append(flag("fov_truncated", "the image does not cover the CST's whole extent; " + "; ".join(outside)))
     grad = model.get("gradient_check") or {}
     if grad.get("applied"):
         flags.append(flag("gradient_table_fixed", f"gradient table replaced by '{grad['applied']}' "
