@@ -237,3 +237,43 @@ def test_a_sagittal_acquisition_with_the_neck_registers_where_the_whole_scan_doe
     off = affine_distance_mm(content, fa.affine, reg.subject_to_mni, whole)
     assert off < 2.0, off
     assert reg.info["affine_stage"] == "affine"
+
+
+def test_a_simulated_epi_distortion_moves_tissue_along_the_phase_encoding_axis_only():
+    """``real_grids.distort`` (the benchmark's second read-out of one head): tissue moves along
+    the voxel axis nearest the chosen MNI axis, by the shift its air-field model gives there, the
+    signal is conserved along the line, and other axes do not move."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from real_grids import air_field, distort
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-30.0, -60.0, -60.0]  # world = MNI here; the pons at (0, -25, -30)
+    data = np.zeros((31, 31, 31, 2), np.float32)
+    j = int(round((-25.0 + 60.0) / 2.0))
+    data[:, j - 1: j + 2, :, :] = 100.0  # a plate across the front-back axis, through the pons
+    i0, k0 = 15, int(round((-30.0 + 60.0) / 2.0))
+    expected = 20.0 * float(air_field(np.array([0.0, -25.0, -30.0])))
+    assert 1.5 < expected < 4.0  # the pons moves by a few mm, as at 3 T without field maps
+
+    def centre_mm(vol):
+        """(the signal's centre along the front-back line through the pons, in mm; its sum)"""
+        line = vol[i0, :, k0]
+        return float((line * np.arange(line.size)).sum() / line.sum()) * 2.0, float(line.sum())
+
+    c0, s0 = centre_mm(data[..., 0])
+    ap = distort(data, affine, 1, 20.0, np.eye(4))
+    pa = distort(data, affine, 1, -20.0, np.eye(4))
+    lr = distort(data, affine, 0, 20.0, np.eye(4))
+    c_ap, s_ap = centre_mm(ap[..., 0])
+    c_pa, _ = centre_mm(pa[..., 0])
+    assert abs((c_ap - c0) - expected) < 0.5 and abs((c0 - c_pa) - expected) < 0.5
+    assert abs(s_ap - s0) < 0.1 * s0
+    np.testing.assert_allclose(distort(data, affine, 1, 0.0, np.eye(4)), data)
+    # phase encoding left-right: a plate across the front-back axis stays where it was on that axis
+    c_lr, _ = centre_mm(lr[..., 0])
+    assert abs(c_lr - c0) < 0.2
+    np.testing.assert_array_equal(ap[..., 0], ap[..., 1])
