@@ -64,8 +64,8 @@ GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
 #: the vertex down the neck, the head turned a little about the vertical). "distort" (MNI axis,
 #: mm) adds the susceptibility distortion of an EPI read out with its phase encoding along the
 #: voxel axis nearest that MNI axis (:func:`distort`): "distAP" and "distPA" are the two
-#: polarities along the front-back axis, "distLR" a read-out with phase encoding left-right, as
-#: another slice orientation can have. Not in the default run; name them with ``--grids``.
+#: polarities along the front-back axis, "distLR" and "distSI" read-outs with phase encoding
+#: left-right and head-foot, as other slice orientations (coronal, sagittal) can have. Not in the default run; name them with ``--grids``.
 CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "p3b2500": [("voxel", 3.0), ("bvalue", 2500.0)],
             "p3b2500upperpons": [("voxel", 3.0), ("bvalue", 2500.0), ("cut", -21.0)],
@@ -80,7 +80,8 @@ CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "sag36": [("voxel", 2.7), ("width", 48.6), ("perm", (1, 2, 0))],
             "distAP": [("distort", (1, 20.0))],
             "distPA": [("distort", (1, -20.0))],
-            "distLR": [("distort", (0, 20.0))]}
+            "distLR": [("distort", (0, 20.0))],
+            "distSI": [("distort", (2, 20.0))]}
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
