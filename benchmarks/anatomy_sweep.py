@@ -183,6 +183,7 @@ def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.steps.extract_corridor import coverage_options
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
+    from cstbatch.steps.track_region import mni_coordinates
 
     # what the extract step passes: how low the image reaches in MNI space
     cover = coverage_options(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni)
@@ -197,8 +198,7 @@ def score(subj: dict, method: str, options: dict) -> dict:
     masks, aff = subj["masks"], subj["affine"]
     row = {"seed": subj["seed"], "method": method, "orient": subj["orientation"], "snr": round(subj["snr"], 1),
            "lesion": subj["lesion"] or "-", "extract_s": seconds}
-    vox2mni = subj["reg"].subject_to_mni @ aff
-    mni_xyz = np.indices(subj["shape"]).transpose(1, 2, 3, 0) @ vox2mni[:3, :3].T + vox2mni[:3, 3]
+    mni_xyz = mni_coordinates(subj["shape"], aff, subj["reg"].subject_to_mni)
     for s, other in (("left", "right"), ("right", "left")):
         v = visited_voxel_mask(bundles[s], subj["shape"], aff)
         row[f"regions_{s[0].upper()}"] = region_counts(v, masks[f"cst_{s}"], mni_xyz)

@@ -23,7 +23,7 @@ kinds of scan that once ended with no CST, or with a slab registered 9 mm off.
 What it does not cover: a real second acquisition also has new noise, and different slices cut
 off different parts of the brain; the Trio test-retest pair (``real_scans.py --pair``) covers the
 noise. Its EPI distortion differs too, when its phase encoding runs along another axis or the
-other way: ``--grids distAP,distPA,distLR`` (:func:`distort`) models that difference.
+other way: ``--grids distAP,distPA,distLR,distSI`` (:func:`distort`) models that difference.
 """
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ GRIDS = {"shift": ("shift", 0.0), "yaw12": ("z", 12.0), "pitch15": ("x", 15.0),
 #: mm) adds the susceptibility distortion of an EPI read out with its phase encoding along the
 #: voxel axis nearest that MNI axis (:func:`distort`): "distAP" and "distPA" are the two
 #: polarities along the front-back axis, "distLR" and "distSI" read-outs with phase encoding
-#: left-right and head-foot, as other slice orientations (coronal, sagittal) can have. Not in the default run; name them with ``--grids``.
+#: left-right and head-foot, as other slice orientations (coronal, sagittal) can have. Not in
+#: the default run; name them with ``--grids``.
 CLINICAL = {"p3b2000pons": [("voxel", 3.0), ("bvalue", 2000.0), ("cut", -30.0)],
             "p3b2500": [("voxel", 3.0), ("bvalue", 2500.0)],
             "p3b2500upperpons": [("voxel", 3.0), ("bvalue", 2500.0), ("cut", -21.0)],
@@ -313,17 +314,17 @@ def distort(data: np.ndarray, affine: np.ndarray, mni_axis: int, shift_mm: float
     """The scan as an EPI with another phase-encoding axis would record it: the tissue at x is
     recorded at x + d(x), along the voxel axis nearest MNI axis ``mni_axis``, with d = ``shift_mm``
     × :func:`air_field` (mm; the sign is the polarity), and its intensity scaled by the local
-    stretch (1 / (1 + ∂d/∂s): piled up where the shift converges, thinned where it spreads). With 20 mm at the air spaces
-    the shift is 2–3 mm in the pons, 1–1.5 mm at the internal capsule and under 0.3 mm at the
-    precentral gyrus: the size of the displacement a 3 T EPI shows there without field-map
-    correction. The scan's own distortion stays: this is the difference between two read-outs."""
+    stretch (1 / (1 + ∂d/∂s): piled up where the shift converges, thinned where it spreads).
+    With 20 mm at the air spaces the shift is 2–3 mm in the pons, 1–1.5 mm at the internal
+    capsule and under 0.3 mm at the precentral gyrus: the size of the displacement a 3 T EPI
+    shows there without field-map correction. The scan's own distortion stays: this is the difference between two read-outs."""
     from scipy import ndimage
 
+    from cstbatch.steps.track_region import mni_coordinates
+
     axis, _ = _axis_nearest(affine, to_mni, mni_axis)
-    vox2mni = np.asarray(to_mni, float) @ np.asarray(affine, float)
     ijk = np.indices(data.shape[:3], dtype=np.float64)
-    mni = np.moveaxis(np.tensordot(vox2mni[:3, :3], ijk, axes=(1, 0)), 0, -1) + vox2mni[:3, 3]
-    d = shift_mm * air_field(mni) / float(np.linalg.norm(np.asarray(affine, float)[:3, axis]))  # voxels
+    d = shift_mm * air_field(mni_coordinates(data.shape, affine, to_mni)) / float(np.linalg.norm(np.asarray(affine, float)[:3, axis]))  # voxels
     stretch = 1.0 / np.clip(1.0 + np.gradient(d, axis=axis), 0.2, None)
     # each recorded voxel p shows the tissue at x with x + d(x) = p: found by fixed-point
     # iteration, x <- p - d(x) (it converges: the shift changes by far less than a voxel per voxel)
