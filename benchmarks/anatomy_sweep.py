@@ -180,16 +180,16 @@ def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.engine.context import implementation_for
     from cstbatch.sample.accuracy import dice
     from cstbatch.steps.extract import selected_streamlines
-    from cstbatch.steps.extract_corridor import coverage_options
+    from cstbatch.steps.extract_corridor import extraction_inputs
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track_region import mni_coordinates
 
-    # what the extract step passes: how low the image reaches in MNI space
-    cover = coverage_options(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni)
+    # what the extract step passes: how far the image reaches in MNI space, FA along the streamlines
+    sl = subj["streamlines"]
+    cover = extraction_inputs(sl, subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni)
     opts = {**options, "extraction_method": method, **cover}
     atlas = implementation_for("register", opts, None).func(opts)
-    sl = subj["streamlines"]
     t = time.perf_counter()
     sel = implementation_for("extract", opts, None).func(streamlines_to_mni(sl, subj["reg"]), atlas, opts)
     seconds = time.perf_counter() - t

@@ -36,7 +36,10 @@ extract
     indices into ``streamlines_mni`` (streamlines already mapped to the atlas's MNI mm space).
     Optional: ``"ranges": {"left": (n, 2) int, "right": ...}``, a ``[start, stop)`` point range
     per index (the part of the streamline that is CST; the extract step saves only that part),
-    and ``"info"``, a JSON-ready dict recorded in ``metrics.json``.
+    and ``"info"``, a JSON-ready dict recorded in ``metrics.json``. Besides the user's options,
+    the extract step puts in ``options``: ``coverage_z`` and ``coverage_top_z`` (the lowest and
+    highest MNI z the image covers in the brainstem column and under the precentral gyrus, or
+    None) and ``streamline_fa`` (a float array, each streamline's mean FA, NaN where none).
 report
     ``func(session, out_dir, options) -> list[pathlib.Path]``: writes the session report
     (``session`` is a ``cstbatch.report.SessionReportInput``) and returns the files written.

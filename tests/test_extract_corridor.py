@@ -295,3 +295,41 @@ def test_clip_cortex_cuts_at_the_last_entry_not_where_the_streamline_grazes_the_
     assert tuple(cortex_entry_ranges([np.vstack([low, high])], np.array([0]), np.array([[0, 2]]))[0]) == (0, 2)
     # never in the gyrus (an image that stops under it): the end stays
     assert tuple(cortex_entry_ranges([outside], np.array([0]), np.array([[0, 3]]))[0]) == (0, 3)
+
+
+def test_extraction_inputs_give_each_streamline_its_mean_fa():
+    from cstbatch.steps.extract_corridor import extraction_inputs
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fa = np.full((20, 20, 20), 0.2, np.float32)
+    fa[:, :10] = 0.6                                   # y < 19 mm: coherent white matter
+    inside = _polyline((4, 4, 4), (30, 4, 4))          # wholly in the FA 0.6 half
+    across = _polyline((4, 4, 8), (4, 34, 8))          # half in each
+    outside = _polyline((100, 100, 100), (120, 100, 100))
+    got = extraction_inputs([inside, across, outside], fa, affine, np.eye(4))
+    assert set(got) == {"coverage_z", "coverage_top_z", "streamline_fa"}
+    assert got["streamline_fa"][0] == pytest.approx(0.6)
+    assert 0.35 < got["streamline_fa"][1] < 0.45
+    assert np.isnan(got["streamline_fa"][2])
+
+
+def test_high_fa_candidates_the_density_cleaning_dropped_come_back(atlas):
+    """A sparse fan branch in coherent white matter (high mean FA) is dropped by the density
+    cleaning, like the strays through the background beside it; ``extract_fa_keep`` brings the
+    branch back and leaves the strays out. Without the streamlines' FA (an extractor called
+    outside the extract step) or with the share 0 the cleaning's choice stands."""
+    rng = np.random.default_rng(11)
+    hand = _jittered(TRUNK + ENDS["hand"], rng, 300)
+    leg = _jittered(TRUNK + ENDS["leg"], rng, 25, sd=2.5)
+    stray = _jittered(TRUNK[:4] + [(-34, -30, 20), (-40, -24, 48), (-42, -24, 62)], rng, 25, sd=2.5)
+    sl = hand + leg + stray
+    fa = np.concatenate([rng.uniform(0.45, 0.55, 300), rng.uniform(0.58, 0.62, 25), rng.uniform(0.25, 0.35, 25)])
+    leg_ids, stray_ids = np.arange(300, 325), np.arange(325, 350)
+    base = extract_corridor(sl, atlas, {"extract_fa_keep": 0.0, "streamline_fa": fa})
+    assert np.isin(leg_ids, base["left"]).sum() <= 5
+    out = extract_corridor(sl, atlas, {"extract_fa_keep": 0.1, "streamline_fa": fa})
+    assert set(base["left"].tolist()) <= set(out["left"].tolist())
+    assert np.isin(leg_ids, out["left"]).sum() >= 20
+    assert not np.isin(stray_ids, np.setdiff1d(out["left"], base["left"])).any()
+    assert out["info"]["high_fa_streamlines_kept"]["left"] == len(out["left"]) - len(base["left"])
+    assert np.array_equal(extract_corridor(sl, atlas, {"extract_fa_keep": 0.1})["left"], base["left"])
