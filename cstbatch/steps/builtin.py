@@ -67,9 +67,8 @@ def register_extractors(register):
              "One end in the brainstem, the other in a motor ROI."), version="2")
     register("corridor", _lazy(".extract_corridor", "extract_corridor",
              "Pons (or lowest covered level) + posterior limb of the internal capsule + "
-             "whole precentral gyrus; tract-density cleaning, fan branches and high-FA candidates kept; cut at the "
-             "cortex (the default)."),
-             version="8")
+             "whole precentral gyrus; tract-density cleaning, fan branches recovered; cut at the cortex (the default)."),
+             version="7")
 
 
 @hookimpl

@@ -29,10 +29,11 @@ cells; a cell is dense when at least ``extract_tdi_fraction`` (0.3) of the 95th-
 cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) of its cells are
 dense, and the best-supported ``extract_tdi_keep`` (30 %, version 7) of the side's candidates stay in
 any case; then the core of each fan branch the cleaning dropped but that grows out of the kept
-trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6), and
-the ``extract_fa_keep`` (10 %) of the side's candidates with the highest mean FA along them stay
-too (:func:`keep_high_fa`, version 8: the sparse parts of a wide fan that run in coherent white
-matter; the extract step hands every extractor ``streamline_fa``, :func:`extraction_inputs`).
+trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6).
+With ``extract_fa_keep`` > 0 (off by default) that share of the side's candidates with the
+highest mean FA along them stays too (:func:`keep_high_fa`: the sparse parts of a wide fan that
+run in coherent white matter; the extract step hands every extractor ``streamline_fa``,
+:func:`extraction_inputs`).
 ``extract_clean=fan`` keeps the method's first cleaning (:func:`clean_fan`: per-level
 density below ``FAN_Z``, QuickBundles branches above it, each branch scored against its own
 peak), for comparison. Last, in the pons and below (z < ``TRIM_BELOW_Z``) each kept
@@ -614,8 +615,8 @@ def cortex_entry_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, 
     return out
 
 
-#: the share of a side's candidates kept for their mean FA (``extract_fa_keep``, corridor version 8)
-FA_KEEP = 0.1
+#: the share of a side's candidates kept for their mean FA (``extract_fa_keep``; off by default)
+FA_KEEP = 0.0
 
 
 def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float) -> np.ndarray:
@@ -625,14 +626,14 @@ def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float)
     (a CST spread over the whole gyrus, as histological atlases draw it) is a narrow core: its
     sparse branches go, though they run in tract. Mean FA along a candidate says how much of
     its course lies in coherent white matter, without asking how many others share it; a stray
-    through the background, grey matter or a crossing has a lower one. The share is small
-    because each added streamline is one the density could not vouch for: at 10 % every
-    development set gained (worst side min / median, atlas 3 mm 0.426 / 0.485 -> 0.462 / 0.514,
-    tubes 3 mm 0.441 / 0.595 -> 0.463 / 0.597) and the Trio repeats kept their agreement
-    (0.793 / 0.727 -> 0.795 / 0.715); at 30 % the atlas gained more and the repeats fell to
-    0.767 / 0.691 (``benchmarks/RESULTS.md``, "Mean FA along the candidates"). Without
-    ``streamline_fa`` (an extractor called outside the extract step) or with ``share`` 0,
-    ``kept`` is returned unchanged.
+    through the background, grey matter or a crossing has a lower one. At 10 % every
+    development phantom set gained (worst side min / median, atlas 3 mm 0.426 / 0.485 -> 0.462
+    / 0.514, tubes 3 mm 0.441 / 0.595 -> 0.463 / 0.597), but on the Trio repeats the right CSTs
+    agreed less (mean of three seedings 0.722 -> 0.709, one seeding at 0.704), and at 30 % they
+    fell below 0.70: a selection by noisy FA differs between two scans where the density's does
+    not. So it is off by default (``benchmarks/RESULTS.md``, "Mean FA along the candidates").
+    Without ``streamline_fa`` (an extractor called outside the extract step) or with ``share``
+    0, ``kept`` is returned unchanged.
     """
     from cstbatch.study.options import require_in_bounds
 
@@ -666,10 +667,10 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
                 kept = recover_branches(streamlines_mni, idx, kept,
                                         float(options.get("extract_tdi_fraction", 0.3)))
             recovered[name] = int(len(kept) - n_clean)
-            if tdi:
+            share = float(options.get("extract_fa_keep", FA_KEEP))
+            if tdi and share > 0:
                 n_before = len(kept)
-                kept = keep_high_fa(idx, kept, options.get("streamline_fa"),
-                                    float(options.get("extract_fa_keep", FA_KEEP)))
+                kept = keep_high_fa(idx, kept, options.get("streamline_fa"), share)
                 high_fa[name] = int(len(kept) - n_before)
             idx = kept
         out[name] = idx
@@ -678,7 +679,9 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
         if clip:
             out["ranges"][name] = cortex_entry_ranges(streamlines_mni, idx, ranges)
     out["info"] = {**info, "candidates": candidates, "branch_streamlines_recovered": recovered,
-                   "high_fa_streamlines_kept": high_fa, "trimmed_in_brainstem": trimmed}
+                   "trimmed_in_brainstem": trimmed}
+    if high_fa:
+        out["info"]["high_fa_streamlines_kept"] = high_fa
     if clip:
         out["info"]["superior_end"] += ", cut where the streamline enters its cortex for good (extract_clip_cortex)"
     return out

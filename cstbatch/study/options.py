@@ -171,9 +171,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "corridor/tdi: at least this share of a side's candidate streamlines stays (those with the most dense "
          "cells), when extract_tdi_inside would keep fewer; 0 turns it off (0.1 before corridor version 7; README).",
          bounds="[0, 1]"),
-    _opt("extract_fa_keep", 0.1, _NUM, "extract",
+    _opt("extract_fa_keep", 0.0, _NUM, "extract",
          "corridor/tdi: also keep this share of a side's candidate streamlines, those with the highest mean FA "
-         "along them, when the density cleaning dropped them; 0 turns it off (corridor version 8; README).",
+         "along them, when the density cleaning dropped them (0: off, the default: at 0.1 phantom fans are found "
+         "more fully but the Trio repeats agree less; README).",
          bounds="[0, 1]"),
     _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm).",
          bounds="[0, )"),
