@@ -39,7 +39,8 @@ extract
     and ``"info"``, a JSON-ready dict recorded in ``metrics.json``. Besides the user's options,
     the extract step puts in ``options``: ``coverage_z`` and ``coverage_top_z`` (the lowest and
     highest MNI z the image covers in the brainstem column and under the precentral gyrus, or
-    None) and ``streamline_fa`` (a float array, each streamline's mean FA, NaN where none).
+    None) and, when ``extract_fa_keep`` > 0, ``streamline_fa`` (a float array, each
+    streamline's mean FA, NaN where none).
 report
     ``func(session, out_dir, options) -> list[pathlib.Path]``: writes the session report
     (``session`` is a ``cstbatch.report.SessionReportInput``) and returns the files written.

@@ -306,7 +306,8 @@ def test_extraction_inputs_give_each_streamline_its_mean_fa():
     inside = _polyline((4, 4, 4), (30, 4, 4))          # wholly in the FA 0.6 half
     across = _polyline((4, 4, 8), (4, 34, 8))          # half in each
     outside = _polyline((100, 100, 100), (120, 100, 100))
-    got = extraction_inputs([inside, across, outside], fa, affine, np.eye(4))
+    assert set(extraction_inputs(fa, affine, np.eye(4))) == {"coverage_z", "coverage_top_z"}
+    got = extraction_inputs(fa, affine, np.eye(4), [inside, across, outside])
     assert set(got) == {"coverage_z", "coverage_top_z", "streamline_fa"}
     assert got["streamline_fa"][0] == pytest.approx(0.6)
     assert 0.35 < got["streamline_fa"][1] < 0.45
@@ -333,3 +334,45 @@ def test_high_fa_candidates_the_density_cleaning_dropped_come_back(atlas):
     assert not np.isin(stray_ids, np.setdiff1d(out["left"], base["left"])).any()
     assert out["info"]["high_fa_streamlines_kept"]["left"] == len(out["left"]) - len(base["left"])
     assert np.array_equal(extract_corridor(sl, atlas, {"extract_fa_keep": 0.1})["left"], base["left"])
+
+
+def test_the_extract_step_hands_the_extractor_streamline_fa_only_when_asked(tmp_path):
+    """Through the extract step itself (saved tractogram, FA map and transform): with
+    ``extract_fa_keep`` > 0 the extractor gets each streamline's mean FA and keeps candidates by
+    it (recorded in the step's info); by default the step samples nothing and records nothing."""
+    import logging
+    from types import SimpleNamespace
+
+    import nibabel as nib
+
+    from cstbatch.engine.context import implementation_for
+    from cstbatch.engine.session_steps import extract
+    from cstbatch.outputs.layout import SessionLayout
+    from cstbatch.steps.register import save_itk_affine
+    from cstbatch.steps.track import save_trk
+    from cstbatch.study.options import defaults
+
+    rng = np.random.default_rng(2)
+    sl = [s.astype(np.float32) for s in _jittered(TRUNK + ENDS["hand"], rng, 300)
+          + _jittered(TRUNK + ENDS["leg"], rng, 25, sd=2.5)]  # the leg's scatter falls to the cleaning
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-80, -110, -80]
+    fa_img = nib.Nifti1Image(np.full((81, 96, 91), 0.5, np.float32), affine)
+    layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
+    got = {}
+    for share in (0.0, 0.1):
+        options = {**defaults(), "extract_fa_keep": share}
+        layout.tensor_map("fa").parent.mkdir(parents=True, exist_ok=True)
+        nib.save(fa_img, str(layout.tensor_map("fa")))
+        layout.transform(options["atlas"]).parent.mkdir(parents=True, exist_ok=True)
+        save_itk_affine(np.eye(4), layout.transform(options["atlas"]))
+        layout.tractogram.parent.mkdir(parents=True, exist_ok=True)
+        save_trk(sl, fa_img, layout.tractogram)
+        ctx = SimpleNamespace(spec=SimpleNamespace(input_path="/data/sub-01_dwi.nii.gz"), layout=layout,
+                              options=options, log=logging.getLogger("test"), spec_plugins_dir=None,
+                              implementation=implementation_for("extract", options, None))
+        got[share] = extract(ctx)
+    assert "high_fa_streamlines_kept" not in got[0.0]["extraction"]
+    added = got[0.1]["extraction"]["high_fa_streamlines_kept"]
+    assert added["left"] > 0 and added["right"] == 0  # every FA equal: the whole top share joins
+    assert got[0.1]["cst_streamlines"]["left"] == got[0.0]["cst_streamlines"]["left"] + added["left"]
