@@ -180,15 +180,14 @@ def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.engine.context import implementation_for
     from cstbatch.sample.accuracy import dice
     from cstbatch.steps.extract import selected_streamlines
-    from cstbatch.steps.extract_corridor import extraction_inputs, wants_streamline_fa
+    from cstbatch.steps.extract_corridor import extraction_inputs
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track_region import mni_coordinates
 
     # what the extract step passes: how far the image reaches in MNI space, FA along the streamlines
     sl = subj["streamlines"]
-    cover = extraction_inputs(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni,
-                              sl if wants_streamline_fa(options) else None)
+    cover = extraction_inputs(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni, sl, options)
     opts = {**options, "extraction_method": method, **cover}
     atlas = implementation_for("register", opts, None).func(opts)
     t = time.perf_counter()

@@ -317,14 +317,16 @@ def distort(data: np.ndarray, affine: np.ndarray, mni_axis: int, shift_mm: float
     stretch (1 / (1 + ∂d/∂s): piled up where the shift converges, thinned where it spreads).
     With 20 mm at the air spaces the shift is 2–3 mm in the pons, 1–1.5 mm at the internal
     capsule and under 0.3 mm at the precentral gyrus: the size of the displacement a 3 T EPI
-    shows there without field-map correction. The scan's own distortion stays: this is the difference between two read-outs."""
+    shows there without field-map correction. The scan's own distortion stays: this is the
+    difference between two read-outs."""
     from scipy import ndimage
 
     from cstbatch.steps.track_region import mni_coordinates
 
     axis, _ = _axis_nearest(affine, to_mni, mni_axis)
     ijk = np.indices(data.shape[:3], dtype=np.float64)
-    d = shift_mm * air_field(mni_coordinates(data.shape, affine, to_mni)) / float(np.linalg.norm(np.asarray(affine, float)[:3, axis]))  # voxels
+    voxel_mm = float(np.linalg.norm(np.asarray(affine, float)[:3, axis]))
+    d = shift_mm * air_field(mni_coordinates(data.shape, affine, to_mni)) / voxel_mm  # in voxels
     stretch = 1.0 / np.clip(1.0 + np.gradient(d, axis=axis), 0.2, None)
     # each recorded voxel p shows the tissue at x with x + d(x) = p: found by fixed-point
     # iteration, x <- p - d(x) (it converges: the shift changes by far less than a voxel per voxel)

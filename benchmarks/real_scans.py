@@ -103,7 +103,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
 
     from cstbatch.engine.context import implementation_for
     from cstbatch.steps.extract import selected_streamlines
-    from cstbatch.steps.extract_corridor import extraction_inputs, wants_streamline_fa
+    from cstbatch.steps.extract_corridor import extraction_inputs
     from cstbatch.steps.metrics import compute_metrics
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.study.options import defaults
@@ -124,8 +124,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
             sl = _track_again(sdir, maps, reg, {**defaults(), **retrack})
             print(f"# {key}: tracked again in {time.process_time() - t0:.1f} CPU s, {len(sl)} streamlines",
                   flush=True)
-        cover = extraction_inputs(maps["fa"], fa_img.affine, reg.subject_to_mni,
-                                  sl if wants_streamline_fa({**defaults(), **(options or {})}) else None)
+        cover = extraction_inputs(maps["fa"], fa_img.affine, reg.subject_to_mni, sl, {**defaults(), **(options or {})})
         mni = streamlines_to_mni(sl, reg)
         for m in methods:
             opts = {**defaults(), **(options or {}), "extraction_method": m, **cover}

@@ -306,8 +306,9 @@ def test_extraction_inputs_give_each_streamline_its_mean_fa():
     inside = _polyline((4, 4, 4), (30, 4, 4))          # wholly in the FA 0.6 half
     across = _polyline((4, 4, 8), (4, 34, 8))          # half in each
     outside = _polyline((100, 100, 100), (120, 100, 100))
-    assert set(extraction_inputs(fa, affine, np.eye(4))) == {"coverage_z", "coverage_top_z"}
-    got = extraction_inputs(fa, affine, np.eye(4), [inside, across, outside])
+    sl = [inside, across, outside]
+    assert set(extraction_inputs(fa, affine, np.eye(4), sl, {})) == {"coverage_z", "coverage_top_z"}
+    got = extraction_inputs(fa, affine, np.eye(4), sl, {"extract_fa_keep": 0.1})
     assert set(got) == {"coverage_z", "coverage_top_z", "streamline_fa"}
     assert got["streamline_fa"][0] == pytest.approx(0.6)
     assert 0.35 < got["streamline_fa"][1] < 0.45
@@ -359,15 +360,14 @@ def test_the_extract_step_hands_the_extractor_streamline_fa_only_when_asked(tmp_
     affine[:3, 3] = [-80, -110, -80]
     fa_img = nib.Nifti1Image(np.full((81, 96, 91), 0.5, np.float32), affine)
     layout = SessionLayout(tmp_path, "sub-01", tmp_path.relative_to(tmp_path))
+    for path in (layout.tensor_map("fa"), layout.transform(defaults()["atlas"]), layout.tractogram):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(fa_img, str(layout.tensor_map("fa")))
+    save_itk_affine(np.eye(4), layout.transform(defaults()["atlas"]))
+    save_trk(sl, fa_img, layout.tractogram)
     got = {}
     for share in (0.0, 0.1):
         options = {**defaults(), "extract_fa_keep": share}
-        layout.tensor_map("fa").parent.mkdir(parents=True, exist_ok=True)
-        nib.save(fa_img, str(layout.tensor_map("fa")))
-        layout.transform(options["atlas"]).parent.mkdir(parents=True, exist_ok=True)
-        save_itk_affine(np.eye(4), layout.transform(options["atlas"]))
-        layout.tractogram.parent.mkdir(parents=True, exist_ok=True)
-        save_trk(sl, fa_img, layout.tractogram)
         ctx = SimpleNamespace(spec=SimpleNamespace(input_path="/data/sub-01_dwi.nii.gz"), layout=layout,
                               options=options, log=logging.getLogger("test"), spec_plugins_dir=None,
                               implementation=implementation_for("extract", options, None))

@@ -326,7 +326,7 @@ def extract(ctx: StepContext) -> dict[str, Any]:
     import nibabel as nib
 
     from cstbatch.steps.extract import selected_streamlines
-    from cstbatch.steps.extract_corridor import extraction_inputs, wants_streamline_fa
+    from cstbatch.steps.extract_corridor import extraction_inputs
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track import save_trk
 
@@ -337,8 +337,8 @@ def extract(ctx: StepContext) -> dict[str, Any]:
     # how low and how high the image reaches in MNI space: an extractor may start the tract at
     # the lowest brainstem level covered when the field of view stops above the medulla, and
     # end it at the image's top when the slab stops under the vertex
-    cover = extraction_inputs(np.asarray(fa_img.dataobj), fa_img.affine, reg.subject_to_mni,
-                              streamlines if wants_streamline_fa(ctx.options) else None)
+    cover = extraction_inputs(np.asarray(fa_img.dataobj), fa_img.affine, reg.subject_to_mni, streamlines,
+                              ctx.options)
     selected = ctx.implementation.func(streamlines_to_mni(streamlines, reg), atlas, {**ctx.options, **cover})
     counts = {}
     for side in ("left", "right"):

@@ -173,20 +173,20 @@ def coverage_top_z(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarra
 
 
 def extraction_inputs(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray,
-                      streamlines: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+                      streamlines: Sequence[np.ndarray], options: Mapping[str, Any]) -> dict[str, Any]:
     """What the extract step hands every extractor besides the options and the MNI streamlines:
-    the field of view (:func:`coverage_options`) and, when ``streamlines`` are given,
-    ``streamline_fa``, each streamline's mean FA (subject space, trilinear; NaN where none of
-    it lies in the image). The step gives them only when :func:`wants_streamline_fa`: sampling
-    FA along a whole tractogram costs 2 s on a 2 mm session."""
+    the field of view (:func:`coverage_options`) and, when the ``options`` ask for it
+    (``extract_fa_keep`` > 0), ``streamline_fa``, each streamline's mean FA (subject space,
+    trilinear; NaN where none of it lies in the image). Only then: sampling FA along a whole
+    tractogram costs 2 s on a 2 mm session."""
     out: dict[str, Any] = coverage_options(fa, affine, subject_to_mni)
-    if streamlines is None:
+    if not float(options.get("extract_fa_keep") or 0.0) > 0:
         return out
     from cstbatch.steps.metrics import sample_map
 
     points, _, lengths = concat_streamlines(streamlines)
     which = np.repeat(np.arange(len(lengths)), lengths)
-    vals = sample_map(np.asarray(fa, np.float64), points, affine) if len(points) else np.zeros(0)
+    vals = sample_map(fa, points, affine) if len(points) else np.zeros(0)
     ok = np.isfinite(vals)
     total = np.bincount(which[ok], weights=vals[ok], minlength=len(lengths))
     count = np.bincount(which[ok], minlength=len(lengths))
@@ -194,11 +194,6 @@ def extraction_inputs(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.nda
     np.divide(total, count, out=mean_fa, where=count > 0)
     out["streamline_fa"] = mean_fa
     return out
-
-
-def wants_streamline_fa(options: Mapping[str, Any]) -> bool:
-    """Whether the extraction ``options`` ask for ``streamline_fa`` (``extract_fa_keep`` > 0)."""
-    return float(options.get("extract_fa_keep") or 0.0) > 0
 
 
 def coverage_options(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.ndarray) -> dict[str, float | None]:
