@@ -320,6 +320,36 @@ def test_probabilistic_tracking_is_reproducible_and_gets_through(crossing):
     assert frac > 0.5, frac
 
 
+def _step_angles_in(streamlines, affine, labels, label):
+    """Angles (degrees) between voxel axis i and each step that starts in a voxel of ``label``."""
+    out = []
+    for sl in streamlines:
+        v = _to_vox(sl, affine)
+        d = np.diff(v, axis=0)
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        idx = np.floor(v[:-1] + 0.5).astype(int)
+        inside = (idx >= 0).all(1) & (idx < labels.shape).all(1)
+        keep = np.zeros(len(d), bool)
+        keep[inside] = labels[tuple(idx[inside].T)] == label
+        out.append(np.degrees(np.arccos(np.clip(np.abs(d[keep, 0]), 0.0, 1.0))))
+    return np.concatenate(out)
+
+
+def test_probabilistic_steps_keep_to_the_lobe_core(crossing, monkeypatch):
+    """Drawing from the whole lobe (10 % floor) scatters the steps, and streamlines drift over a
+    thin tract's rim; the probabilistic tracker draws from the lobe's core (50 %)."""
+    from cstbatch.steps import track
+
+    data, gtab, lab, mask, maps, affine = crossing
+    core = _step_angles_in(track.track_probabilistic(data, gtab, mask, maps, affine, OPTIONS), affine, lab, 1)
+    monkeypatch.setattr(track, "PROBABILISTIC_PMF_THRESHOLD", track.PMF_THRESHOLD)
+    whole = _step_angles_in(track.track_probabilistic(data, gtab, mask, maps, affine, OPTIONS), affine, lab, 1)
+    assert len(core) > 1000 and len(whole) > 1000
+    # measured: 90th percentile 20.0° against 29.2°, mean 13.2° against 17.8°
+    assert np.percentile(core, 90) < 24.0 < np.percentile(whole, 90)
+    assert core.mean() < whole.mean() - 2.5
+
+
 def test_save_trk_roundtrip(tmp_path, crossing, csd_streamlines):
     from dipy.io.streamline import load_tractogram
 

@@ -41,8 +41,9 @@ def register_maskers(register):
 def register_trackers(register):
     register("csd_deterministic", _lazy(".track", "track_deterministic",
              "CSD peaks + deterministic maximum direction getter; passes fibre crossings."), version="1")
+    # csd_probabilistic 2: steps drawn only from fODF lobes >= 50 % of the voxel's largest
     register("csd_probabilistic", _lazy(".track", "track_probabilistic",
-             "CSD + probabilistic direction getter (deterministic by seed); follows the fan."), version="1")
+             "CSD + probabilistic direction getter (deterministic by seed); follows the fan."), version="2")
     register("tensor_eudx", _lazy(".track", "track_tensor_eudx",
              "DTI EuDX (stops in crossings; for comparison)."), version="1")
 

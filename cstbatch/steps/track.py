@@ -39,6 +39,12 @@ MAX_LENGTH_MM = 300.0
 #: fODF amplitudes below this share of the voxel's largest are not followed (dipy's
 #: ``pmf_threshold``, relative to the maximum).
 PMF_THRESHOLD = 0.1
+#: The same for the probabilistic tracker, which draws each step from what is left. At 10 % it
+#: also draws from the flanks of the lobe it follows (a step's direction scattered by 18° on
+#: average in a straight test bundle, 13° at 50 %), so streamlines drift over a thin tract's
+#: rim and into neighbours; at 50 % they keep to the lobe's core, and two scans of one head
+#: agree better (``benchmarks/RESULTS.md``, "Probabilistic tracking on the lobes' cores").
+PROBABILISTIC_PMF_THRESHOLD = 0.5
 #: A Gaussian's full width at half maximum over its σ (kernels are given as FWHM, like every
 #: smoothing kernel in the field).
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -324,7 +330,8 @@ def track_probabilistic(data, gtab, mask, maps, affine, options) -> list[np.ndar
     """
     from dipy.direction import ProbabilisticDirectionGetter
 
-    return _csd_tracking(ProbabilisticDirectionGetter, data, gtab, mask, maps, affine, options)
+    return _csd_tracking(ProbabilisticDirectionGetter, data, gtab, mask, maps, affine, options,
+                         pmf_threshold=PROBABILISTIC_PMF_THRESHOLD)
 
 
 def crop_to_region(data, mask, maps, affine, margin: int = 2):
@@ -443,7 +450,8 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     return res
 
 
-def _csd_tracking(getter, data, gtab, mask, maps, affine, options) -> list[np.ndarray]:
+def _csd_tracking(getter, data, gtab, mask, maps, affine, options,
+                  pmf_threshold: float = PMF_THRESHOLD) -> list[np.ndarray]:
     from dipy.data import default_sphere
     from dipy.tracking.local_tracking import LocalTracking
 
@@ -463,7 +471,7 @@ def _csd_tracking(getter, data, gtab, mask, maps, affine, options) -> list[np.nd
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # legacy SH basis notice
         dg = getter.from_shcoeff(shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
-                                 pmf_threshold=PMF_THRESHOLD)
+                                 pmf_threshold=pmf_threshold)
         return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, maps.get("seed_mask"))
 
 
