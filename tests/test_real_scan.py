@@ -8,6 +8,10 @@ any reasonable method, not pin today's numbers): both CSTs with at least 100 str
 FA of a white-matter tract, left and right within 20 % of each other, the truncated field of
 view flagged, and the tract files holding what the metrics count. The larger scans and the
 test-retest pair are measured by ``benchmarks/real_scans.py``.
+
+The Trio's original Siemens mosaic DICOM goes through the manifest's DICOM path too (about
+50 s): the one real vendor's DICOM the tests have, and the shared data's README says what its
+conversion must give.
 """
 from __future__ import annotations
 
@@ -22,6 +26,17 @@ from conftest import SHARED
 
 REAL = SHARED / "real-dwi"
 TOSHIBA = REAL / "sub-toshiba"
+TRIO_DICOM = REAL / "sourcedata" / "sub-trio" / "dicom"
+
+
+def _has_dcm2niix() -> bool:
+    from cstbatch.steps.ingest import dcm2niix_candidates
+
+    return any(path for _, path in dcm2niix_candidates())
+
+
+needs_trio_dicom = pytest.mark.skipif(not TRIO_DICOM.is_dir() or not _has_dcm2niix(),
+                                      reason="../shared/real-dwi's mosaic DICOM or dcm2niix not present")
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +292,48 @@ def test_a_simulated_epi_distortion_moves_tissue_along_the_phase_encoding_axis_o
     c_lr, _ = centre_mm(lr[..., 0])
     assert abs(c_lr - c0) < 0.2
     np.testing.assert_array_equal(ap[..., 0], ap[..., 1])
+
+
+@needs_trio_dicom
+def test_the_trio_mosaic_dicom_converts_to_its_two_repeats(tmp_path):
+    """42 mosaic files, one series that the shared dataset split into its test-retest pair:
+    converted, they must be that pair's voxels, grid and gradients, in that order."""
+    import numpy as np
+
+    from cstbatch.steps.ingest import convert_dicom
+
+    conv = convert_dicom(TRIO_DICOM, tmp_path / "work")
+    img = nib.load(str(conv.nifti))
+    reps = [REAL / "sub-trio" / f"ses-{r}" / "dwi" / f"sub-trio_ses-{r}_dwi" for r in ("rep1", "rep2")]
+    parts = [nib.load(f"{stem}.nii.gz") for stem in reps]
+    assert all(np.array_equal(part.affine, img.affine) for part in parts)
+    assert np.array_equal(np.asarray(img.dataobj), np.concatenate([np.asarray(p.dataobj) for p in parts], -1))
+    np.testing.assert_array_equal(np.loadtxt(conv.bval), np.concatenate([np.loadtxt(f"{s}.bval") for s in reps]))
+    np.testing.assert_allclose(np.loadtxt(conv.bvec), np.concatenate([np.loadtxt(f"{s}.bvec") for s in reps], 1),
+                               atol=1e-5)
+
+
+@needs_trio_dicom
+def test_the_trio_from_its_mosaic_dicom_gives_both_csts(tmp_path):
+    """The manifest's DICOM path on a real Siemens series, both repeats as one session (twice
+    the signal of either): the bars of the Toshiba test, no dcm2niix warning, and the lower
+    brainstem the field of view cuts flagged."""
+    from cstbatch.engine.runner import run_doit
+    from cstbatch.study import load_study
+
+    manifest = tmp_path / "study.json"
+    manifest.write_text(json.dumps({"name": "Trio from DICOM", "subjects": [
+        {"id": "sub-trio", "session": None, "dicom": str(TRIO_DICOM)}]}))
+    out = tmp_path / "derivatives"
+    assert run_doit(load_study(manifest=manifest, output_dir=out), ["run"], jobs=1) == 0
+    with open(out / "batch_metrics.csv", newline="") as fh:
+        row = {r["key"]: r for r in csv.DictReader(fh)}["sub-trio"]
+    assert row["status"] == "success"
+    counts = [int(row[f"extraction_cst_streamlines_{s}"]) for s in ("left", "right")]
+    assert min(counts) >= 100, counts
+    fa = [float(row[f"{s}_fa_mean"]) for s in ("left", "right")]
+    assert all(0.35 <= v <= 0.75 for v in fa) and abs(fa[0] - fa[1]) <= 0.2 * max(fa), fa
+    assert row["qc_flags"].split(";") == ["fov_truncated"], row["qc_flags"]
+    ingest = json.loads((out / "sub-trio" / "steps" / "sub-trio_step-ingest.json").read_text())["info"]
+    assert ingest["input_type"] == "dicom" and ingest["shape"] == [102, 102, 60, 42]
+    assert ingest["dcm2niix_warnings"] == [] and (ingest["n_b0"], ingest["n_directions"]) == (2, 20)
