@@ -1,17 +1,19 @@
 """CST of processed real scans under each extraction method, and test-retest agreement.
 
-    python benchmarks/real_scans.py DERIV_DIR [--methods passthrough,corridor]
-                                   [--pair sub-trio_ses-rep1 sub-trio_ses-rep2]
+    python benchmarks/real_scans.py DERIV_DIR [DERIV_DIR ...] [--methods passthrough,corridor]
+                                   [--pair sub-trio_ses-rep1 sub-trio_ses-rep2 ...]
                                    [--retrack NAME=JSON ...] [--option NAME=JSON ...]
 
 Reads what ``cstbatch BIDS DERIV_DIR participant`` wrote for every session (tractogram, FA map,
 transform to MNI), runs each extraction method on the same tractogram as the extract step does
 (with the image's MNI coverage), and prints per session and side the streamline count, mean FA
 along the tract, volume (visited voxels × voxel volume) and the share of streamlines that reach
-the lateral part of the precentral gyrus (:func:`_lateral_share`), then, for ``--pair``, the Dice of the
-2 mm cells visited by each side's CST in the two sessions, in MNI and in scanner coordinates
-(:func:`visited_cells`). No ground truth: a check that
-both CSTs are found and that repeats agree.
+the lateral part of the precentral gyrus (:func:`_lateral_share`), then, for each ``--pair``
+(repeatable), the Dice of the 2 mm cells visited by each side's CST in the two sessions, in MNI
+and in scanner coordinates (:func:`visited_cells`). Several output folders may be given, so that
+sessions processed as different studies can be paired (the Trio repeats and the same series
+converted from its DICOM, processed through a manifest). No ground truth: a check that both
+CSTs are found and that repeats agree.
 
 ``--retrack NAME=JSON`` (repeatable; ``--retrack default`` for the defaults alone) tracks again
 from the session's own preprocessed DWI, mask, tensor maps and transform with the default options
@@ -32,9 +34,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _sessions(root: Path) -> dict[str, Path]:
-    return {p.name[: -len("_tractogram.trk")]: p.parent.parent
-            for p in sorted(root.rglob("*_tractogram.trk")) if "desc-" not in p.name}
+def _sessions(roots: list[Path]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for root in roots:
+        for p in sorted(root.rglob("*_tractogram.trk")):
+            key = p.name[: -len("_tractogram.trk")]
+            if "desc-" in p.name:
+                continue
+            if key in found:
+                raise SystemExit(f"{p}: session {key} is also in {found[key]}; pair folders whose keys differ")
+            found[key] = p.parent.parent
+    return found
 
 
 def visited_cells(streamlines, reg=None, step_mm: float = 1.0) -> set:
@@ -97,7 +107,7 @@ def _track_again(sdir: Path, maps, reg, options) -> list[np.ndarray]:
             if len(s) >= 2]
 
 
-def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | None = None,
+def run(roots: list[Path], methods: list[str], pairs: list[list[str]] | None, retrack: dict | None = None,
         options: dict | None = None) -> None:
     import nibabel as nib
 
@@ -110,7 +120,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
 
     cells = {}
     print("session\tmethod\tcoverage_z\tlevels\tn_L\tn_R\tFA_L\tFA_R\tvol_L_mm3\tvol_R_mm3\tlateral_L\tlateral_R")
-    for key, sdir in _sessions(root).items():
+    for key, sdir in _sessions(roots).items():
         fa_img = nib.load(str(next(sdir.glob("dwi/*param-fa_dwimap.nii.gz"))))
         maps = {p: np.asarray(nib.load(str(next(sdir.glob(f"dwi/*param-{p}_dwimap.nii.gz")))).dataobj,
                               np.float32) for p in ("fa", "md", "rd", "ad")}
@@ -144,8 +154,7 @@ def run(root: Path, methods: list[str], pair: list[str] | None, retrack: dict | 
             for s in ("left", "right"):
                 cells[(key, m, s, "MNI")] = visited_cells(b[s], reg)
                 cells[(key, m, s, "scanner")] = visited_cells(b[s])
-    if pair:
-        a, b_ = pair
+    for a, b_ in pairs or []:
         for m in methods:
             for space in ("MNI", "scanner"):
                 out = []
@@ -163,15 +172,15 @@ def _name_json(items: list[str]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root", type=Path)
+    ap.add_argument("roots", type=Path, nargs="+", metavar="root")
     ap.add_argument("--methods", default="passthrough,corridor")
-    ap.add_argument("--pair", nargs=2, default=None)
+    ap.add_argument("--pair", nargs=2, action="append", default=None)
     ap.add_argument("--retrack", action="append", default=None, metavar="NAME=JSON")
     ap.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
                     help="extraction option, e.g. extract_core_filter=false")
     args = ap.parse_args(argv)
     retrack = None if args.retrack is None else _name_json([i for i in args.retrack if i != "default"])
-    run(args.root, [m for m in args.methods.split(",") if m], args.pair, retrack, _name_json(args.option))
+    run(args.roots, [m for m in args.methods.split(",") if m], args.pair, retrack, _name_json(args.option))
     return 0
 
 

@@ -79,7 +79,7 @@ def main() -> int:
     cmd = [sys.executable, "-m", "cstbatch", str(bids), str(deriv), "participant", "-n", str(args.jobs)]
     code = subprocess.run(cmd, cwd=ROOT).returncode
     for pair in pairs:
-        run(deriv, ["corridor"], list(pair))
+        run([deriv], ["corridor"], [list(pair)])
     return code
 
 
