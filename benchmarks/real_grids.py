@@ -454,17 +454,15 @@ def world_cells(trk: Path | None) -> tuple[set, int]:
     streamlines it holds); an empty set and 0 when there is no tractogram."""
     import nibabel as nib
 
-    from benchmarks.real_scans import visited_cells
+    from cstbatch.steps.metrics import visited_cells
 
     sl = nib.streamlines.load(str(trk)).streamlines if trk is not None else []
     return visited_cells(sl, step_mm=0.5), len(sl)
 
 
-def dice(a: set, b: set) -> float:
-    return 2.0 * len(a & b) / max(1, len(a) + len(b))
-
-
 def main() -> int:
+    from cstbatch.steps.metrics import cells_dice
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     p.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real-dwi")
@@ -501,9 +499,9 @@ def main() -> int:
                 cells[sub, side], counts[sub, side] = world_cells(trk)
         ref, shift = subjects[0], subjects[1]
         for sub in subjects[1:]:
-            row = [dice(cells[sub, s], cells[ref, s]) for s in "LR"]
+            row = [cells_dice(cells[sub, s], cells[ref, s]) for s in "LR"]
             vs_orig += row
-            row2 = [dice(cells[sub, s], cells[shift, s]) for s in "LR"] if sub != shift else [float("nan")] * 2
+            row2 = [cells_dice(cells[sub, s], cells[shift, s]) for s in "LR"] if sub != shift else [float("nan")] * 2
             vs_shift += [v for v in row2 if v == v]
             print(f"{ref[:-4]}\t{sub[len(ref) - 4:]}\t{counts[sub, 'L']}\t{counts[sub, 'R']}\t"
                   + "\t".join(f"{v:.3f}" for v in row + row2))

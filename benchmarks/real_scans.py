@@ -10,7 +10,7 @@ transform to MNI), runs each extraction method on the same tractogram as the ext
 along the tract, volume (visited voxels × voxel volume) and the share of streamlines that reach
 the lateral part of the precentral gyrus (:func:`_lateral_share`), then, for each ``--pair``
 (repeatable), the Dice of the 2 mm cells visited by each side's CST in the two sessions, in MNI
-and in scanner coordinates (:func:`visited_cells`). Several output folders may be given, so that
+and in scanner coordinates (:func:`cstbatch.steps.metrics.visited_cells`). Several output folders may be given, so that
 sessions processed as different studies can be paired (the Trio repeats and the same series
 converted from its DICOM, processed through a manifest). No ground truth: a check that both
 CSTs are found and that repeats agree.
@@ -45,25 +45,6 @@ def _sessions(roots: list[Path]) -> dict[str, Path]:
                 raise SystemExit(f"{p}: session {key} is also in {found[key]}; pair folders whose keys differ")
             found[key] = p.parent.parent
     return found
-
-
-def visited_cells(streamlines, reg=None, step_mm: float = 1.0) -> set:
-    """The 2 mm cells the streamlines visit (sampled every ``step_mm``): in MNI mm through the
-    session's registration ``reg``, or, without one, in the scanner's own world mm.
-
-    Why both: for two series of one head that did not move between them (the Trio repeats), the
-    scanner's coordinates compare the tracts directly, as the issue's bar does; the MNI cells add
-    each session's registration to the comparison (on the Trio pair they differ by 0.8 mm median).
-    """
-    from cstbatch.steps.metrics import densify
-    from cstbatch.steps.register import points_to_mni
-
-    if not len(streamlines):
-        return set()
-    pts = np.concatenate([densify(np.asarray(s, np.float64), step_mm) for s in streamlines])
-    if reg is not None:
-        pts = points_to_mni(pts, reg)
-    return set(map(tuple, np.floor(pts / 2.0).astype(np.int64)))
 
 
 def _lateral_share(streamlines_mni) -> float:
@@ -114,7 +95,7 @@ def run(roots: list[Path], methods: list[str], pairs: list[list[str]] | None, re
     from cstbatch.engine.context import implementation_for
     from cstbatch.steps.extract import selected_streamlines
     from cstbatch.steps.extract_corridor import extraction_inputs
-    from cstbatch.steps.metrics import compute_metrics
+    from cstbatch.steps.metrics import cells_dice, compute_metrics, visited_cells
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.study.options import defaults
 
@@ -159,8 +140,7 @@ def run(roots: list[Path], methods: list[str], pairs: list[list[str]] | None, re
             for space in ("MNI", "scanner"):
                 out = []
                 for s in ("left", "right"):
-                    x, y = cells.get((a, m, s, space), set()), cells.get((b_, m, s, space), set())
-                    out.append(2 * len(x & y) / (len(x) + len(y)) if (x or y) else float("nan"))
+                    out.append(cells_dice(cells.get((a, m, s, space), set()), cells.get((b_, m, s, space), set())))
                 print(f"test-retest {a} vs {b_} ({m}): Dice of visited 2 mm {space} cells "
                       f"left {out[0]:.3f} right {out[1]:.3f}")
 

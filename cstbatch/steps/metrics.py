@@ -152,6 +152,31 @@ def visited_voxel_mask(streamlines, shape, affine) -> np.ndarray:
     return mask
 
 
+def visited_cells(streamlines, reg=None, step_mm: float = 1.0, cell_mm: float = 2.0) -> set:
+    """The ``cell_mm`` cells the streamlines visit (sampled every ``step_mm``): in MNI mm through
+    the session's registration ``reg``, or, without one, in the scanner's own world mm.
+
+    Why cells of a fixed world grid rather than voxels: two sessions of one head are compared on
+    a grid neither was acquired on. Why both spaces: for two series of a head that did not move
+    between them (the Trio repeats), the scanner's coordinates compare the tracts directly, as
+    issue 14's test-retest bar does; MNI cells add each session's registration to the comparison.
+    """
+    sl = _as_list(streamlines)
+    if not sl:
+        return set()
+    pts = np.concatenate([densify(s, step_mm) for s in sl])
+    if reg is not None:
+        from cstbatch.steps.register import points_to_mni
+
+        pts = points_to_mni(pts, reg)
+    return set(map(tuple, np.floor(pts / float(cell_mm)).astype(np.int64)))
+
+
+def cells_dice(a: set, b: set) -> float:
+    """Dice of two sets of visited cells (NaN when both are empty)."""
+    return 2.0 * len(a & b) / (len(a) + len(b)) if (a or b) else float("nan")
+
+
 def sample_map(data: np.ndarray, points: np.ndarray, affine) -> np.ndarray:
     """Trilinear interpolation of a 3-D map at RAS+ mm points (NaN outside the grid)."""
     from scipy import ndimage
