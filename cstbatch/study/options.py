@@ -88,7 +88,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("mask_numpass", 2, int, "mask", "median_otsu number of median filter passes.",
          bounds="[1, )"),
     _opt("track_method", "csd_deterministic", str, "track",
-         "Whole-brain tractography method; CSD-based so tracking gets through fibre crossings.",
+         "Tracker (a plugin; `cstbatch plugins`): csd_deterministic follows the largest fODF lobe within the turning angle; "
+         "csd_probabilistic draws from the lobes' cores, fills more of the fan and repeats better on "
+         "real scans, but follows white matter running beside the CST (README, Known limits).",
          kind="track"),
     _opt("track_region", "cst", str, "track",
          "Where tracking runs: cst (a generous CST corridor from the template registration, seeded in the "
