@@ -19,6 +19,8 @@ from conftest import SHARED
 from cstbatch.outputs.longitudinal import (
     longitudinal_rows,
     ordered_subjects,
+    overlap_reliability,
+    overlap_rows,
     session_flags,
 )
 from cstbatch.outputs.reliability import reliability, reliability_rows
@@ -128,6 +130,45 @@ def test_longitudinal_change_and_flag_with_reference_rc():
     assert flags["sub-02_ses-b"]["change_beyond_rc"] is False and flags["sub-01_ses-1"]["change_beyond_rc"] is None
     no_rc = longitudinal_rows(rows, {}, rel)
     assert {r["change_beyond_rc"] for r in no_rc} == {None}
+
+
+def test_tract_dice_rows_compare_each_later_session_with_the_baseline():
+    rows = _rows()
+    rows[1] = {**rows[1], "right_fa_mean": ""}  # sub-01 ses-2: no right CST found
+    asked = []
+
+    def dice(key, base, side):
+        asked.append((key, base, side))
+        return {"sub-01_ses-2": 0.8, "sub-01_ses-10": 0.6, "sub-02_ses-b": 0.9}[key]
+
+    out = overlap_rows(rows, {}, dice)
+    got = {(r["key"], r["side"]): r["value"] for r in out}
+    assert got == {("sub-01_ses-2", "left"): 0.8, ("sub-01_ses-2", "right"): None,
+                   ("sub-01_ses-10", "left"): 0.6, ("sub-01_ses-10", "right"): 0.6,
+                   ("sub-02_ses-b", "left"): 0.9, ("sub-02_ses-b", "right"): 0.9}
+    assert {(k, b) for k, b, _ in asked} == {("sub-01_ses-2", "sub-01_ses-1"), ("sub-01_ses-10", "sub-01_ses-1"),
+                                            ("sub-02_ses-b", "sub-02_ses-a")}  # baselines, failed sessions left out
+    assert {r["metric"] for r in out} == {"tract_dice"} and {r["session_index"] for r in out} == {1, 2}
+    rel = {r["side"]: r for r in overlap_reliability(out)}
+    assert rel["left"]["mean"] == pytest.approx(((0.8 + 0.6) / 2 + 0.9) / 2)  # subjects weigh alike
+    assert rel["right"]["mean"] == pytest.approx((0.6 + 0.9) / 2) and rel["right"]["n_subjects"] == 2
+    assert rel["left"]["n_sessions"] == 5 and rel["left"]["icc"] is None
+
+
+def test_template_mask_cells_hold_the_points_that_visit_them():
+    from cstbatch.steps.metrics import TEMPLATE_CELLS_SHAPE, template_mask, visited_cells
+    from cstbatch.steps.register import Registration
+
+    line = np.linspace([-20.0, -25.0, -50.0], [-30.0, -15.0, 60.0], 60)
+    reg = Registration(subject_to_mni=np.eye(4))
+    mask, affine = template_mask([line], reg)
+    assert mask.shape == TEMPLATE_CELLS_SHAPE and mask.sum() == len(visited_cells([line], reg))
+    centres = np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
+    # every visited cell's centre lies within a cell (1 mm per axis) of the line, and every point is in one
+    from scipy.spatial import cKDTree
+    dense = np.linspace(line[0], line[-1], 2000)
+    assert np.all(np.abs(centres[cKDTree(centres).query(dense)[1]] - dense) <= 1.0 + 1e-9)
+    assert mask.dtype == np.uint8 and template_mask([], reg)[0].sum() == 0
 
 
 def test_study_rc_is_used_from_five_subjects():

@@ -48,6 +48,9 @@ BUILTIN_STEP_VERSION["metrics"] = "6"
 # metrics 7: gyrus_coverage (how much of each part of the precentral gyrus the image holds), read
 # by fov_truncated (the html reporter, version 5, says so in its summary)
 BUILTIN_STEP_VERSION["metrics"] = "7"
+# metrics 8: each side's template-space mask (dwi/*_space-<template>_desc-cst?_mask),
+# from which the aggregation measures a subject's tract agreement between sessions
+BUILTIN_STEP_VERSION["metrics"] = "8"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's
@@ -80,7 +83,9 @@ def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Pat
     if step == "extract":
         return [layout.cst("left"), layout.cst("right")]
     if step == "metrics":
-        return [layout.metrics_json, layout.metrics_csv, layout.profiles_csv]
+        atlas = options.get("atlas", "icbm2009a")
+        return [layout.metrics_json, layout.metrics_csv, layout.profiles_csv,
+                *(layout.cst_template_mask(side, atlas) for side in ("left", "right"))]
     if step == "report":  # other reporters' files are listed in the step record
         if options.get("reporter") != "html":
             return []

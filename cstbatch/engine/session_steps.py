@@ -360,6 +360,7 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
         compute_metrics,
         metrics_to_rows,
         profiles_to_rows,
+        template_mask,
     )
     fa_img = nib.load(str(ctx.layout.tensor_map("fa")))
     from cstbatch.atomic import write_json
@@ -373,7 +374,8 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
     reg = load_session_registration(ctx)
     gyrus = gyrus_fractions(gyrus_points(_atlas(ctx).registration_template), fa_img.shape, fa_img.affine,
                             reg.subject_to_mni)
-    result = compute_metrics(_load_streamlines(ctx.layout.cst("left")), _load_streamlines(ctx.layout.cst("right")),
+    sides = {s: _load_streamlines(ctx.layout.cst(s)) for s in ("left", "right")}
+    result = compute_metrics(sides["left"], sides["right"],
                              _load_maps(ctx.layout), fa_img.affine, ctx.options,
                              mni=reg, brainstem_mask=brainstem,
                              uncovered_levels=(infos["register"].get("coverage") or {}).get("missing") or (),
@@ -392,6 +394,10 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
                                          "qc_flags": flags, "provenance": session_provenance(ctx)})
     write_csv(ctx.layout.metrics_csv, metrics_to_rows(result))
     write_csv(ctx.layout.profiles_csv, profiles_to_rows(result))
+    for side, streamlines in sides.items():
+        mask, affine = template_mask(streamlines, reg)
+        save_nifti(nib.Nifti1Image(mask, affine),
+                   ctx.layout.cst_template_mask(side, ctx.options.get("atlas", "icbm2009a")))
     for f in flags:
         ctx.log.warning("QC %s: %s", f["code"], f["message"])
     chosen = failing(flags, ctx.options.get("qc_fail"))

@@ -199,6 +199,9 @@ def write_longitudinal(out_dir: Path, subjects, rows: list[dict], reference_rc_f
     times = {s.key: when(s) for s in subjects}
     rel = reliability.reliability_rows(rows)
     long_rows = longitudinal.longitudinal_rows(rows, times, rel, reference_rc_fa)
+    dice_rows = longitudinal.overlap_rows(rows, times, _tract_dice(out_dir, subjects))
+    long_rows += dice_rows
+    rel += longitudinal.overlap_reliability(dice_rows)
     paths = group_paths(out_dir)
     write_csv(paths["reliability"], [_tsv_row(r) for r in rel], delimiter="\t", columns=reliability.COLUMNS)
     write_csv(paths["longitudinal"], [_tsv_row(r) for r in long_rows], delimiter="\t",
@@ -206,6 +209,31 @@ def write_longitudinal(out_dir: Path, subjects, rows: list[dict], reference_rc_f
     repeated = {"reliability": rel, "longitudinal": long_rows, "times": times,
                 "reference_rc_fa": reference_rc_fa}
     return longitudinal.session_flags(long_rows), repeated
+
+
+def _tract_dice(out_dir: Path, subjects):
+    """(key, other key, side) → Dice of the two sessions' template-space CST masks (the metrics
+    step's), or None when either is missing or they lie in different templates."""
+    import nibabel as nib
+    import numpy as np
+
+    layouts = {s.key: SessionLayout.of(out_dir, s) for s in subjects}
+
+    def mask(key: str, side: str):
+        found = sorted((layouts[key].root / "dwi").glob(f"{key}_space-*_desc-cst{side[0].upper()}_mask.nii.gz"))
+        if len(found) != 1:
+            return None, None
+        space = found[0].name[len(key) + 1:].split("_")[0]
+        return space, np.asarray(nib.load(str(found[0])).dataobj) > 0
+
+    def dice(a: str, b: str, side: str) -> float | None:
+        (space_a, ma), (space_b, mb) = mask(a, side), mask(b, side)
+        if ma is None or mb is None or space_a != space_b or ma.shape != mb.shape:
+            return None
+        total = int(ma.sum()) + int(mb.sum())
+        return 2.0 * int((ma & mb).sum()) / total if total else None
+
+    return dice
 
 
 def _tsv_row(row: dict[str, Any]) -> dict[str, Any]:

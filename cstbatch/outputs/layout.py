@@ -147,6 +147,11 @@ class SessionLayout:
     def cst(self, side: str) -> Path:
         return self._f("tractography", f"desc-cst{side[0].upper()}_tractogram.trk")
 
+    def cst_template_mask(self, side: str, atlas: str) -> Path:
+        """The 2 mm template cells a CST side visits (written by the metrics step): a BIDS
+        derivative mask, in ``dwi/`` with the session's other masks, its ``space-`` the template."""
+        return self._f("dwi", f"space-{template_id(atlas)}_desc-cst{side[0].upper()}_mask.nii.gz")
+
     # register
     def transform(self, atlas: str) -> Path:
         """ITK text affine that resamples the template onto the DWI grid (maps DWI-space points

@@ -13,11 +13,15 @@ which); the first is the baseline. Per session, metric and side (``left``, ``rig
   repeatability coefficient of that side's FA (:mod:`cstbatch.outputs.reliability`) when at
   least :data:`MIN_SUBJECTS_FOR_STUDY_RC` subjects give it, else the ``reference_rc_fa``
   option; empty when neither exists. ``rc`` and ``rc_source`` say which was used.
+
+Besides the metrics of batch_metrics.csv, each later session has a ``tract_dice`` row per side
+(:func:`overlap_rows`): the Dice of the template cells its CST visits with the baseline's. FA
+and volume can repeat while the tract moves; this says whether the same tract was measured.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cstbatch.outputs.reliability import METRICS, SIDES
@@ -25,6 +29,7 @@ from cstbatch.study.sessions import SessionTime, session_order_key
 
 MIN_SUBJECTS_FOR_STUDY_RC = 5
 FLAG_METRIC = "fa_mean"
+OVERLAP_METRIC = "tract_dice"
 COLUMNS = ["participant_id", "session_id", "key", "session_index", "acq_time", "order_source", "metric", "side",
            "value", "baseline_session", "change", "pct_change", "rc", "rc_source", "change_beyond_rc"]
 
@@ -108,6 +113,46 @@ def longitudinal_rows(rows: Sequence[Mapping[str, Any]], times: Mapping[str, Ses
                         "change": change, "pct_change": pct, "rc": rc, "rc_source": source or None,
                         "change_beyond_rc": None if beyond is None else ("true" if beyond else "false"),
                     })
+    return out
+
+
+def overlap_rows(rows: Sequence[Mapping[str, Any]], times: Mapping[str, SessionTime],
+                 dice: Callable[[str, str, str], float | None]) -> list[dict[str, Any]]:
+    """``tract_dice`` rows of ``longitudinal.tsv``: per later session and side, ``dice(key,
+    baseline key, side)``; None where a side was not found in either session (its FA is empty)."""
+    out = []
+    for subject, (sessions, order_source) in ordered_subjects(rows, times).items():
+        baseline = sessions[0]
+        for index, row in enumerate(sessions[1:], start=1):
+            key = str(row.get("key"))
+            when = (times.get(key) or SessionTime(None, None)).when
+            for side in ("left", "right"):
+                found = all(_float(r.get(f"{side}_fa_mean")) is not None for r in (row, baseline))
+                out.append({
+                    "participant_id": subject, "session_id": row.get("session_id") or "n/a", "key": key,
+                    "session_index": index, "acq_time": when.isoformat() if when else None,
+                    "order_source": order_source, "metric": OVERLAP_METRIC, "side": side,
+                    "value": dice(key, str(baseline.get("key")), side) if found else None,
+                    "baseline_session": baseline.get("session_id") or str(baseline.get("key")),
+                    "change": None, "pct_change": None, "rc": None, "rc_source": None, "change_beyond_rc": None,
+                })
+    return out
+
+
+def overlap_reliability(dice_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``reliability.tsv`` rows for ``tract_dice``: per side, the mean over subjects of their
+    sessions' Dice with the baseline (the other statistics do not apply to an overlap)."""
+    out = []
+    for side in ("left", "right"):
+        per_subject: dict[str, list[float]] = {}
+        for r in dice_rows:
+            if r["side"] == side and r["value"] is not None:
+                per_subject.setdefault(r["participant_id"], []).append(float(r["value"]))
+        means = [sum(v) / len(v) for v in per_subject.values()]
+        out.append({"metric": OVERLAP_METRIC, "side": side, "n_subjects": len(means),
+                    "n_sessions": sum(len(v) + 1 for v in per_subject.values()),
+                    "mean": sum(means) / len(means) if means else None,
+                    "wcv": None, "icc": None, "sem": None, "rc": None})
     return out
 
 

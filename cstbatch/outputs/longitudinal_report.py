@@ -229,7 +229,9 @@ def longitudinal_blocks(output_dir: Path, repeated: Mapping[str, Any] | None) ->
     blocks.append(reliability_table(rel_rows))
     blocks.append(P("Over subjects with ≥ 2 successful sessions: wCV = √mean(sᵢ/mᵢ)², ICC(1,1) from a one-way "
                     "random-effects ANOVA (unequal sessions per subject), SEM = Sw = √mean(sᵢ²), RC = 2.77·Sw. "
-                    "The wCV of a laterality index (mean near 0) is not meaningful; use its SEM and RC.", css="meta"))
+                    "The wCV of a laterality index (mean near 0) is not meaningful; use its SEM and RC. "
+                    "tract_dice: the Dice of the 2 mm template cells a later session's CST visits with the "
+                    "baseline's, averaged per subject, then over subjects (1 = the same tract).", css="meta"))
     subject = chosen_subject(long_rows)
     rows = subjects.get(subject) or []
     sessions = list(dict.fromkeys((r["session_index"], r["key"]) for r in rows))

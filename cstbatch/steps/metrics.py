@@ -177,6 +177,32 @@ def cells_dice(a: set, b: set) -> float:
     return 2.0 * len(a & b) / (len(a) + len(b)) if (a or b) else float("nan")
 
 
+#: The template-space grid of :func:`template_mask`: 2 mm cells (those of :func:`visited_cells`,
+#: centres at odd mm) over MNI x −98…98, y −134…98, z −80…116 mm, the whole template brain.
+TEMPLATE_CELLS_LO = np.array([-49, -67, -40])
+TEMPLATE_CELLS_SHAPE = (98, 116, 98)
+
+
+def template_mask(streamlines, reg) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 mask, affine): the template cells (:data:`TEMPLATE_CELLS_SHAPE`) the streamlines
+    visit through the session's registration ``reg``.
+
+    Why: sessions acquired on different days lie differently in the scanner, so their tracts
+    are compared in the template (how the aggregation measures a subject's tract agreement
+    between sessions), and a group's masks overlay on one grid. The cells are exactly
+    :func:`visited_cells`'s, so a Dice of two masks is the benchmarks' MNI-cell Dice.
+    """
+    mask = np.zeros(TEMPLATE_CELLS_SHAPE, np.uint8)
+    cells = visited_cells(streamlines, reg)
+    if cells:
+        ijk = np.array(sorted(cells), np.int64) - TEMPLATE_CELLS_LO
+        ijk = ijk[np.all((ijk >= 0) & (ijk < TEMPLATE_CELLS_SHAPE), axis=1)]
+        mask[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = 1
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = 2.0 * TEMPLATE_CELLS_LO + 1.0
+    return mask, affine
+
+
 def sample_map(data: np.ndarray, points: np.ndarray, affine) -> np.ndarray:
     """Trilinear interpolation of a 3-D map at RAS+ mm points (NaN outside the grid)."""
     from scipy import ndimage
