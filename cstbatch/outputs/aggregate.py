@@ -264,11 +264,13 @@ Inputs left out by discovery: {len(summary.get('skipped_inputs') or [])} (batch_
   (codes joined by ";"; what each means: batch_summary.json and the reports)
 - longitudinal.tsv: subjects with two or more successful sessions, in acquisition order: value,
   change and % change from baseline per metric and side; change_beyond_rc flags FA changes
-  larger than the repeatability coefficient
+  larger than the repeatability coefficient; tract_dice, the overlap of each CST side with the
+  baseline's in the template
 - reliability.tsv: test-retest reliability per metric and side (wCV, ICC(1,1), SEM,
   repeatability coefficient) over the subjects with repeated sessions
 - group_report.html: cohort table, distributions, outliers, failures
-- sub-*/[ses-*/]: dwi/ (preprocessed DWI, gradients, brain mask, atlas ROIs, tensor maps),
+- sub-*/[ses-*/]: dwi/ (preprocessed DWI, gradients, brain mask, atlas ROIs, tensor maps, CST
+  masks in the template's space),
   tractography/ (whole brain, CST L/R), xfm/ (template-to-DWI transform, ITK text),
   metrics/ (metrics.json/csv, profiles, report), steps/ (step records)
 - logs/: one log per session, <session>_error.log for failures
