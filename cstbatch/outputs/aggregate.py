@@ -13,7 +13,7 @@ from typing import Any
 
 from cstbatch._version import __version__
 from cstbatch.atomic import write_json, write_text
-from cstbatch.outputs.layout import BIDSIGNORE, SessionLayout, group_paths
+from cstbatch.outputs.layout import BIDSIGNORE, SessionLayout, group_paths, template_id
 from cstbatch.outputs.results import collect_results
 from cstbatch.outputs.tables import write_csv
 from cstbatch.study.options import merge_options
@@ -213,22 +213,28 @@ def write_longitudinal(out_dir: Path, subjects, rows: list[dict], reference_rc_f
 
 def _tract_dice(out_dir: Path, subjects):
     """(key, other key, side) → Dice of the two sessions' template-space CST masks (the metrics
-    step's), or None when either is missing or they lie in different templates."""
+    step's, in the template each session's ``atlas`` names), or None when either is missing or
+    the two lie in different templates."""
+    from functools import cache
+
     import nibabel as nib
     import numpy as np
 
-    layouts = {s.key: SessionLayout.of(out_dir, s) for s in subjects}
+    specs = {s.key: s for s in subjects}
 
+    def atlas(key: str) -> str:
+        return specs[key].options.get("atlas", "icbm2009a")
+
+    @cache
     def mask(key: str, side: str):
-        found = sorted((layouts[key].root / "dwi").glob(f"{key}_space-*_desc-cst{side[0].upper()}_mask.nii.gz"))
-        if len(found) != 1:
-            return None, None
-        space = found[0].name[len(key) + 1:].split("_")[0]
-        return space, np.asarray(nib.load(str(found[0])).dataobj) > 0
+        path = SessionLayout.of(out_dir, specs[key]).cst_template_mask(side, atlas(key))
+        return np.asarray(nib.load(str(path)).dataobj) > 0 if path.exists() else None
 
     def dice(a: str, b: str, side: str) -> float | None:
-        (space_a, ma), (space_b, mb) = mask(a, side), mask(b, side)
-        if ma is None or mb is None or space_a != space_b or ma.shape != mb.shape:
+        if template_id(atlas(a)) != template_id(atlas(b)):
+            return None
+        ma, mb = mask(a, side), mask(b, side)
+        if ma is None or mb is None or ma.shape != mb.shape:
             return None
         total = int(ma.sum()) + int(mb.sum())
         return 2.0 * int((ma & mb).sum()) / total if total else None
