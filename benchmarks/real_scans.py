@@ -10,10 +10,10 @@ transform to MNI), runs each extraction method on the same tractogram as the ext
 along the tract, volume (visited voxels × voxel volume) and the share of streamlines that reach
 the lateral part of the precentral gyrus (:func:`_lateral_share`), then, for each ``--pair``
 (repeatable), the Dice of the 2 mm cells visited by each side's CST in the two sessions, in MNI
-and in scanner coordinates (:func:`cstbatch.steps.metrics.visited_cells`). Several output folders may be given, so that
-sessions processed as different studies can be paired (the Trio repeats and the same series
-converted from its DICOM, processed through a manifest). No ground truth: a check that both
-CSTs are found and that repeats agree.
+and in scanner coordinates (:func:`cstbatch.steps.metrics.visited_cells`). Several output
+folders may be given, so that sessions processed as different studies can be paired (the Trio
+repeats and the same series converted from its DICOM, processed through a manifest). No ground
+truth: a check that both CSTs are found and that repeats agree.
 
 ``--retrack NAME=JSON`` (repeatable; ``--retrack default`` for the defaults alone) tracks again
 from the session's own preprocessed DWI, mask, tensor maps and transform with the default options
@@ -38,9 +38,9 @@ def _sessions(roots: list[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for root in roots:
         for p in sorted(root.rglob("*_tractogram.trk")):
-            key = p.name[: -len("_tractogram.trk")]
-            if "desc-" in p.name:
+            if "desc-" in p.name:  # the CST files, not the session's tractogram
                 continue
+            key = p.name[: -len("_tractogram.trk")]
             if key in found:
                 raise SystemExit(f"{p}: session {key} is also in {found[key]}; pair folders whose keys differ")
             found[key] = p.parent.parent
