@@ -4,7 +4,7 @@
         [--methods passthrough,corridor] [--track csd_deterministic] [--cache DIR] [--json OUT]
         [--bvalue 1000] [--directions 32] [--b0s 5] [--fov-bottom-z Z]
         [--lesion random|none|left|right|alternate] [--lesion-eig PAR,PERP] [--phantom tubes|juelich]
-        [--regions]
+        [--anatomy-version 2|1] [--regions]
 
 Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.sample.anatomy.
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
@@ -34,6 +34,11 @@ lesioned side has the lower mean CST FA.
 from the Juelich histological atlas (a CST of 17-23 cm³ with a continuous fan), a nonlinear
 deformation per subject, no distractor; ``--lesion-eig`` does not apply to it.
 
+``--anatomy-version 1`` gives each tube anatomy the sample phantom's fixed background white
+matter, as every tube set scored before anatomy version 2 had; the bundles of a seed are the
+same in both versions, so the two pair up (version 2 draws the background's orientations per
+subject: :mod:`cstbatch.sample.anatomy`).
+
 ``--regions`` adds, per method and side, the truth voxels, recall, false positives and precision
 summed over the subjects by MNI region (:data:`REGION_Z`; from z 20 up also by |x|, the fan's leg,
 hand and face branches): where a set's Dice is lost.
@@ -58,12 +63,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cstbatch.sample.anatomy import ANATOMY_VERSION  # noqa: E402
+
 COLUMNS = ("seed", "method", "orient", "snr", "lesion", "n_L", "n_R", "dice_L", "dice_R", "prec_L", "prec_R",
            "rec_L", "rec_R", "swap_L", "swap_R", "distr", "faerr_L", "faerr_R", "course_mm")
 
 
 #: the sample study's acquisition; ``--bvalue`` / ``--directions`` / ``--b0s`` / ``--fov-bottom-z``
 ACQUISITION = {"b_value": 1000.0, "n_directions": 32, "n_b0": 5, "fov_bottom_z": None,
+               "anatomy_version": ANATOMY_VERSION,
                "lesion": "random", "lesion_eig": None, "phantom": "tubes"}
 
 
@@ -87,7 +95,7 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
                                b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"])
     else:
         s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
-                                 lesion=lesion, anatomy=random_anatomy(seed), b_value=acq["b_value"],
+                                 lesion=lesion, anatomy=random_anatomy(seed, acq["anatomy_version"]), b_value=acq["b_value"],
                                  n_directions=acq["n_directions"], n_b0=acq["n_b0"], **extra)
     if acq["fov_bottom_z"] is not None:
         _cut_below(s, float(acq["fov_bottom_z"]))
@@ -154,7 +162,12 @@ def _cached(seed, voxel, options, cache: Path | None, acq: dict | None = None) -
         return _process(seed, voxel, options, acq)
     track_keys = sorted(k for k in options if k.startswith(("track_", "mask_", "denoise")))
     ident = [seed, voxel, [(k, options[k]) for k in track_keys]]
-    changed = {k: v for k, v in (acq or {}).items() if ACQUISITION.get(k) != v}
+    # the keys of caches written before anatomy version 2 stay valid for version 1
+    base = {**ACQUISITION, "anatomy_version": 1}
+    acq = {**ACQUISITION, **(acq or {})}
+    if acq["phantom"] != "tubes":
+        acq["anatomy_version"] = 1
+    changed = {k: v for k, v in acq.items() if base.get(k) != v}
     if changed:  # the sample study's acquisition keeps the keys older caches were written with
         ident.append(sorted(changed.items()))
     key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
@@ -298,6 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lesion-eig", default=None, help="PAR,PERP of the lesion in 1e-3 mm^2/s (default 1.35,0.72)")
     ap.add_argument("--phantom", default="tubes", choices=("tubes", "juelich"),
                     help="tubes: cstbatch.sample.phantom (default); juelich: benchmarks/atlas_phantom.py")
+    ap.add_argument("--anatomy-version", type=int, default=ANATOMY_VERSION, choices=(1, 2),
+                    help="tubes: 2 (default) draws each anatomy's background white matter; 1: the fixed field")
     ap.add_argument("--regions", action="store_true",
                     help="also print recall and precision by MNI region, summed over the subjects")
     args = ap.parse_args(argv)
@@ -306,7 +321,7 @@ def main(argv=None) -> int:
         ap.error(f"--lesion-eig: two numbers PAR,PERP expected, got {args.lesion_eig!r}")
     acq = {"b_value": args.bvalue, "n_directions": args.directions, "n_b0": args.b0s,
            "fov_bottom_z": args.fov_bottom_z, "lesion": args.lesion, "lesion_eig": lesion_eig,
-           "phantom": args.phantom}
+           "phantom": args.phantom, "anatomy_version": args.anatomy_version}
     limit_threads()
     options = defaults()
     if args.track:

@@ -47,3 +47,38 @@ def test_session_from_an_anatomy_has_union_truth_masks():
     again = make_phantom_session(seed=5, voxel_mm=4.0, snr=20.0, orientation="RAS",
                                  anatomy=random_anatomy(5), compute_fa=False)
     assert np.array_equal(s.data, again.data)
+
+
+def test_each_anatomy_draws_its_own_background_white_matter():
+    """Before anatomy version 2 every anatomy had the sample phantom's fixed background, which
+    runs nearly along the right CST in the corona radiata and across the left one: every tube
+    set asked the same question of its right sides."""
+    from cstbatch.sample.phantom import wm_orientation_mni
+
+    beside = np.array([[25.0, -20.0, 30.0], [-25.0, -20.0, 30.0]])  # right, left corona radiata
+
+    def off_vertical(waves):
+        v = wm_orientation_mni(beside, waves)
+        assert np.allclose(np.linalg.norm(v, axis=1), 1.0)
+        return np.degrees(np.arccos(np.abs(v[:, 2])))
+
+    drawn = np.array([off_vertical(random_anatomy(seed).background) for seed in range(12)])
+    assert np.ptp(drawn[:, 0]) > 40 and np.ptp(drawn[:, 1]) > 40
+    fixed = off_vertical(None)
+    assert fixed[0] < 30 < 40 < fixed[1]
+    old = random_anatomy(7, version=1)
+    assert old.background == () and old.bundles == random_anatomy(7).bundles
+    assert random_anatomy(7).background == random_anatomy(7).background != random_anatomy(8).background
+
+
+def test_the_background_changes_the_signal_and_not_the_truth():
+    a1, a2 = random_anatomy(5, version=1), random_anatomy(5)
+    s1, s2 = (make_phantom_session(seed=5, voxel_mm=4.0, snr=0.0, orientation="LAS", anatomy=a,
+                                   compute_fa=False) for a in (a1, a2))
+    for k in ("cst_left", "cst_right", "distractor"):
+        assert np.array_equal(s1.masks[k], s2.masks[k])
+    differs = np.any(np.abs(s1.data - s2.data) > 1e-3, axis=-1)
+    assert differs.sum() > 0.3 * s1.masks["brain"].sum()
+    no_background = s1.masks["brain"] & (s1.fractions["wm"] == 0)  # CSF, grey matter, whole tubes
+    assert no_background.sum() > 100 and not differs[no_background].any()
+    assert s2.truth()["anatomy"]["version"] == 2 and s1.truth()["anatomy"]["version"] == 1

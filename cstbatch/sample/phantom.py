@@ -9,7 +9,8 @@ Tissue model (per voxel, fractions summing to the brain fraction)
       D = 3.0e-3 mm²/s, bright b0 (S0 = 2400).
     * GM    isotropic, D = 0.8e-3 mm²/s, S0 = 1300.
     * WM    anisotropic everywhere: a cylindrical tensor (λ∥ 1.4e-3, λ⊥ 0.6e-3) along a smooth
-      orientation field that is fixed in MNI space (:func:`wm_orientation_mni`), S0 = 1000.
+      orientation field that is fixed in MNI space (:func:`wm_orientation_mni`; a random
+      anatomy draws its own), S0 = 1000.
     * Bundles replace WM and GM (never CSF) inside their tubes: cylindrical tensors along the
       tube's tangent (CST λ∥ 1.65e-3, λ⊥ 0.38e-3); where tubes overlap the voxel is a
       mixture. The corpus callosum yields half its fraction where it crosses the CSTs in the
@@ -276,11 +277,17 @@ def _smoothed_maps(voxel_mm: float) -> dict[str, np.ndarray]:
     return out
 
 
-def wm_orientation_mni(p: np.ndarray) -> np.ndarray:
+def wm_orientation_mni(p: np.ndarray, waves=None) -> np.ndarray:
     """Smooth unit orientation field of the background white matter, in MNI space.
 
     ``p``: (..., 3) MNI mm → (..., 3) unit vectors (angles vary on a ~3–6 cm scale).
+    ``waves``: None for the sample study's fixed field, or a random anatomy's own
+    (:attr:`cstbatch.sample.anatomy.Anatomy.background`: the azimuth's and the elevation's
+    plane waves, each ``(kx, ky, kz, phase, amplitude)`` with k in rad/mm).
     """
+    if waves:
+        theta, phi = (sum(a * np.sin(p @ np.array(k) + ph) for (*k, ph, a) in w) for w in waves)
+        return np.stack([np.cos(phi) * np.cos(theta), np.cos(phi) * np.sin(theta), np.sin(phi)], -1)
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
     theta = 1.2 * np.sin(y / 40.0) + 0.8 * np.cos(z / 33.0) + 0.5 * np.sin(x / 28.0)
     phi = 0.9 * np.sin(x / 37.0 + z / 45.0) + 0.4 * np.cos(y / 50.0)
@@ -581,8 +588,8 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     anatomy
         None (the fixed bundles of :data:`BUNDLES`, the sample study), or a
         :class:`cstbatch.sample.anatomy.Anatomy`: its own bundles (several tubes may form one
-        truth mask, e.g. the branches of a fanning CST), eigenvalues, crossing yields and an
-        extra brain scaling.
+        truth mask, e.g. the branches of a fanning CST), eigenvalues, crossing yields, an
+        extra brain scaling and the background white matter's orientations.
     """
     lesion = resolve_lesion(lesion)
     if anatomy is None:
@@ -655,7 +662,7 @@ def make_phantom_session(*, seed, voxel_mm: float = 2.0, snr: float = 30.0,
     sig = np.zeros((n_in, bvals.size), np.float32)
     sig += (frac["csf"] * S0["csf"])[:, None] * np.exp(-b * D_CSF)[None, :]
     sig += (frac["gm"] * S0["gm"])[:, None] * np.exp(-b * D_GM)[None, :]
-    wm_dir = wm_orientation_mni(p_mni) @ lin.T
+    wm_dir = wm_orientation_mni(p_mni, None if anatomy is None else anatomy.background) @ lin.T
     wm_dir = (wm_dir / np.linalg.norm(wm_dir, axis=1, keepdims=True)).astype(np.float32)
     sel = frac["wm"] > 0
     sig[sel] += (frac["wm"][sel] * S0["wm"])[:, None] * _cyl_signal(g, b, wm_dir[sel], WM_EIG)
