@@ -95,8 +95,9 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
                                b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"])
     else:
         s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
-                                 lesion=lesion, anatomy=random_anatomy(seed, acq["anatomy_version"]), b_value=acq["b_value"],
-                                 n_directions=acq["n_directions"], n_b0=acq["n_b0"], **extra)
+                                 lesion=lesion, anatomy=random_anatomy(seed, acq["anatomy_version"]),
+                                 b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"],
+                                 **extra)
     if acq["fov_bottom_z"] is not None:
         _cut_below(s, float(acq["fov_bottom_z"]))
     return s

@@ -33,13 +33,13 @@ Ranges (MNI mm; every side drawn on its own, so the two CSTs are never mirror im
       random direction and phase. The sample phantom's fixed field has amplitudes and
       wavelengths in these ranges, and over the brain and many seeds the drawn fields are as
       often steep: 23 % of points more than 60° from the horizontal, against 22 % in the fixed
-      field (median 35° against 40°). Until anatomy version 2 every anatomy had that fixed field, which is not
-      mirror-symmetric: beside the right CST in the corona radiata it runs within 17–30° of
-      the tract, beside the left one 41–86°, so every tube set asked the same question of the
-      right sides. Drawn from its own stream (``default_rng([seed, 15])``), so a seed's
-      bundles are those of version 1.
+      field (median 35° against 40°). Until anatomy version 2 every anatomy had that fixed
+      field, which is not mirror-symmetric: beside the right CST in the corona radiata it runs
+      within 17–30° of the tract, beside the left one 41–86°, so every tube set asked the same
+      question of the right sides. Drawn from its own stream (``default_rng([seed, 15])``), so
+      a seed's bundles are those of version 1.
 SNR, orientation (LAS/RAS, oblique) and voxel size are arguments of the session, not of the
-anatomy. Everything is drawn from ``numpy.random.default_rng(seed)`` in a fixed order.
+anatomy. The bundles are drawn from ``numpy.random.default_rng([seed, 14])`` in a fixed order.
 """
 from __future__ import annotations
 
