@@ -83,6 +83,17 @@ def fa_rc(reliability: Sequence[Mapping[str, Any]], reference: float | None) -> 
     return out
 
 
+def _session_columns(subject: str, index: int, row: Mapping[str, Any], baseline: Mapping[str, Any],
+                     order_source: str, times: Mapping[str, SessionTime]) -> dict[str, Any]:
+    """The columns of a ``longitudinal.tsv`` row that name its session and baseline."""
+    key = str(row.get("key"))
+    when = (times.get(key) or SessionTime(None, None)).when
+    return {"participant_id": subject, "session_id": row.get("session_id") or "n/a", "key": key,
+            "session_index": index, "acq_time": when.isoformat() if when else None,
+            "order_source": order_source,
+            "baseline_session": baseline.get("session_id") or str(baseline.get("key"))}
+
+
 def longitudinal_rows(rows: Sequence[Mapping[str, Any]], times: Mapping[str, SessionTime],
                       reliability: Sequence[Mapping[str, Any]], reference_rc_fa: float | None = None,
                       metrics: Sequence[str] = METRICS, sides: Sequence[str] = SIDES) -> list[dict[str, Any]]:
@@ -92,8 +103,7 @@ def longitudinal_rows(rows: Sequence[Mapping[str, Any]], times: Mapping[str, Ses
     for subject, (sessions, order_source) in ordered_subjects(rows, times).items():
         baseline = sessions[0]
         for index, row in enumerate(sessions):
-            key = str(row.get("key"))
-            when = (times.get(key) or SessionTime(None, None)).when
+            session = _session_columns(subject, index, row, baseline, order_source, times)
             for metric in metrics:
                 for side in sides:
                     column = f"{side}_{metric}"
@@ -106,10 +116,7 @@ def longitudinal_rows(rows: Sequence[Mapping[str, Any]], times: Mapping[str, Ses
                         if rc is not None and index > 0 and change is not None:
                             beyond = abs(change) > rc
                     out.append({
-                        "participant_id": subject, "session_id": row.get("session_id") or "n/a", "key": key,
-                        "session_index": index, "acq_time": when.isoformat() if when else None,
-                        "order_source": order_source, "metric": metric, "side": side, "value": value,
-                        "baseline_session": baseline.get("session_id") or str(baseline.get("key")),
+                        **session, "metric": metric, "side": side, "value": value,
                         "change": change, "pct_change": pct, "rc": rc, "rc_source": source or None,
                         "change_beyond_rc": None if beyond is None else ("true" if beyond else "false"),
                     })
@@ -124,16 +131,12 @@ def overlap_rows(rows: Sequence[Mapping[str, Any]], times: Mapping[str, SessionT
     for subject, (sessions, order_source) in ordered_subjects(rows, times).items():
         baseline = sessions[0]
         for index, row in enumerate(sessions[1:], start=1):
-            key = str(row.get("key"))
-            when = (times.get(key) or SessionTime(None, None)).when
+            session = _session_columns(subject, index, row, baseline, order_source, times)
             for side in ("left", "right"):
                 found = all(_float(r.get(f"{side}_fa_mean")) is not None for r in (row, baseline))
                 out.append({
-                    "participant_id": subject, "session_id": row.get("session_id") or "n/a", "key": key,
-                    "session_index": index, "acq_time": when.isoformat() if when else None,
-                    "order_source": order_source, "metric": OVERLAP_METRIC, "side": side,
-                    "value": dice(key, str(baseline.get("key")), side) if found else None,
-                    "baseline_session": baseline.get("session_id") or str(baseline.get("key")),
+                    **session, "metric": OVERLAP_METRIC, "side": side,
+                    "value": dice(session["key"], str(baseline.get("key")), side) if found else None,
                     "change": None, "pct_change": None, "rc": None, "rc_source": None, "change_beyond_rc": None,
                 })
     return out
