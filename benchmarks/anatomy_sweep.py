@@ -4,7 +4,7 @@
         [--methods passthrough,corridor] [--track csd_deterministic] [--cache DIR] [--json OUT]
         [--bvalue 1000] [--directions 32] [--b0s 5] [--fov-bottom-z Z]
         [--lesion random|none|left|right|alternate] [--lesion-eig PAR,PERP] [--phantom tubes|juelich]
-        [--anatomy-version 2|1] [--regions]
+        [--anatomy-version 2|1] [--cst-width 1.0] [--regions]
 
 Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.sample.anatomy.
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
@@ -39,6 +39,11 @@ matter, as every tube set scored before anatomy version 2 had; the bundles of a 
 same in both versions, so the two pair up (version 2 draws the background's orientations per
 subject: :mod:`cstbatch.sample.anatomy`).
 
+``--cst-width W`` multiplies every radius of the tube CST (trunk and fan branches) by ``W``,
+the rest of each anatomy unchanged: 1.5 makes a CST of 13-20 cm³ per side, as wide as the atlas
+phantom's, so whether a set's score is the tract's thinness (rim voxels at 2-3 mm) or its course
+can be told apart.
+
 ``--regions`` adds, per method and side, the truth voxels, recall, false positives and precision
 summed over the subjects by MNI region (:data:`REGION_Z`; from z 20 up also by |x|, the fan's leg,
 hand and face branches): where a set's Dice is lost.
@@ -71,7 +76,7 @@ COLUMNS = ("seed", "method", "orient", "snr", "lesion", "n_L", "n_R", "dice_L", 
 
 #: the sample study's acquisition; ``--bvalue`` / ``--directions`` / ``--b0s`` / ``--fov-bottom-z``
 ACQUISITION = {"b_value": 1000.0, "n_directions": 32, "n_b0": 5, "fov_bottom_z": None,
-               "anatomy_version": ANATOMY_VERSION,
+               "anatomy_version": ANATOMY_VERSION, "cst_width": 1.0,
                "lesion": "random", "lesion_eig": None, "phantom": "tubes"}
 
 
@@ -95,7 +100,8 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
                                b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"])
     else:
         s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
-                                 lesion=lesion, anatomy=random_anatomy(seed, acq["anatomy_version"]),
+                                 lesion=lesion,
+                                 anatomy=random_anatomy(seed, acq["anatomy_version"], acq["cst_width"]),
                                  b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"],
                                  **extra)
     if acq["fov_bottom_z"] is not None:
@@ -314,6 +320,8 @@ def main(argv=None) -> int:
                     help="tubes: cstbatch.sample.phantom (default); juelich: benchmarks/atlas_phantom.py")
     ap.add_argument("--anatomy-version", type=int, default=ANATOMY_VERSION, choices=(1, 2),
                     help="tubes: 2 (default) draws each anatomy's background white matter; 1: the fixed field")
+    ap.add_argument("--cst-width", type=float, default=1.0,
+                    help="tubes: multiply every CST radius by this (1: the drawn radii, about 8 cm3 per side)")
     ap.add_argument("--regions", action="store_true",
                     help="also print recall and precision by MNI region, summed over the subjects")
     args = ap.parse_args(argv)
@@ -322,7 +330,11 @@ def main(argv=None) -> int:
         ap.error(f"--lesion-eig: two numbers PAR,PERP expected, got {args.lesion_eig!r}")
     acq = {"b_value": args.bvalue, "n_directions": args.directions, "n_b0": args.b0s,
            "fov_bottom_z": args.fov_bottom_z, "lesion": args.lesion, "lesion_eig": lesion_eig,
-           "phantom": args.phantom, "anatomy_version": args.anatomy_version}
+           "phantom": args.phantom, "anatomy_version": args.anatomy_version, "cst_width": args.cst_width}
+    if args.cst_width <= 0:
+        ap.error(f"--cst-width must be positive, got {args.cst_width}")
+    if args.cst_width != 1.0 and args.phantom != "tubes":
+        ap.error("--cst-width applies to the tube phantom only")
     limit_threads()
     options = defaults()
     if args.track:

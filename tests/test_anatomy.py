@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cstbatch.sample.anatomy import random_anatomy
 from cstbatch.sample.phantom import make_phantom_session
@@ -82,3 +83,21 @@ def test_the_background_changes_the_signal_and_not_the_truth():
     no_background = s1.masks["brain"] & (s1.fractions["wm"] == 0)  # CSF, grey matter, whole tubes
     assert no_background.sum() > 100 and not differs[no_background].any()
     assert s2.truth()["anatomy"]["version"] == 2 and s1.truth()["anatomy"]["version"] == 1
+
+
+def test_cst_width_widens_the_cst_alone():
+    a, w = random_anatomy(6), random_anatomy(6, cst_width=1.5)
+    assert w.cst_width == 1.5 and w.describe()["cst_width"] == 1.5
+    for name, pts in a.bundles.items():
+        wide = np.array(w.bundles[name])
+        assert np.allclose(wide[:, :3], np.array(pts)[:, :3])  # the same course
+        factor = 1.5 if name.startswith("cst_") else 1.0
+        assert np.allclose(wide[:, 3], np.array(pts)[:, 3] * factor), name
+    s1, s2 = (make_phantom_session(seed=6, voxel_mm=4.0, snr=0.0, orientation="RAS", anatomy=x,
+                                   compute_fa=False) for x in (a, w))
+    for side in ("left", "right"):
+        assert s2.masks[f"cst_{side}"].sum() > 1.5 * s1.masks[f"cst_{side}"].sum()
+    assert np.array_equal(s1.masks["distractor"] & ~s2.masks["cst_left"] & ~s2.masks["cst_right"],
+                          s2.masks["distractor"] & ~s2.masks["cst_left"] & ~s2.masks["cst_right"])
+    with pytest.raises(ValueError, match="cst_width"):
+        random_anatomy(6, cst_width=0)

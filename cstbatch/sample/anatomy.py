@@ -14,7 +14,9 @@ Ranges (MNI mm; every side drawn on its own, so the two CSTs are never mirror im
       branch to the paracentral / medial precentral cortex near the vertex (≈ −9, −31, 71)
       with probability 0.85, and a face branch lateral and low (≈ −55, −7, 30) with probability
       0.7; every branch point moves by N(0, 2.5) mm, branch radius U(2.5, 3.5) mm. All
-      branches form the one truth mask ``cst_<side>``.
+      branches form the one truth mask ``cst_<side>``. The trunk's radius (3–4 mm in the
+      sample) and the branches' may be multiplied by ``cst_width`` (1 by default): the CST is
+      then about 8 cm³ per side at 1 and 13–20 cm³ at 1.5, the atlas phantom's 17–23.
     * Corpus callosum body: midline height U(23, 31), lateral rise U(8, 16) mm, antero-
       posterior position U(−22, −10), radius U(3, 5), crossing yield U(0.35, 0.65) (the share
       of its fraction it gives up where it overlaps the CST).
@@ -79,11 +81,14 @@ class Anatomy:
     #: the background white matter's orientation waves (:func:`phantom.wm_orientation_mni`);
     #: empty: the sample phantom's fixed field
     background: tuple = ()
+    #: the factor every CST radius was multiplied by (:func:`random_anatomy`)
+    cst_width: float = 1.0
 
     def describe(self) -> dict:
         """JSON-able summary (written into the session's truth)."""
         return {"seed": self.seed, "scale": list(self.scale), "version": 2 if self.background else 1,
                 "background_waves": [[list(w) for w in part] for part in self.background],
+                "cst_width": self.cst_width,
                 "tubes": {k: {"group": self.groups[k], "points": [list(p) for p in v]}
                           for k, v in self.bundles.items()}}
 
@@ -92,7 +97,7 @@ def _mirror(points):
     return tuple((-x, y, z, r) for (x, y, z, r) in points)
 
 
-def _side(rng, side: str) -> tuple[dict, dict, dict]:
+def _side(rng, side: str, cst_width: float = 1.0) -> tuple[dict, dict, dict]:
     """The CST and distractor tubes of one side (drawn as left, mirrored for the right)."""
     bundles, groups, eigs = {}, {}, {}
     rscale = rng.uniform(0.8, 1.2)
@@ -102,12 +107,12 @@ def _side(rng, side: str) -> tuple[dict, dict, dict]:
         p = np.array([x, y, z]) + rng.normal(0.0, [1.5, 2.5, 1.5])
         if i >= 3:  # above the pons the whole trunk may sit elsewhere
             p += shift
-        trunk.append((*p, r * rscale))
+        trunk.append((*p, r * rscale * cst_width))
     eig = (rng.uniform(1.5e-3, 1.8e-3), rng.uniform(0.30e-3, 0.45e-3))
     top = trunk[-1]
     for name, pts in _FAN.items():
         keep = rng.uniform() < _FAN_P[name]
-        radius = rng.uniform(2.5, 3.5)
+        radius = rng.uniform(2.5, 3.5) * cst_width
         moved = [tuple(np.array(p) + rng.normal(0.0, 2.5, 3)) + (radius,) for p in pts]
         if not keep:
             continue
@@ -136,13 +141,21 @@ def _side(rng, side: str) -> tuple[dict, dict, dict]:
     return bundles, groups, eigs
 
 
-def random_anatomy(seed: int, version: int = ANATOMY_VERSION) -> Anatomy:
+def random_anatomy(seed: int, version: int = ANATOMY_VERSION, cst_width: float = 1.0) -> Anatomy:
     """A new subject's bundles, drawn from the ranges of the module docstring; ``version=1``
-    gives the same bundles in the fixed background of the sets scored before version 2."""
+    gives the same bundles in the fixed background of the sets scored before version 2.
+
+    ``cst_width`` multiplies every CST radius (trunk and fan branches) after the draw, the rest
+    of the anatomy unchanged. Why: at 2-3 mm a visited-voxel Dice depends on how many of a
+    tract's voxels are rim, so the tract's width decides much of the score; this lets the
+    sweep ask whether the extraction finds a wider tract as well (``anatomy_sweep.py
+    --cst-width``; benchmarks/RESULTS.md, "The tube CST's width")."""
+    if not cst_width > 0:
+        raise ValueError(f"cst_width must be positive, got {cst_width!r}")
     rng = np.random.default_rng([int(seed), 14])
     bundles, groups, eigs = {}, {}, {}
     for side in ("left", "right"):
-        b, g, e = _side(rng, side)
+        b, g, e = _side(rng, side, float(cst_width))
         bundles.update(b)
         groups.update(g)
         eigs.update(e)
@@ -157,7 +170,8 @@ def random_anatomy(seed: int, version: int = ANATOMY_VERSION) -> Anatomy:
     scale = tuple(float(v) for v in rng.uniform(0.92, 1.08, 3))
     bundles = {k: tuple(tuple(float(c) for c in p) for p in v) for k, v in bundles.items()}
     eigs = {k: (float(a), float(b)) for k, (a, b) in eigs.items()}
-    return Anatomy(bundles, groups, eigs, cc_yield, scale, int(seed), _background(seed) if version >= 2 else ())
+    return Anatomy(bundles, groups, eigs, cc_yield, scale, int(seed), _background(seed) if version >= 2 else (),
+                   float(cst_width))
 
 
 def _background(seed: int) -> tuple:
