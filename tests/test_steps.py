@@ -309,15 +309,37 @@ def test_cropping_to_the_region_changes_no_streamline(crossing, monkeypatch):
     assert all(seeds[tuple(np.clip(np.rint(v), 0, np.array(lab.shape) - 1).astype(int).T)].any() for v in starts)
 
 
-def test_probabilistic_tracking_is_reproducible_and_gets_through(crossing):
-    from cstbatch.steps.track import track_probabilistic
-
+def _reproducible_and_through(tracker, crossing) -> list[np.ndarray]:
+    """A random tracker's streamlines, after checking that a second run gives the same ones and
+    that most get through the crossing."""
     data, gtab, _, mask, maps, affine = crossing
-    a = track_probabilistic(data, gtab, mask, maps, affine, OPTIONS)
-    b = track_probabilistic(data, gtab, mask, maps, affine, OPTIONS)
+    a = tracker(data, gtab, mask, maps, affine, OPTIONS)
+    b = tracker(data, gtab, mask, maps, affine, OPTIONS)
     assert len(a) == len(b) > 50 and all(np.array_equal(x, y) for x, y in zip(a, b))
     frac, _ = _through_fraction(a, affine)
     assert frac > 0.5, frac
+    return a
+
+
+def test_probabilistic_tracking_is_reproducible_and_gets_through(crossing):
+    from cstbatch.steps.track import track_probabilistic
+
+    _reproducible_and_through(track_probabilistic, crossing)
+
+
+def test_ptt_is_reproducible_gets_through_and_joins_the_deterministic_tracker(crossing, csd_streamlines):
+    """PTT (an option, and half of csd_deterministic_ptt): same seed, same streamlines; through
+    the crossing; its own short steps; and the combined tracker is the deterministic tracker's
+    streamlines followed by PTT's, from one fODF fit."""
+    from cstbatch.steps.track import PTT_STEP_MM, track_deterministic_ptt, track_ptt
+
+    a = _reproducible_and_through(track_ptt, crossing)
+    data, gtab, _, mask, maps, affine = crossing
+    steps = np.concatenate([np.linalg.norm(np.diff(s, axis=0), axis=1) for s in a])
+    np.testing.assert_allclose(np.median(steps), PTT_STEP_MM, rtol=0.05)
+    both = track_deterministic_ptt(data, gtab, mask, maps, affine, OPTIONS)
+    assert len(both) == len(csd_streamlines) + len(a)
+    assert all(np.array_equal(x, y) for x, y in zip(both, list(csd_streamlines) + list(a)))
 
 
 def _step_angles_in(streamlines, affine, labels, label):

@@ -44,6 +44,10 @@ def register_trackers(register):
     # csd_probabilistic 2: steps drawn only from fODF lobes >= 50 % of the voxel's largest
     register("csd_probabilistic", _lazy(".track", "track_probabilistic",
              "CSD + probabilistic direction getter (deterministic by seed); follows the fan."), version="2")
+    register("csd_ptt", _lazy(".track", "track_ptt",
+             "CSD + parallel transport tractography (deterministic by seed); fills a wide fan."), version="1")
+    register("csd_deterministic_ptt", _lazy(".track", "track_deterministic_ptt",
+             "csd_deterministic and csd_ptt from the same seeds, together."), version="1")
     register("tensor_eudx", _lazy(".track", "track_tensor_eudx",
              "DTI EuDX (stops in crossings; for comparison)."), version="1")
 

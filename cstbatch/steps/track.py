@@ -334,6 +334,55 @@ def track_probabilistic(data, gtab, mask, maps, affine, options) -> list[np.ndar
                          pmf_threshold=PROBABILISTIC_PMF_THRESHOLD)
 
 
+#: Parallel transport tractography (:func:`track_ptt`): the step (mm; PTT moves along arcs of
+#: the drawn curvature, in shorter steps than the other trackers) ...
+PTT_STEP_MM = 0.5
+#: ... the largest turn per step (degrees; ``track_max_angle`` is per 1 mm step of the other
+#: trackers, and 30° per 0.5 mm let PTT's streamlines loop) ...
+PTT_MAX_ANGLE = 10.0
+#: ... and the probe's length (mm): the stretch ahead along which the fODF scores a curve.
+PTT_PROBE_LENGTH_MM = 2.0
+
+
+def _follow_ptt(field, options) -> list[np.ndarray]:
+    from dipy.direction import PTTDirectionGetter
+
+    affine = field[5]
+    vox = voxel_sizes(affine)  # the probe in the tracker's units: voxels (mean voxels, sheared grid)
+    probe = PTT_PROBE_LENGTH_MM / float(np.mean(vox) if _has_shear(affine) else np.min(vox))
+    return _follow(PTTDirectionGetter, field, options, PMF_THRESHOLD, max_angle=PTT_MAX_ANGLE,
+                   step_mm=PTT_STEP_MM, probe_length=probe)
+
+
+def track_ptt(data, gtab, mask, maps, affine, options) -> list[np.ndarray]:
+    """CSD + parallel transport tractography (dipy ``PTTDirectionGetter``).
+
+    Same arguments, seeds and stopping rule as :func:`track_deterministic`; its own step,
+    turning bound and probe (:data:`PTT_STEP_MM`, :data:`PTT_MAX_ANGLE`,
+    :data:`PTT_PROBE_LENGTH_MM`). Why offer it: PTT draws each step as a short smooth curve
+    scored by the fODF along its length, not a direction scored at one point, so it keeps a
+    course through a crossing and spreads over a wide fan. On the atlas phantom it finds more
+    of the tract than any other tracker; on the thin tube CSTs its streamlines drift out of the
+    tube into the white matter beside it (``benchmarks/RESULTS.md``, "The tube CST's width, and
+    parallel transport tractography"). Deterministic by seed, like the probabilistic tracker.
+    """
+    return _follow_ptt(_fodf_field(data, gtab, mask, maps, affine, options), options)
+
+
+def track_deterministic_ptt(data, gtab, mask, maps, affine, options) -> list[np.ndarray]:
+    """The deterministic tracker's streamlines and PTT's from the same seeds and fODFs, together.
+
+    Why: each tracker misses what the other finds. The deterministic one keeps to a thin tract's
+    core, and PTT fills a wide fan. The extraction's density cleaning then keeps the cells that
+    many streamlines of either visit, so PTT's drift beside a thin tract, which few streamlines
+    share, goes again. The fODFs are fitted once.
+    """
+    from dipy.direction import DeterministicMaximumDirectionGetter
+
+    field = _fodf_field(data, gtab, mask, maps, affine, options)
+    return _follow(DeterministicMaximumDirectionGetter, field, options) + _follow_ptt(field, options)
+
+
 def crop_to_region(data, mask, maps, affine, margin: int = 2):
     """(data, mask, maps, affine) cut to the bounding box of ``mask`` plus ``margin`` voxels.
 
@@ -450,11 +499,9 @@ def smooth_fodf_along(shm: np.ndarray, affine, fwhm_mm: float) -> np.ndarray:
     return res
 
 
-def _csd_tracking(getter, data, gtab, mask, maps, affine, options,
-                  pmf_threshold: float = PMF_THRESHOLD) -> list[np.ndarray]:
-    from dipy.data import default_sphere
-    from dipy.tracking.local_tracking import LocalTracking
-
+def _fodf_field(data, gtab, mask, maps, affine, options) -> tuple:
+    """(SH fODFs, stopping criterion, stopping FA, mask, maps, affine), all cut to the tracking
+    region: what every CSD tracker follows, computed once per session."""
     method = str(_opt(options, "track_denoise"))
     # before the crop: the patch lattice stays on the image grid, so the crop changes nothing
     data = denoise_for_tracking(np.asarray(data), mask, method)
@@ -468,11 +515,28 @@ def _csd_tracking(getter, data, gtab, mask, maps, affine, options,
     shm, _ = fit_csd_sh(data, gtab, mask, fa, float(_opt(options, "track_stop_fa")))
     smooth = {"along": smooth_fodf_along, "isotropic": smooth_fodf}[_opt(options, "track_fodf_kernel")]
     shm = smooth(shm, affine, float(_opt(options, "track_fodf_fwhm")))
+    return shm, sc, fa, mask, maps, affine
+
+
+def _follow(getter, field, options, pmf_threshold: float = PMF_THRESHOLD, max_angle: float | None = None,
+            step_mm: float | None = None, **getter_kw) -> list[np.ndarray]:
+    """Streamlines of one direction getter through ``field`` (:func:`_fodf_field`)."""
+    from dipy.data import default_sphere
+    from dipy.tracking.local_tracking import LocalTracking
+
+    shm, sc, fa, mask, maps, affine = field
+    angle = float(_opt(options, "track_max_angle")) if max_angle is None else float(max_angle)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # legacy SH basis notice
-        dg = getter.from_shcoeff(shm, max_angle=float(_opt(options, "track_max_angle")), sphere=default_sphere,
-                                 pmf_threshold=pmf_threshold)
-        return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, maps.get("seed_mask"))
+        dg = getter.from_shcoeff(shm, max_angle=angle, sphere=default_sphere, pmf_threshold=pmf_threshold,
+                                 **getter_kw)
+        return _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, maps.get("seed_mask"),
+                                   step_mm=step_mm)
+
+
+def _csd_tracking(getter, data, gtab, mask, maps, affine, options,
+                  pmf_threshold: float = PMF_THRESHOLD) -> list[np.ndarray]:
+    return _follow(getter, _fodf_field(data, gtab, mask, maps, affine, options), options, pmf_threshold)
 
 
 def denoise_for_tracking(data: np.ndarray, region, method: str) -> np.ndarray:
@@ -544,8 +608,10 @@ def _seeding(fa, mask, affine, options, seed_region=None):
     return track_affine, unit, seeds_vox, float(_opt(options, "track_step_size"))
 
 
-def _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, seed_region=None):
+def _run_local_tracking(LocalTracking, dg, sc, fa, mask, affine, options, seed_region=None, step_mm=None):
     track_affine, unit, seeds_vox, step = _seeding(fa, mask, affine, options, seed_region)
+    if step_mm is not None:  # a tracker with its own step (PTT)
+        step = float(step_mm)
     if not len(seeds_vox):
         return []
     tracker = LocalTracking(
