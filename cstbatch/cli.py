@@ -85,9 +85,11 @@ def cmd_plugins(argv: list[str]) -> int:
     from cstbatch.plugins import get_registry
 
     registry = get_registry()
-    print(f"{'kind':<9} {'name':<20} {'version':<8} source")
-    for impl in registry.all():
-        print(f"{impl.kind:<9} {impl.name:<20} {impl.version:<8} {impl.source}")
+    impls = list(registry.all())
+    width = max([20] + [len(impl.name) + 1 for impl in impls])  # a plugin's long name keeps its column
+    print(f"{'kind':<9} {'name':<{width}} {'version':<8} source")
+    for impl in impls:
+        print(f"{impl.kind:<9} {impl.name:<{width}} {impl.version:<8} {impl.source}")
     for problem in registry.problems:
         print(f"skipped: {problem}")
     return 0

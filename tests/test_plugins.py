@@ -94,3 +94,6 @@ def test_cli_plugins_lists_kind_name_version_source(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "denoise   patch2self" in out and "built-in" in out
+    # one column for the versions, however long a name (csd_deterministic_ptt is 21 characters)
+    rows = [line for line in out.splitlines() if line.split()[-1] == "built-in"]
+    assert len({line.index(" built-in") for line in rows}) == 1, rows
