@@ -92,7 +92,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "csd_probabilistic draws from the lobes' cores, fills more of the fan and repeats better on "
          "real scans, but follows white matter running beside the CST (README, Known limits); csd_ptt "
          "(parallel transport) fills a wide fan best and drifts out of a thin tract; csd_deterministic_ptt "
-         "tracks both ways from the same seeds (3-6x the tracking time; benchmarks/RESULTS.md).",
+         "tracks both ways from the same seeds (5-8x the tracking time; benchmarks/RESULTS.md).",
          kind="track"),
     _opt("track_region", "cst", str, "track",
          "Where tracking runs: cst (a generous CST corridor from the template registration, seeded in the "
