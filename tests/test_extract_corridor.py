@@ -103,6 +103,22 @@ def test_truncated_field_of_view_starts_at_the_lowest_level_covered(atlas):
     assert inferior_levels(-75.0)[2] is False
 
 
+def test_peduncle_option_accepts_streamlines_that_stop_in_the_crus_cerebri(atlas):
+    rng = np.random.default_rng(2)
+    # from the hand knob down the capsule into the left crus cerebri, lateral of the brainstem
+    # ROI (|x| 20 at MNI z -13), where tracking on the atlas phantom stops
+    crus = _jittered([(-20, -17, -13), (-21, -16, -4), (-24, -16, 12), (-27, -18, 25)] + ENDS["hand"], rng, 25,
+                     sd=0.5)
+    # a thalamocortical stub stopping above the crus's lower part
+    stub = _jittered([(-16, -20, -4), (-24, -16, 12), (-27, -18, 25)] + ENDS["hand"], rng, 25, sd=0.5)
+    assert len(extract_corridor(crus + stub, atlas, {})["left"]) == 0
+    out = extract_corridor(crus + stub, atlas, {"extract_inferior": "peduncle"})
+    assert len(out["left"]) >= 20 and set(out["left"].tolist()) <= set(range(len(crus)))
+    assert len(out["right"]) == 0
+    assert out["info"]["inferior_levels"][-1] == "midbrain"
+    assert out["info"]["fov_truncated"] is False
+
+
 def test_coverage_z_maps_the_lowest_covered_voxel_to_mni():
     fa = np.zeros((10, 10, 10), np.float32)
     fa[4:6, 4:6, 3:] = 0.5

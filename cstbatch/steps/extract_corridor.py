@@ -12,6 +12,8 @@ Here a streamline is CST of side s (MNI mm, left is x < 0) when
       corticothalamic and capsular fragments stop higher) -- or, when the image does not reach
       that low (``coverage_z`` option, set by the extract step from the FA map), within
       ``COVERAGE_MARGIN_MM`` of the lowest level the image covers (:func:`inferior_levels`);
+      with ``extract_inferior=peduncle`` (off by default) also the cerebral peduncles at MNI
+      z <= -10 (:func:`in_peduncle`);
     * it passes the posterior limb of the internal capsule of side s (a box in MNI mm,
       :data:`PLIC_BOX`: the frontopontine fibres run in the anterior limb, in front of it);
     * its superior end lies within ``TARGET_TOLERANCE_MM`` of the precentral gyrus of side s,
@@ -241,6 +243,22 @@ def inferior_levels(cover_z: float | None) -> tuple[float, list[str], bool]:
     return top, used, truncated
 
 
+#: ``extract_inferior=peduncle``: a streamline also counts as reaching the brainstem when it
+#: reaches this MNI z inside :data:`PEDUNCLE_BOX` (|x| range, y range, MNI mm), which holds the
+#: crus cerebri. The brainstem ROI's elliptic section is |x| <= 15 at the top of the midbrain,
+#: and the Juelich atlas's CST lies lateral of that there (centre |x| 16-18 at MNI z -12).
+PEDUNCLE_TOP_Z = -10.0
+PEDUNCLE_BOX = ((0.0, 30.0), (-40.0, -2.0))
+
+
+def in_peduncle(pts: np.ndarray) -> np.ndarray:
+    """Bool per MNI point: at or below :data:`PEDUNCLE_TOP_Z` in the cerebral peduncles' column."""
+    (ax0, ax1), (y0, y1) = PEDUNCLE_BOX
+    ax = np.abs(pts[:, 0])
+    return ((pts[:, 2] <= PEDUNCLE_TOP_Z) & (ax >= ax0) & (ax <= ax1)
+            & (pts[:, 1] >= y0) & (pts[:, 1] <= y1))
+
+
 def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     """Side per streamline (+1 left, -1 right, 0 none) and the extraction info."""
     top_z, used, truncated = inferior_levels(options.get("coverage_z"))
@@ -250,6 +268,9 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     bs_top = brainstem_top_z(atlas)
     tol = float(options.get("extract_midline_tolerance", 3.0))
     lo_len, hi_len = _length_limits(options)
+    peduncle = options.get("extract_inferior", "pons") == "peduncle"
+    if peduncle and "midbrain" not in used:
+        used = [*used, "midbrain"]
     n_points = np.array([len(s) for s in streamlines_mni], np.int64)
     sides = []
     for a, b in _chunks(n_points):
@@ -266,6 +287,8 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
             low_ok = low & (np.abs(pts[:, 0]) <= PLIC_BOX[1][1]) & (pts[:, 1] <= PLIC_BOX[2][1]) & (pts[:, 1] >= -50)
         else:
             low_ok = low & bs
+        if peduncle:
+            low_ok |= in_peduncle(pts)
         inferior = _reduce_or(low_ok.astype(np.uint8), off, lens) > 0
         (z0, z1), (ax0, ax1), (y0, y1) = PLIC_BOX
         box = (pts[:, 2] >= z0) & (pts[:, 2] <= z1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1)
