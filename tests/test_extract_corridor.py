@@ -105,18 +105,50 @@ def test_truncated_field_of_view_starts_at_the_lowest_level_covered(atlas):
 
 def test_peduncle_option_accepts_streamlines_that_stop_in_the_crus_cerebri(atlas):
     rng = np.random.default_rng(2)
+    fan = _fan(rng, -1)
     # from the hand knob down the capsule into the left crus cerebri, lateral of the brainstem
     # ROI (|x| 20 at MNI z -13), where tracking on the atlas phantom stops
     crus = _jittered([(-20, -17, -13), (-21, -16, -4), (-24, -16, 12), (-27, -18, 25)] + ENDS["hand"], rng, 25,
                      sd=0.5)
     # a thalamocortical stub stopping above the crus's lower part
     stub = _jittered([(-16, -20, -4), (-24, -16, 12), (-27, -18, 25)] + ENDS["hand"], rng, 25, sd=0.5)
-    assert len(extract_corridor(crus + stub, atlas, {})["left"]) == 0
-    out = extract_corridor(crus + stub, atlas, {"extract_inferior": "peduncle"})
-    assert len(out["left"]) >= 20 and set(out["left"].tolist()) <= set(range(len(crus)))
-    assert len(out["right"]) == 0
+    streamlines = fan + crus + stub
+    assert set(extract_corridor(streamlines, atlas, {})["left"].tolist()) <= set(range(len(fan)))
+    out = extract_corridor(streamlines, atlas, {"extract_inferior": "peduncle"})
+    kept = set(out["left"].tolist())
+    assert set(range(len(fan), len(fan) + len(crus))) <= kept
+    assert not kept & set(range(len(fan) + len(crus), len(streamlines)))
+    assert out["info"]["peduncle_streamlines_kept"] == {"left": len(crus), "right": 0}
+    assert out["info"]["candidates"]["left"] == len(fan)
     assert out["info"]["inferior_levels"][-1] == "midbrain"
     assert out["info"]["fov_truncated"] is False
+
+
+def test_peduncle_streamlines_share_the_density_image_but_not_the_floor():
+    """Streamlines reaching only the crus count into the density image, so a crus part the
+    pons-reaching ones leave empty can be dense, but they do not raise the floor (a share of the
+    pons-reaching candidates): raising it let strays through on the sample study."""
+    from cstbatch.steps.extract_corridor import clean_density
+
+    rng = np.random.default_rng(3)
+    core = _jittered(TRUNK + ENDS["hand"], rng, 150, sd=0.6)
+    strays = _jittered([(-5, -33, -45), (-8, -25, -25), (-12, -19, -12), (-30, -5, 10), (-45, -10, 30),
+                        (-50, -8, 40)], rng, 30, sd=0.6)
+    crus = _jittered([(-20, -17, -13), (-21, -16, -4), (-24, -16, 12), (-27, -18, 25)] + ENDS["hand"], rng, 120,
+                     sd=0.6)
+    sl = core + strays + crus
+    idx = np.arange(len(core) + len(strays))
+    extra = np.arange(len(core) + len(strays), len(sl))
+    opts = {"extract_tdi_keep": 0.0}
+    alone = clean_density(sl, idx, opts)
+    both = clean_density(sl, idx, opts, extra=extra)
+    assert (alone < 150).sum() >= 60 and not np.isin(alone, strays_idx := np.arange(150, 180)).any()
+    assert not np.isin(alone, extra).any()
+    assert (both >= 180).sum() >= 40 and (both < 150).sum() >= 60   # the crus's own dense cells
+    assert not np.isin(both, strays_idx).any()                       # the strays stay out
+    # the floor is a share of the pons-reaching candidates: half of them stay, whatever the crus adds
+    floor = clean_density(sl, idx, {"extract_tdi_keep": 0.5}, extra=extra)
+    assert np.isin(floor, idx).sum() >= 90
 
 
 def test_coverage_z_maps_the_lowest_covered_voxel_to_mni():
