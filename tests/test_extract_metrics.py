@@ -234,6 +234,25 @@ def test_profile_orientation_brainstem_to_cortex(bundle):
     assert o[0][2] < o[-1][2]
 
 
+def test_peduncle_profiles_average_only_the_streamlines_from_the_pons(bundle):
+    """With extract_inferior=peduncle a side holds streamlines from the crus (MNI z -12) beside
+    those from the pons; node k would be another level in each, so the profile keeps the latter.
+    The mean and the MNI-z regions still use every streamline."""
+    _, _, z = _grid_mm()
+    maps = {"fa": (0.2 + 0.004 * (z + 60)).astype(np.float32)}
+    full = bundle["left"]
+    crus = full[full[:, 2] >= -12.0]
+    opts = {"profile_nodes": 20, "min_cst_streamlines": 1}
+    pons_only = compute_metrics([full, full], [full, full], maps, AFF, opts, mni=np.eye(4))
+    mixed = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4))
+    ped = compute_metrics([full, full, crus], [full, full], maps, AFF, {**opts, "extract_inferior": "peduncle"},
+                          mni=np.eye(4))
+    assert mixed["left"]["profiles"]["fa"][0] > pons_only["left"]["profiles"]["fa"][0] + 0.02
+    np.testing.assert_allclose(ped["left"]["profiles"]["fa"], pons_only["left"]["profiles"]["fa"], atol=1e-9)
+    assert ped["left"]["fa_mean"] == mixed["left"]["fa_mean"] != pons_only["left"]["fa_mean"]
+    assert ped["left"]["streamline_count"] == 3
+
+
 def test_empty_sides_and_laterality_none():
     m = compute_metrics([], [], _maps(), AFF, {})
     assert m["left"]["streamline_count"] == 0 and m["left"]["fa_mean"] is None

@@ -25,7 +25,9 @@ profiles
     Per node (0 = brainstem end, N-1 = cortical end) mean and std over streamlines. Every
     streamline is first oriented brainstem → cortex: the end with the lower MNI z comes first
     when the subject → MNI transform is given; else the end nearer the subject-space
-    brainstem mask; else the end with the lower subject z.
+    brainstem mask; else the end with the lower subject z. With ``extract_inferior=peduncle``
+    only the streamlines that start in the pons or lower (MNI z <= -18) are averaged, when two
+    or more do (:func:`_profile_rows`).
 regions
     Means over all (end-trimmed) profile points of a side falling in an MNI z band: ``pontine``
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
@@ -246,7 +248,25 @@ def _resample(sl: list[np.ndarray], nodes: int) -> np.ndarray:
     return np.asarray(set_number_of_points(good, nb_points=nodes), np.float64)
 
 
-def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask) -> dict:
+#: With ``extract_inferior=peduncle``, profiles are averaged over the streamlines whose brainstem
+#: end lies at or below this MNI z (the pons; the corridor extractor's ``INFERIOR_TOP_Z``).
+PROFILE_FROM_Z = -18.0
+
+
+def _profile_rows(z_mni: np.ndarray | None, from_z: float | None) -> np.ndarray | slice:
+    """The streamlines a side's profiles average over.
+
+    Why: a profile's node k is the same fraction of every streamline's length, so streamlines
+    that start in the cerebral peduncle (``extract_inferior=peduncle``) and those that start in
+    the pons put other levels at the same node. Their profile would blur the lesion's dip along
+    the tract. Means and MNI-z regions do not depend on nodes and use every streamline."""
+    if from_z is None or z_mni is None or not len(z_mni):
+        return slice(None)
+    low = z_mni[:, 0] <= from_z
+    return np.flatnonzero(low) if low.sum() >= 2 else slice(None)
+
+
+def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile_from_z=None) -> dict:
     sl = [s for s in _as_list(streamlines) if len(s) > 0]
     vox_vol = float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3])))
     shape = next(iter(maps.values())).shape[:3] if maps else None
@@ -259,6 +279,7 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask) -> dict
     m = _mni_matrix(mni)
     z_mni = (res @ m[2, :3] + m[2, 3]) if (m is not None and len(res)) else None
     out["cortical_ends"] = cortical_ends(oriented, m) if (m is not None and oriented) else None
+    rows = _profile_rows(z_mni, profile_from_z)
     out["profiles"], out["profiles_std"], out["regions"] = {}, {}, {r: {} for r in REGIONS_MNI_Z}
     for name in SCALARS:
         data = maps.get(name) if maps else None
@@ -280,8 +301,8 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask) -> dict
                 per_sl = np.nanmean(vals[:, inner], axis=1)
                 out[f"{name}_mean"] = _f(np.nanmean(per_sl))
                 out[f"{name}_std"] = _f(np.nanstd(per_sl))
-                out["profiles"][name] = [_f(v) for v in np.nanmean(vals, axis=0)]
-                out["profiles_std"][name] = [_f(v) for v in np.nanstd(vals, axis=0)]
+                out["profiles"][name] = [_f(v) for v in np.nanmean(vals[rows], axis=0)]
+                out["profiles_std"][name] = [_f(v) for v in np.nanstd(vals[rows], axis=0)]
                 for r, (zlo, zhi) in REGIONS_MNI_Z.items():
                     if z_mni is not None:
                         sel = (z_mni >= zlo) & (z_mni <= zhi) & inner[None, :]
@@ -337,12 +358,13 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
 
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
+    from_z = PROFILE_FROM_Z if options.get("extract_inferior", "pons") == "peduncle" else None
     result: dict[str, Any] = {}
     for side, sl in (("left", cst_left), ("right", cst_right)):
         sl = [s for s in _as_list(sl) if len(s) > 0]
         found = len(sl) >= minimum
         # no tract: nothing of it to measure (the count stays, QC flags cst_not_found)
-        result[side] = _side_metrics(sl if found else [], maps, affine, nodes, mni, brainstem_mask)
+        result[side] = _side_metrics(sl if found else [], maps, affine, nodes, mni, brainstem_mask, from_z)
         if not found:
             result[side].update(streamline_count=len(sl), volume_mm3=None)
         result[side]["found"] = found

@@ -180,7 +180,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "along them, when the density cleaning dropped them (0: off, the default: at 0.1 phantom fans are found "
          "more fully but the Trio repeats agree less; README).",
          bounds="[0, 1]"),
-    _opt("extract_inferior", "pons", str, "extract",
+    _opt("extract_inferior", "pons", str, "extract metrics",
          "corridor: how low a CST streamline must reach: pons (the brainstem ROI at MNI z <= -18, or the lowest "
          "level a truncated image covers) or peduncle (also the cerebral peduncles at z <= -10: more of a wide "
          "tract on atlas phantoms, where the tracker stops in the midbrain; README).",
