@@ -268,7 +268,8 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     bs_top = brainstem_top_z(atlas)
     tol = float(options.get("extract_midline_tolerance", 3.0))
     lo_len, hi_len = _length_limits(options)
-    peduncle = options.get("extract_inferior", "pons") == "peduncle"
+    cover_z = options.get("coverage_z")
+    peduncle = options.get("extract_inferior", "pons") == "peduncle" and (cover_z is None or cover_z < PEDUNCLE_TOP_Z)
     if peduncle and "midbrain" not in used:
         used = [*used, "midbrain"]
     n_points = np.array([len(s) for s in streamlines_mni], np.int64)
