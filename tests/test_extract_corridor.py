@@ -103,7 +103,7 @@ def test_truncated_field_of_view_starts_at_the_lowest_level_covered(atlas):
     assert inferior_levels(-75.0)[2] is False
 
 
-def test_peduncle_option_accepts_streamlines_that_stop_in_the_crus_cerebri(atlas):
+def test_streamlines_that_stop_in_the_crus_cerebri_count_and_pons_turns_that_off(atlas):
     rng = np.random.default_rng(2)
     fan = _fan(rng, -1)
     # from the hand knob down the capsule into the left crus cerebri, lateral of the brainstem
@@ -113,8 +113,9 @@ def test_peduncle_option_accepts_streamlines_that_stop_in_the_crus_cerebri(atlas
     # a thalamocortical stub stopping above the crus's lower part
     stub = _jittered([(-16, -20, -4), (-24, -16, 12), (-27, -18, 25)] + ENDS["hand"], rng, 25, sd=0.5)
     streamlines = fan + crus + stub
-    assert set(extract_corridor(streamlines, atlas, {})["left"].tolist()) <= set(range(len(fan)))
-    out = extract_corridor(streamlines, atlas, {"extract_inferior": "peduncle"})
+    pons = extract_corridor(streamlines, atlas, {"extract_inferior": "pons"})
+    assert set(pons["left"].tolist()) <= set(range(len(fan))) and "peduncle_streamlines_kept" not in pons["info"]
+    out = extract_corridor(streamlines, atlas, {})  # the default since corridor version 8
     kept = set(out["left"].tolist())
     assert set(range(len(fan), len(fan) + len(crus))) <= kept
     assert not kept & set(range(len(fan) + len(crus), len(streamlines)))

@@ -235,7 +235,7 @@ def test_profile_orientation_brainstem_to_cortex(bundle):
 
 
 def test_peduncle_profiles_average_only_the_streamlines_from_the_pons(bundle):
-    """With extract_inferior=peduncle a side holds streamlines from the crus (MNI z -12) beside
+    """With extract_inferior=peduncle (the default) a side holds streamlines from the crus (MNI z -12) beside
     those from the pons; node k would be another level in each, so the profile keeps the latter.
     The mean and the MNI-z regions still use every streamline."""
     _, _, z = _grid_mm()
@@ -244,9 +244,9 @@ def test_peduncle_profiles_average_only_the_streamlines_from_the_pons(bundle):
     crus = full[full[:, 2] >= -12.0]
     opts = {"profile_nodes": 20, "min_cst_streamlines": 1}
     pons_only = compute_metrics([full, full], [full, full], maps, AFF, opts, mni=np.eye(4))
-    mixed = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4))
-    ped = compute_metrics([full, full, crus], [full, full], maps, AFF, {**opts, "extract_inferior": "peduncle"},
-                          mni=np.eye(4))
+    mixed = compute_metrics([full, full, crus], [full, full], maps, AFF, {**opts, "extract_inferior": "pons"},
+                            mni=np.eye(4))
+    ped = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4))  # the default
     assert mixed["left"]["profiles"]["fa"][0] > pons_only["left"]["profiles"]["fa"][0] + 0.02
     np.testing.assert_allclose(ped["left"]["profiles"]["fa"], pons_only["left"]["profiles"]["fa"], atol=1e-9)
     assert ped["left"]["fa_mean"] == mixed["left"]["fa_mean"] != pons_only["left"]["fa_mean"]

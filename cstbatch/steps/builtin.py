@@ -71,9 +71,9 @@ def register_extractors(register):
     register("endpoint", _lazy(".extract", "extract_endpoint",
              "One end in the brainstem, the other in a motor ROI."), version="2")
     register("corridor", _lazy(".extract_corridor", "extract_corridor",
-             "Pons (or lowest covered level) + posterior limb of the internal capsule + "
+             "Pons or cerebral peduncle (or lowest covered level) + posterior limb of the internal capsule + "
              "whole precentral gyrus; tract-density cleaning, fan branches recovered; cut at the cortex (the default)."),
-             version="7")
+             version="8")
 
 
 @hookimpl

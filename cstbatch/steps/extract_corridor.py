@@ -12,8 +12,10 @@ Here a streamline is CST of side s (MNI mm, left is x < 0) when
       corticothalamic and capsular fragments stop higher) -- or, when the image does not reach
       that low (``coverage_z`` option, set by the extract step from the FA map), within
       ``COVERAGE_MARGIN_MM`` of the lowest level the image covers (:func:`inferior_levels`);
-      with ``extract_inferior=peduncle`` (off by default) also the cerebral peduncles at MNI
-      z <= -10 (:func:`in_peduncle`);
+      since version 8 (``extract_inferior=peduncle``) also the cerebral peduncles at MNI
+      z <= -10 (:func:`in_peduncle`), where tracking stops in a funnelling tract; those
+      streamlines count into the density cleaning's image but not into its floor
+      (:func:`clean_density`), and the profiles leave them out (``metrics``);
     * it passes the posterior limb of the internal capsule of side s (a box in MNI mm,
       :data:`PLIC_BOX`: the frontopontine fibres run in the anterior limb, in front of it);
     * its superior end lies within ``TARGET_TOLERANCE_MM`` of the precentral gyrus of side s,
@@ -243,11 +245,13 @@ def inferior_levels(cover_z: float | None) -> tuple[float, list[str], bool]:
     return top, used, truncated
 
 
-#: ``extract_inferior=peduncle``: a streamline also counts as reaching the brainstem when it
-#: reaches this MNI z inside :data:`PEDUNCLE_BOX` (|x| range, y range, MNI mm), which holds the
+#: ``extract_inferior=peduncle`` (the default since version 8): a streamline also counts as
+#: reaching the brainstem when it reaches this MNI z inside :data:`PEDUNCLE_BOX` (|x| range, y range, MNI mm), which holds the
 #: crus cerebri. The brainstem ROI's elliptic section is |x| <= 15 at the top of the midbrain,
 #: and the Juelich atlas's CST lies lateral of that there (centre |x| 16-18 at MNI z -12).
 PEDUNCLE_TOP_Z = -10.0
+#: ``extract_inferior`` when the options do not say (the option's default, corridor version 8)
+INFERIOR_DEFAULT = "peduncle"
 PEDUNCLE_BOX = ((0.0, 30.0), (-40.0, -2.0))
 
 
@@ -269,7 +273,8 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     tol = float(options.get("extract_midline_tolerance", 3.0))
     lo_len, hi_len = _length_limits(options)
     cover_z = options.get("coverage_z")
-    peduncle = options.get("extract_inferior", "pons") == "peduncle" and (cover_z is None or cover_z < PEDUNCLE_TOP_Z)
+    peduncle = (options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle"
+                and (cover_z is None or cover_z < PEDUNCLE_TOP_Z))
     if peduncle and "midbrain" not in used:
         used = [*used, "midbrain"]
     n_points = np.array([len(s) for s in streamlines_mni], np.int64)
@@ -733,7 +738,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
                    "trimmed_in_brainstem": trimmed}
     if high_fa:
         out["info"]["high_fa_streamlines_kept"] = high_fa
-    if options.get("extract_inferior", "pons") == "peduncle":
+    if options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle":
         out["info"]["peduncle_streamlines_kept"] = {k: peduncle.get(k, 0) for k in ("left", "right")}
     if clip:
         out["info"]["superior_end"] += ", cut where the streamline enters its cortex for good (extract_clip_cortex)"

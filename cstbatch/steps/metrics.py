@@ -358,7 +358,9 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
 
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
-    from_z = PROFILE_FROM_Z if options.get("extract_inferior", "pons") == "peduncle" else None
+    from cstbatch.steps.extract_corridor import INFERIOR_DEFAULT
+
+    from_z = PROFILE_FROM_Z if options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle" else None
     result: dict[str, Any] = {}
     for side, sl in (("left", cst_left), ("right", cst_right)):
         sl = [s for s in _as_list(sl) if len(s) > 0]

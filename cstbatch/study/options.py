@@ -180,10 +180,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "along them, when the density cleaning dropped them (0: off, the default: at 0.1 phantom fans are found "
          "more fully but the Trio repeats agree less; README).",
          bounds="[0, 1]"),
-    _opt("extract_inferior", "pons", str, "extract metrics",
-         "corridor: how low a CST streamline must reach: pons (the brainstem ROI at MNI z <= -18, or the lowest "
-         "level a truncated image covers) or peduncle (also the cerebral peduncles at z <= -10: more of a wide "
-         "tract on atlas phantoms, where the tracker stops in the midbrain; README).",
+    _opt("extract_inferior", "peduncle", str, "extract metrics",
+         "corridor: how low a CST streamline must reach: peduncle (the brainstem ROI at MNI z <= -18, or the "
+         "cerebral peduncles at z <= -10; corridor version 8) or pons (the brainstem ROI only, as before version 8). "
+         "Either way, a truncated image's lowest covered level counts (README).",
          choices=("pons", "peduncle")),
     _opt("extract_min_length", 40.0, _NUM, "extract", "Shortest CST streamline kept (mm).",
          bounds="[0, )"),
