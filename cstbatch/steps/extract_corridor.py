@@ -253,9 +253,9 @@ def inferior_levels(cover_z: float | None) -> tuple[float, list[str], bool]:
 #: carries the frontopontine fibres: with |x| from 0, a tube phantom's frontopontine
 #: streamlines that stopped at |x| 14-15 made 8.5 % of one side's tract (bar: 5 %).
 PEDUNCLE_TOP_Z = -10.0
+PEDUNCLE_BOX = ((16.0, 30.0), (-40.0, -2.0))
 #: ``extract_inferior`` when the options do not say (the option's default, corridor version 8)
 INFERIOR_DEFAULT = "peduncle"
-PEDUNCLE_BOX = ((16.0, 30.0), (-40.0, -2.0))
 
 
 def in_peduncle(pts: np.ndarray) -> np.ndarray:
@@ -297,7 +297,8 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
         else:
             low_ok = low & bs
         inferior = _reduce_or(low_ok.astype(np.uint8), off, lens) > 0
-        # extract_inferior=peduncle: reaching the crus cerebri only (marked ±2, judged apart)
+        # extract_inferior=peduncle: reaching the crus cerebri only (marked ±2: they count into
+        # the density image, not into its floor; clean_density's ``extra``)
         ped_only = ~inferior & (_reduce_or(in_peduncle(pts).astype(np.uint8), off, lens) > 0) if peduncle \
             else np.zeros(n, bool)
         (z0, z1), (ax0, ax1), (y0, y1) = PLIC_BOX

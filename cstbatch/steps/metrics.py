@@ -25,9 +25,9 @@ profiles
     Per node (0 = brainstem end, N-1 = cortical end) mean and std over streamlines. Every
     streamline is first oriented brainstem → cortex: the end with the lower MNI z comes first
     when the subject → MNI transform is given; else the end nearer the subject-space
-    brainstem mask; else the end with the lower subject z. With ``extract_inferior=peduncle``
-    only the streamlines that start in the pons or lower (MNI z <= -18) are averaged, when two
-    or more do (:func:`_profile_rows`).
+    brainstem mask; else the end with the lower subject z. With the corridor extraction's
+    ``extract_inferior=peduncle`` (the default) only the streamlines that start in the pons or
+    lower (MNI z <= -18) are averaged, when two or more do (:func:`_profile_rows`).
 regions
     Means over all (end-trimmed) profile points of a side falling in an MNI z band: ``pontine``
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
@@ -360,7 +360,9 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
     from cstbatch.steps.extract_corridor import INFERIOR_DEFAULT
 
-    from_z = PROFILE_FROM_Z if options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle" else None
+    corridor_crus = (options.get("extraction_method", "corridor") == "corridor"
+                     and options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle")
+    from_z = PROFILE_FROM_Z if corridor_crus else None
     result: dict[str, Any] = {}
     for side, sl in (("left", cst_left), ("right", cst_right)):
         sl = [s for s in _as_list(sl) if len(s) > 0]
