@@ -84,6 +84,7 @@ from cstbatch.steps.extract import (
     point_codes,
     roi_code_volume,
 )
+from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT
 
 INFERIOR_TOP_Z = -18.0
 COVERAGE_MARGIN_MM = 10.0
@@ -254,8 +255,6 @@ def inferior_levels(cover_z: float | None) -> tuple[float, list[str], bool]:
 #: streamlines that stopped at |x| 14-15 made 8.5 % of one side's tract (bar: 5 %).
 PEDUNCLE_TOP_Z = -10.0
 PEDUNCLE_BOX = ((16.0, 30.0), (-40.0, -2.0))
-#: ``extract_inferior`` when the options do not say (the option's default, corridor version 8)
-INFERIOR_DEFAULT = "peduncle"
 
 
 def in_peduncle(pts: np.ndarray) -> np.ndarray:
@@ -276,7 +275,7 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     tol = float(options.get("extract_midline_tolerance", 3.0))
     lo_len, hi_len = _length_limits(options)
     cover_z = options.get("coverage_z")
-    peduncle = (options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle"
+    peduncle = (options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle"
                 and (cover_z is None or cover_z < PEDUNCLE_TOP_Z))
     if peduncle and "midbrain" not in used:
         used = [*used, "midbrain"]
@@ -742,7 +741,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
                    "trimmed_in_brainstem": trimmed}
     if high_fa:
         out["info"]["high_fa_streamlines_kept"] = high_fa
-    if options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle":
+    if options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle":
         out["info"]["peduncle_streamlines_kept"] = {k: peduncle.get(k, 0) for k in ("left", "right")}
     if clip:
         out["info"]["superior_end"] += ", cut where the streamline enters its cortex for good (extract_clip_cortex)"

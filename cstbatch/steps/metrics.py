@@ -358,10 +358,10 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
 
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
-    from cstbatch.steps.extract_corridor import INFERIOR_DEFAULT
+    from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT
 
     corridor_crus = (options.get("extraction_method", "corridor") == "corridor"
-                     and options.get("extract_inferior", INFERIOR_DEFAULT) == "peduncle")
+                     and options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle")
     from_z = PROFILE_FROM_Z if corridor_crus else None
     result: dict[str, Any] = {}
     for side, sl in (("left", cst_left), ("right", cst_right)):
