@@ -51,6 +51,9 @@ BUILTIN_STEP_VERSION["metrics"] = "7"
 # metrics 8: each side's template-space mask (dwi/*_space-<template>_desc-cst?_mask),
 # from which the aggregation measures a subject's tract agreement between sessions
 BUILTIN_STEP_VERSION["metrics"] = "8"
+# metrics 9: with the corridor extraction's extract_inferior=peduncle (corridor version 8), the
+# profiles average only the streamlines that start in the pons or lower
+BUILTIN_STEP_VERSION["metrics"] = "9"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's
