@@ -77,6 +77,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X
+from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
@@ -358,8 +359,6 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
 
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
-    from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT
-
     corridor_crus = (options.get("extraction_method", "corridor") == "corridor"
                      and options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle")
     from_z = PROFILE_FROM_Z if corridor_crus else None

@@ -61,6 +61,7 @@ class Option:
 #: metrics fall back to it too when called with partial options.
 EXTRACT_INFERIOR_DEFAULT = "peduncle"
 
+
 def _opt(name, default, type_, steps, help_, kind=None, choices=(), bounds=""):
     return Option(name, default, type_, tuple(steps.split()), help_, kind, tuple(choices), bounds)
 
