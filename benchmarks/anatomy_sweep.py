@@ -214,7 +214,8 @@ def score(subj: dict, method: str, options: dict) -> dict:
     sel = implementation_for("extract", opts, None).func(streamlines_to_mni(sl, subj["reg"]), atlas, opts)
     seconds = time.perf_counter() - t
     bundles = {s: [np.asarray(x, np.float64) for x in selected_streamlines(sl, sel, s)] for s in ("left", "right")}
-    res = compute_metrics(bundles["left"], bundles["right"], subj["maps"], subj["affine"], opts, mni=subj["reg"])
+    res = compute_metrics(bundles["left"], bundles["right"], subj["maps"], subj["affine"], opts, mni=subj["reg"],
+                          profile_from_z=sel.get("info", {}).get("inferior_top_z_mni"))
     masks, aff = subj["masks"], subj["affine"]
     row = {"seed": subj["seed"], "method": method, "orient": subj["orientation"], "snr": round(subj["snr"], 1),
            "lesion": subj["lesion"] or "-", "extract_s": seconds}

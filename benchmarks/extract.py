@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     left, right = (selected_streamlines(streamlines, sel, side) for side in ("left", "right"))
     t = time.perf_counter()
     met = compute_metrics(left, right, maps, aff, {"profile_nodes": 100}, mni=reg,
-                          brainstem_mask=rois["brainstem"])
+                          brainstem_mask=rois["brainstem"],
+                          profile_from_z=sel.get("info", {}).get("inferior_top_z_mni"))
     timing["metrics"] = time.perf_counter() - t
 
     # --- truth comparison

@@ -122,7 +122,8 @@ def run(roots: list[Path], methods: list[str], pairs: list[list[str]] | None, re
             atlas = implementation_for("register", opts, None).func(opts)
             sel = implementation_for("extract", opts, None).func(mni, atlas, opts)
             b = {s: selected_streamlines(sl, sel, s) for s in ("left", "right")}
-            res = compute_metrics(b["left"], b["right"], maps, fa_img.affine, opts, mni=reg)
+            res = compute_metrics(b["left"], b["right"], maps, fa_img.affine, opts, mni=reg,
+                                  profile_from_z=sel.get("info", {}).get("inferior_top_z_mni"))
             info = sel.get("info", {})
             fa = [res[s]["fa_mean"] for s in ("left", "right")]
             vol = [res[s]["volume_mm3"] for s in ("left", "right")]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cstbatch.steps.extract import classify_streamlines, extract_endpoint, extract_passthrough
+from cstbatch.steps.extract_corridor import inferior_levels
 from cstbatch.steps.metrics import (
     compute_metrics,
     course_asymmetry,
@@ -234,23 +235,33 @@ def test_profile_orientation_brainstem_to_cortex(bundle):
     assert o[0][2] < o[-1][2]
 
 
-def test_peduncle_profiles_average_only_the_streamlines_from_the_pons(bundle):
+def test_profiles_average_only_the_streamlines_from_the_extractions_level(bundle):
     """With extract_inferior=peduncle (the default) a side holds streamlines from the crus (MNI z -12) beside
-    those from the pons; node k would be another level in each, so the profile keeps the latter.
+    those from the pons; node k would be another level in each, so the profile keeps the latter: those
+    whose brainstem end reaches the level the extraction reports (inferior_top_z_mni, -18). On an image
+    that stops in the pons that level is higher, and streamlines from the image's lowest level stay in.
     The mean and the MNI-z regions still use every streamline."""
     _, _, z = _grid_mm()
     maps = {"fa": (0.2 + 0.004 * (z + 60)).astype(np.float32)}
     full = bundle["left"]
     crus = full[full[:, 2] >= -12.0]
+    slab = full[full[:, 2] >= -17.9]  # from z -17.8: the lowest level of an image that stops at MNI z -27
     opts = {"profile_nodes": 20, "min_cst_streamlines": 1}
     pons_only = compute_metrics([full, full], [full, full], maps, AFF, opts, mni=np.eye(4))
-    mixed = compute_metrics([full, full, crus], [full, full], maps, AFF, {**opts, "extract_inferior": "pons"},
-                            mni=np.eye(4))
-    ped = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4))  # the default
+    mixed = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4))
+    ped = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4), profile_from_z=-18.0)
     assert mixed["left"]["profiles"]["fa"][0] > pons_only["left"]["profiles"]["fa"][0] + 0.02
     np.testing.assert_allclose(ped["left"]["profiles"]["fa"], pons_only["left"]["profiles"]["fa"], atol=1e-9)
     assert ped["left"]["fa_mean"] == mixed["left"]["fa_mean"] != pons_only["left"]["fa_mean"]
     assert ped["left"]["streamline_count"] == 3
+    top_z, _, truncated = inferior_levels(-27.0)
+    assert truncated and top_z == pytest.approx(-17.0)
+    slabs = compute_metrics([slab, slab, crus], [slab, slab], maps, AFF, opts, mni=np.eye(4), profile_from_z=top_z)
+    slab_only = compute_metrics([slab, slab], [slab, slab], maps, AFF, opts, mni=np.eye(4))
+    np.testing.assert_allclose(slabs["left"]["profiles"]["fa"], slab_only["left"]["profiles"]["fa"], atol=1e-9)
+    # the fixed pons level would have left both slab streamlines out, and averaged every streamline
+    fixed = compute_metrics([slab, slab, crus], [slab, slab], maps, AFF, opts, mni=np.eye(4), profile_from_z=-18.0)
+    assert fixed["left"]["profiles"]["fa"][0] > slab_only["left"]["profiles"]["fa"][0] + 0.005
 
 
 def test_empty_sides_and_laterality_none():

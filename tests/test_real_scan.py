@@ -72,6 +72,15 @@ def test_toshiba_scan_gives_both_csts(toshiba_run):
         assert len(trk.streamlines) == counts[side]
     metrics = json.loads((out / "sub-toshiba" / "metrics" / "sub-toshiba_metrics.json").read_text())
     assert metrics["key"] == "sub-toshiba"
+    # streamlines that start in the crus cerebri count, but the profiles average those from the
+    # level the extraction reports (its inferior_top_z_mni) only
+    crus = metrics["metrics"]["extraction"]["peduncle_streamlines_kept"]
+    assert max(crus.values()) > 0, crus
+    for side in ("left", "right"):
+        m = metrics["metrics"][side]
+        assert counts[side] - crus[side] <= m["profile_streamline_count"] <= m["streamline_count"], (side, m)
+    most = max(crus, key=crus.get)
+    assert metrics["metrics"][most]["profile_streamline_count"] < metrics["metrics"][most]["streamline_count"]
 
 
 @pytest.mark.skipif(not TOSHIBA.is_dir(), reason="../shared/real-dwi not present")

@@ -54,6 +54,10 @@ BUILTIN_STEP_VERSION["metrics"] = "8"
 # metrics 9: with the corridor extraction's extract_inferior=peduncle (corridor version 8), the
 # profiles average only the streamlines that start in the pons or lower
 BUILTIN_STEP_VERSION["metrics"] = "9"
+# metrics 10: that level is the extraction's own (inferior_top_z_mni), so on an image that stops
+# in the pons the profiles keep the streamlines that start at its lowest level;
+# profile_streamline_count
+BUILTIN_STEP_VERSION["metrics"] = "10"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's

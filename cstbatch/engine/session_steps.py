@@ -375,16 +375,17 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
     gyrus = gyrus_fractions(gyrus_points(_atlas(ctx).registration_template), fa_img.shape, fa_img.affine,
                             reg.subject_to_mni)
     sides = {s: _load_streamlines(ctx.layout.cst(s)) for s in ("left", "right")}
+    extract_info = ((read_record(ctx.layout.record("extract")) or {}).get("info") or {})
     result = compute_metrics(sides["left"], sides["right"],
                              _load_maps(ctx.layout), fa_img.affine, ctx.options,
                              mni=reg, brainstem_mask=brainstem,
                              uncovered_levels=(infos["register"].get("coverage") or {}).get("missing") or (),
-                             gyrus_coverage=gyrus)
+                             gyrus_coverage=gyrus,
+                             profile_from_z=(extract_info.get("extraction") or {}).get("inferior_top_z_mni"))
     flags = session_flags({s: result[s]["streamline_count"] for s in ("left", "right")}, ctx.options, **infos,
                           course=result.get("course_asymmetry"), gyrus=gyrus)
     # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
     # them as entity values conflicting with the file name
-    extract_info = ((read_record(ctx.layout.record("extract")) or {}).get("info") or {})
     result["extraction"] = {"method": ctx.options.get("extraction_method"),
                             "cst_streamlines": extract_info.get("cst_streamlines"),
                             "coverage_z_mni": extract_info.get("coverage_z_mni"),

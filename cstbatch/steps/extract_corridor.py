@@ -265,6 +265,14 @@ def in_peduncle(pts: np.ndarray) -> np.ndarray:
             & (pts[:, 1] >= y0) & (pts[:, 1] <= y1))
 
 
+def peduncle_counts(options: Mapping[str, Any]) -> bool:
+    """Whether a streamline that reaches only the crus cerebri counts (``extract_inferior``),
+    which needs an image that covers it."""
+    cover_z = options.get("coverage_z")
+    return (options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle"
+            and (cover_z is None or cover_z < PEDUNCLE_TOP_Z))
+
+
 def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     """Side per streamline (+1 left, -1 right, 0 none) and the extraction info."""
     top_z, used, truncated = inferior_levels(options.get("coverage_z"))
@@ -274,9 +282,7 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     bs_top = brainstem_top_z(atlas)
     tol = float(options.get("extract_midline_tolerance", 3.0))
     lo_len, hi_len = _length_limits(options)
-    cover_z = options.get("coverage_z")
-    peduncle = (options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle"
-                and (cover_z is None or cover_z < PEDUNCLE_TOP_Z))
+    peduncle = peduncle_counts(options)
     if peduncle and "midbrain" not in used:
         used = [*used, "midbrain"]
     n_points = np.array([len(s) for s in streamlines_mni], np.int64)
@@ -741,7 +747,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
                    "trimmed_in_brainstem": trimmed}
     if high_fa:
         out["info"]["high_fa_streamlines_kept"] = high_fa
-    if options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle":
+    if peduncle_counts(options):
         out["info"]["peduncle_streamlines_kept"] = {k: peduncle.get(k, 0) for k in ("left", "right")}
     if clip:
         out["info"]["superior_end"] += ", cut where the streamline enters its cortex for good (extract_clip_cortex)"

@@ -25,9 +25,12 @@ profiles
     Per node (0 = brainstem end, N-1 = cortical end) mean and std over streamlines. Every
     streamline is first oriented brainstem → cortex: the end with the lower MNI z comes first
     when the subject → MNI transform is given; else the end nearer the subject-space
-    brainstem mask; else the end with the lower subject z. With the corridor extraction's
-    ``extract_inferior=peduncle`` (the default) only the streamlines that start in the pons or
-    lower (MNI z <= -18) are averaged, when two or more do (:func:`_profile_rows`).
+    brainstem mask; else the end with the lower subject z. When the extraction says how low a
+    CST streamline reaches (``profile_from_z``: the corridor extractor's ``inferior_top_z_mni``,
+    MNI z -18, the pons, or a truncated image's lowest level plus 10 mm), only the streamlines
+    whose brainstem end lies at or below it are averaged, when two or more do
+    (:func:`_profile_rows`): corridor version 8 also keeps streamlines that start in the crus
+    cerebri, higher. ``profile_streamline_count`` says how many were averaged.
 regions
     Means over all (end-trimmed) profile points of a side falling in an MNI z band: ``pontine``
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
@@ -77,7 +80,6 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X
-from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
@@ -249,18 +251,16 @@ def _resample(sl: list[np.ndarray], nodes: int) -> np.ndarray:
     return np.asarray(set_number_of_points(good, nb_points=nodes), np.float64)
 
 
-#: With ``extract_inferior=peduncle``, profiles are averaged over the streamlines whose brainstem
-#: end lies at or below this MNI z (the pons; the corridor extractor's ``INFERIOR_TOP_Z``).
-PROFILE_FROM_Z = -18.0
-
-
 def _profile_rows(z_mni: np.ndarray | None, from_z: float | None) -> np.ndarray | slice:
     """The streamlines a side's profiles average over.
 
     Why: a profile's node k is the same fraction of every streamline's length, so streamlines
     that start in the cerebral peduncle (``extract_inferior=peduncle``) and those that start in
     the pons put other levels at the same node. Their profile would blur the lesion's dip along
-    the tract. Means and MNI-z regions do not depend on nodes and use every streamline."""
+    the tract. Means and MNI-z regions do not depend on nodes and use every streamline. Why the
+    extraction's level and not a fixed one: on an image that stops in the pons the level is
+    that image's lowest plus 10 mm, and a fixed MNI z -18 left out streamlines that start as low
+    as the image lets them."""
     if from_z is None or z_mni is None or not len(z_mni):
         return slice(None)
     low = z_mni[:, 0] <= from_z
@@ -281,6 +281,7 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
     z_mni = (res @ m[2, :3] + m[2, 3]) if (m is not None and len(res)) else None
     out["cortical_ends"] = cortical_ends(oriented, m) if (m is not None and oriented) else None
     rows = _profile_rows(z_mni, profile_from_z)
+    out["profile_streamline_count"] = len(res) if isinstance(rows, slice) else len(rows)
     out["profiles"], out["profiles_std"], out["regions"] = {}, {}, {r: {} for r in REGIONS_MNI_Z}
     for name in SCALARS:
         data = maps.get(name) if maps else None
@@ -337,7 +338,8 @@ def laterality_index(left, right) -> float | None:
 def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarray],
                     maps: Mapping[str, np.ndarray], affine, options: Mapping[str, Any] | None = None,
                     *, mni=None, brainstem_mask: np.ndarray | None = None,
-                    uncovered_levels: Sequence[str] = (), gyrus_coverage: Mapping[str, Any] | None = None) -> dict:
+                    uncovered_levels: Sequence[str] = (), gyrus_coverage: Mapping[str, Any] | None = None,
+                    profile_from_z: float | None = None) -> dict:
     """Metrics per side plus laterality (see module doc).
 
     ``maps``: ``fa``/``md``/``rd``/``ad`` arrays on the grid of ``affine`` (others ignored).
@@ -347,7 +349,9 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     register step's coverage); the regions in them get no values (:data:`REGION_LEVELS`).
     ``gyrus_coverage``: the share of each part of the precentral gyrus inside the image
     (:func:`cstbatch.steps.coverage.gyrus_fractions`), kept as ``gyrus_coverage`` beside the
-    ``cortical_ends`` it qualifies.
+    ``cortical_ends`` it qualifies. ``profile_from_z``: the MNI z every CST streamline of the
+    extraction reaches (the corridor's ``inferior_top_z_mni``); the profiles average only the
+    streamlines whose brainstem end lies at or below it (:func:`_profile_rows`).
     """
     options = dict(options or {})
     nodes = int(options.get("profile_nodes") or DEFAULT_PROFILE_NODES)
@@ -359,15 +363,12 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
 
     minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
-    corridor_crus = (options.get("extraction_method", "corridor") == "corridor"
-                     and options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle")
-    from_z = PROFILE_FROM_Z if corridor_crus else None
     result: dict[str, Any] = {}
     for side, sl in (("left", cst_left), ("right", cst_right)):
         sl = [s for s in _as_list(sl) if len(s) > 0]
         found = len(sl) >= minimum
         # no tract: nothing of it to measure (the count stays, QC flags cst_not_found)
-        result[side] = _side_metrics(sl if found else [], maps, affine, nodes, mni, brainstem_mask, from_z)
+        result[side] = _side_metrics(sl if found else [], maps, affine, nodes, mni, brainstem_mask, profile_from_z)
         if not found:
             result[side].update(streamline_count=len(sl), volume_mm3=None)
         result[side]["found"] = found

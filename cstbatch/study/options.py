@@ -57,8 +57,8 @@ class Option:
         return f"{value!r} is outside {self.bounds}" if below or above else None
 
 
-#: ``extract_inferior`` when a study does not set it (corridor version 8); the extractor and the
-#: metrics fall back to it too when called with partial options.
+#: ``extract_inferior`` when a study does not set it (corridor version 8); the extractor falls
+#: back to it too when called with partial options.
 EXTRACT_INFERIOR_DEFAULT = "peduncle"
 
 
@@ -185,7 +185,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "along them, when the density cleaning dropped them (0: off, the default: at 0.1 phantom fans are found "
          "more fully but the Trio repeats agree less; README).",
          bounds="[0, 1]"),
-    _opt("extract_inferior", EXTRACT_INFERIOR_DEFAULT, str, "extract metrics",
+    _opt("extract_inferior", EXTRACT_INFERIOR_DEFAULT, str, "extract",
          "corridor: how low a CST streamline must reach: peduncle (the brainstem ROI at MNI z <= -18, or the "
          "cerebral peduncles at z <= -10; corridor version 8) or pons (the brainstem ROI only, as before version 8). "
          "Either way, a truncated image's lowest covered level counts (README).",
