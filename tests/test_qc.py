@@ -303,6 +303,21 @@ def test_session_flags_codes_and_messages():
         and "MNI z -6 to 40" in apart[0]["message"]
     assert qc.session_flags({"left": 400, "right": 400}, {}, course={"median_mm": 7.4}) == []
     assert qc.session_flags({"left": 400, "right": 400}, {}, course=None) == []
+    # a side whose streamlines all end in the face area, with the leg and hand areas in the image
+    ends = {"left": {"medial": 0, "middle": 3, "lateral": 51}, "right": {"medial": 500, "middle": 250, "lateral": 49}}
+    held = {s: {"medial": 1.0, "middle": 1.0, "lateral": 1.0} for s in ("left", "right")}
+    face = qc.session_flags({"left": 54, "right": 799}, {}, ends=ends, gyrus=held)
+    assert [f["code"] for f in face] == ["cst_face_area_only"]
+    assert "left 6 % of 54" in face[0]["message"] and "right" not in face[0]["message"]
+    # a tract that reaches the leg or hand area on a tenth of its streamlines is not flagged
+    assert qc.session_flags({"left": 54, "right": 799}, {}, gyrus=held,
+                            ends={**ends, "left": {"medial": 2, "middle": 4, "lateral": 48}}) == []
+    # nor one whose leg and hand areas the image cuts (fov_truncated says so), nor a side not found
+    cut = {**held, "left": {"medial": 0.4, "middle": 1.0, "lateral": 1.0}}
+    assert "cst_face_area_only" not in [f["code"] for f in qc.session_flags({"left": 54, "right": 799}, {},
+                                                                            ends=ends, gyrus=cut)]
+    assert "cst_face_area_only" not in [f["code"] for f in qc.session_flags({"left": 5, "right": 799}, {},
+                                                                            ends=ends, gyrus=held)]
     lax = qc.session_flags({"left": 30, "right": 400}, {"sparse_cst_streamlines": 20})
     assert "cst_sparse" not in [f["code"] for f in lax]
     assert json.loads(json.dumps(flags)) == flags

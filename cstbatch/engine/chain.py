@@ -56,7 +56,7 @@ BUILTIN_STEP_VERSION["metrics"] = "8"
 BUILTIN_STEP_VERSION["metrics"] = "9"
 # metrics 10: that level is the extraction's own (inferior_top_z_mni), so on an image that stops
 # in the pons the profiles keep the streamlines that start at its lowest level;
-# profile_streamline_count
+# profile_streamline_count; the cst_face_area_only QC flag
 BUILTIN_STEP_VERSION["metrics"] = "10"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes

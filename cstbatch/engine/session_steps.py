@@ -383,7 +383,8 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
                              gyrus_coverage=gyrus,
                              profile_from_z=(extract_info.get("extraction") or {}).get("inferior_top_z_mni"))
     flags = session_flags({s: result[s]["streamline_count"] for s in ("left", "right")}, ctx.options, **infos,
-                          course=result.get("course_asymmetry"), gyrus=gyrus)
+                          course=result.get("course_asymmetry"), gyrus=gyrus,
+                          ends={s: result[s].get("cortical_ends") for s in ("left", "right")})
     # no "subject"/"session" keys: pybids reads this JSON as the CSV's sidecar and would see
     # them as entity values conflicting with the file name
     result["extraction"] = {"method": ctx.options.get("extraction_method"),

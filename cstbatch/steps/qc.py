@@ -37,6 +37,14 @@ DEFAULT_SPARSE_CST_STREAMLINES = 50
 #: stopping FA) 7.1–9.9 mm: 3 of the 4 severe-lesion sessions above 8, 19107 at 7.5–7.9 (README,
 #: "Quality control flags").
 COURSE_ASYMMETRY_MM = 8.0
+#: A found side with less than this share of its cortical ends in the leg area and the hand knob
+#: (MNI |x| < 45 mm, :data:`cstbatch.steps.coverage.GYRUS_PARTS_MNI_X`), both inside the image,
+#: is flagged ``cst_face_area_only``. Measured on the corridor's kept streamlines of 76 phantom
+#: subjects (2-3 mm, both families): every other side 0.33-1.0, the shared real scans and their
+#: clinical and regridded copies 0.98-1.0; atlas anatomy 1400's left side 0.0,
+#: where the tracker left the tract at the top of the midbrain and the 54 streamlines that passed
+#: every test ran from the face area down the midline (Dice 0.06; benchmarks/RESULTS.md).
+FACE_ONLY_SHARE = 0.1
 #: Registration quality (Pearson r of subject FA and warped template FA, see
 #: :class:`cstbatch.steps.register.Registration`) below this: ``registration_poor``. Measured:
 #: the shared real scans register at r 0.50–0.53 (noisy FA against a smooth template; the sample
@@ -73,6 +81,9 @@ QC_CODES: dict[str, str] = {
                   "profile rest on few paths (a lesion may interrupt the tract)",
     "cst_course_asymmetric": f"the two CSTs' courses (peduncle to centrum semiovale, one mirrored) lie more than "
                              f"{COURSE_ASYMMETRY_MM:g} mm apart: a detour around a blocked path, or a displaced tract",
+    "cst_face_area_only": "a found side's streamlines end (almost) only in the face area of the precentral gyrus, none "
+                          "in the leg area or the hand knob, which the image holds and where most CST fibres start: "
+                          "what was found is probably not the tract's main body",
     "fov_truncated": "the image does not hold every CST level whole (medulla → precentral gyrus, MNI z ranges in "
                      "cstbatch.steps.coverage; whole: 90 % inside) or every part of the precentral gyrus (leg area, "
                      "hand knob, face area): the tract is cut and its metrics are partial",
@@ -141,11 +152,27 @@ def parse_codes(value: Any) -> list[str]:
     return codes
 
 
+def _leg_and_hand_shares(ends: Mapping | None, cut) -> list[tuple[str, float, int]]:
+    """(side, share of its cortical ends in the medial and middle parts of the gyrus, ends) for the
+    sides with ends whose medial and middle parts the image holds whole (``cut``:
+    :func:`cstbatch.steps.coverage.gyrus_parts_cut`)."""
+    out = []
+    for side in ("left", "right"):
+        e = (ends or {}).get(side) or {}
+        total = sum(int(v or 0) for v in e.values())
+        if not total or any(c[0] == side and c[1] in ("medial", "middle") for c in cut):
+            continue
+        out.append((side, (int(e.get("medial") or 0) + int(e.get("middle") or 0)) / total, total))
+    return out
+
+
 def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest: Mapping | None = None,
                   model: Mapping | None = None, register: Mapping | None = None,
-                  course: Mapping | None = None, gyrus: Mapping | None = None) -> list[dict[str, str]]:
+                  course: Mapping | None = None, gyrus: Mapping | None = None,
+                  ends: Mapping | None = None) -> list[dict[str, str]]:
     """The session's flags, from the steps' record ``info`` dicts, the CST counts per side, the
-    metrics' ``course_asymmetry`` and ``gyrus_coverage`` (``gyrus``)."""
+    metrics' ``course_asymmetry``, ``gyrus_coverage`` (``gyrus``) and each side's
+    ``cortical_ends`` (``ends``)."""
     from cstbatch.steps.coverage import describe, describe_cut, describe_partial, gyrus_parts_cut, partial_levels
 
     ingest, model, register = ingest or {}, model or {}, register or {}
@@ -170,8 +197,17 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                           f"the left CST and the mirrored right one run {apart:.1f} mm apart (median over MNI z "
                           f"{z0:g} to {z1:g}; healthy scans: 2-3 mm): one side may detour around a "
                           "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
+    cut = gyrus_parts_cut(gyrus)
+    face_only = [f"{side} {share * 100:.0f} % of {total}" for side, share, total in
+                 _leg_and_hand_shares(ends, cut) if n[side] >= minimum and share < FACE_ONLY_SHARE]
+    if face_only:
+        flags.append(flag("cst_face_area_only",
+                          f"streamlines ending in the leg area or the hand knob (MNI |x| < 45 mm): {', '.join(face_only)}; "
+                          "the rest end in the face area. Most CST fibres start in the leg and hand areas, which the "
+                          "image holds: the tract found is probably not the CST's main body (the tracker may have "
+                          "left it); check the tract figure"))
     cov = register.get("coverage") or {}
-    partial, cut = partial_levels(cov.get("fractions")), gyrus_parts_cut(gyrus)
+    partial = partial_levels(cov.get("fractions"))
     outside = [f"missing levels: {describe(cov['missing'])}"] if cov.get("missing") else []
     outside += [f"partly outside the image: {describe_partial(partial)}"] if partial else []
     outside += [f"the side of the field of view cuts {describe_cut(cut)}"] if cut else []
