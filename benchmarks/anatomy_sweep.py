@@ -37,7 +37,10 @@ deformation per subject, no distractor; ``--lesion-eig`` does not apply to it.
 ``--anatomy-version 1`` gives each tube anatomy the sample phantom's fixed background white
 matter, as every tube set scored before anatomy version 2 had; the bundles of a seed are the
 same in both versions, so the two pair up (version 2 draws the background's orientations per
-subject: :mod:`cstbatch.sample.anatomy`).
+subject: :mod:`cstbatch.sample.anatomy`). With ``--phantom juelich``, version 1 moves the
+bundles with each subject's deformation but not their fibre directions, as every atlas set
+scored before the thirtieth landing had; version 2 carries the directions too
+(``atlas_phantom.ATLAS_VERSION``). The bundles, masks and noise of a seed are the same in both.
 
 ``--cst-width W`` multiplies every radius of the tube CST (trunk and fan branches) by ``W``,
 the rest of each anatomy unchanged: 1.5 makes a CST of 13-20 cm³ per side, as wide as the atlas
@@ -97,7 +100,8 @@ def _subject(seed: int, voxel: float, acq: dict | None = None):
         from atlas_phantom import make_atlas_session
 
         s = make_atlas_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation, lesion=lesion,
-                               b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"])
+                               b_value=acq["b_value"], n_directions=acq["n_directions"], n_b0=acq["n_b0"],
+                               version=acq["anatomy_version"])
     else:
         s = make_phantom_session(seed=seed, voxel_mm=voxel, snr=snr, orientation=orientation,
                                  lesion=lesion,
@@ -169,11 +173,9 @@ def _cached(seed, voxel, options, cache: Path | None, acq: dict | None = None) -
         return _process(seed, voxel, options, acq)
     track_keys = sorted(k for k in options if k.startswith(("track_", "mask_", "denoise")))
     ident = [seed, voxel, [(k, options[k]) for k in track_keys]]
-    # the keys of caches written before anatomy version 2 stay valid for version 1
+    # the keys of caches written before anatomy version 2 (of either family) stay valid for version 1
     base = {**ACQUISITION, "anatomy_version": 1}
     acq = {**ACQUISITION, **(acq or {})}
-    if acq["phantom"] != "tubes":
-        acq["anatomy_version"] = 1
     changed = {k: v for k, v in acq.items() if base.get(k) != v}
     if changed:  # the sample study's acquisition keeps the keys older caches were written with
         ident.append(sorted(changed.items()))
@@ -320,7 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--phantom", default="tubes", choices=("tubes", "juelich"),
                     help="tubes: cstbatch.sample.phantom (default); juelich: benchmarks/atlas_phantom.py")
     ap.add_argument("--anatomy-version", type=int, default=ANATOMY_VERSION, choices=(1, 2),
-                    help="tubes: 2 (default) draws each anatomy's background white matter; 1: the fixed field")
+                    help="tubes: 2 (default) draws each anatomy's background white matter; 1: the fixed field. "
+                         "juelich: 2 (default) carries the fibre directions through the deformation; 1: does not")
     ap.add_argument("--cst-width", type=float, default=1.0,
                     help="tubes: multiply every CST radius by this (1: the drawn radii, about 8 cm3 per side)")
     ap.add_argument("--regions", action="store_true",

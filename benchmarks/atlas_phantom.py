@@ -244,6 +244,10 @@ def _waves(rng, n: int, amplitude: tuple[float, float], wavelength: tuple[float,
 
     def f(p):
         return np.sin(p @ k.T + phase) @ amp
+
+    def grad(p):
+        return (np.cos(p @ k.T + phase) * amp) @ k
+    f.grad = grad
     return f
 
 
@@ -265,9 +269,27 @@ class AtlasSession:
     info: dict = field(default_factory=dict)
 
 
+def carry_directions(d: np.ndarray, q: np.ndarray, warp) -> np.ndarray:
+    """Unit atlas directions ``d`` (n, 3), seen at the warped points of ``q`` (n, 3, before the
+    warp ``q + (w(q) for w in warp)``), as directions at ``q``: a fibre along d at the warped
+    point runs along J^-1 d before the warp, J the warp's Jacobian there."""
+    jac = np.eye(3)[None] + np.stack([w.grad(q) for w in warp], 1)
+    out = np.linalg.solve(jac, d[..., None])[..., 0]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+#: Version 2 carries each bundle's fibre directions through the subject's deformation (the
+#: inverse of its Jacobian; :func:`make_atlas_session`). Version 1 (every atlas number before the
+#: thirtieth landing) moved the bundles but not their directions: where the deformation shears,
+#: fibres ran up to ~20° across their own bundle, and on atlas anatomy 1400 the tracked left CST
+#: followed its fibres out of the bundle at the top of the midbrain.
+ATLAS_VERSION = 2
+
+
 def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
                        orientation: str = "LAS", lesion: str | None = None,
-                       b_value: float = 1000.0, n_directions: int = 32, n_b0: int = 5) -> AtlasSession:
+                       b_value: float = 1000.0, n_directions: int = 32, n_b0: int = 5,
+                       version: int = ATLAS_VERSION) -> AtlasSession:
     from cstbatch.sample.phantom import (
         _load_template,
         _rotation,
@@ -309,10 +331,17 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
     t_inv = np.linalg.inv(tpl.affine)
     a_inv = np.linalg.inv(a_aff)
 
+    def pose_at(offset):
+        """Each voxel's sample ``offset`` in the undeformed head (MNI mm before the warp)."""
+        return (ijk + offset) @ (s2m @ aff)[:3, :3].T + (s2m @ aff)[:3, 3]
+
     def anatomy_at(offset):
         """MNI point of the atlas anatomy seen at each voxel's sample ``offset``."""
-        p = (ijk + offset) @ (s2m @ aff)[:3, :3].T + (s2m @ aff)[:3, 3]
+        p = pose_at(offset)
         return p + np.stack([w(p) for w in warp], 1)
+
+    def carried(d, q):
+        return d if version < 2 else carry_directions(d, q, warp)
 
     def sample(vol, p, inv, origin=0.0):
         c = (p @ inv[:3, :3].T + inv[:3, 3] - origin).T
@@ -326,6 +355,7 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
     acc = {k: np.zeros(n_in, np.float32) for k in ("brain", "tissue", "cst_left", "cst_right", "lesion")}
     rot = m2s[:3, :3]
     for off in offsets:
+        q = pose_at(off)[inside]
         p = anatomy_at(off)[inside]
         gm, wm, csf, brain = (sample(getattr(tpl, k), p, t_inv) for k in ("gm", "wm", "csf", "brain"))
         tissue = np.clip(gm + wm, 0.0, 1.0)
@@ -345,7 +375,8 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
             sel = f[n] > 0
             if not sel.any():
                 continue
-            d = np.stack([sample(fd.direction[i], p[sel], a_inv, fd.origin) for i in range(3)], 1) @ rot.T
+            d = carried(np.stack([sample(fd.direction[i], p[sel], a_inv, fd.origin) for i in range(3)], 1),
+                        q[sel]) @ rot.T
             lp, lq = eig[n]
             if lesion is not None and n == f"cst_{lesion}":
                 w_ = les[sel]

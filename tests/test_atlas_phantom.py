@@ -7,7 +7,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from atlas_phantom import _direction, _potential  # noqa: E402
+from atlas_phantom import _direction, _potential, _waves, carry_directions  # noqa: E402
 
 
 def _field(domain, source, target):
@@ -49,3 +49,26 @@ def test_fibres_fan_where_the_bundle_fans():
     assert (d[0, edge, 3, k] * up[edge]) > 0.3        # right edge: up and to the right
     assert (d[0, 60 - edge, 3, k] * up[60 - edge]) < -0.3  # left edge: up and to the left
     assert abs(d[0, 30, 3, k]) < 0.1                   # the middle goes straight up
+
+
+def test_fibre_directions_follow_the_deformation_of_their_bundle():
+    """A subject's bundles are the atlas's, moved by a smooth warp; a fibre must still run along
+    its moved bundle. Version 1 kept the atlas direction, across the bundle where the warp shears."""
+    rng = np.random.default_rng(3)
+    warp = [_waves(rng, 3, (0.8, 1.8), (60.0, 140.0)) for _ in range(3)]
+    q = rng.uniform(-60, 60, size=(500, 3))
+    phi = lambda p: p + np.stack([w(p) for w in warp], 1)  # noqa: E731
+    eps = 1e-4
+    jac_fd = np.stack([(phi(q + eps * e) - phi(q - eps * e)) / (2 * eps) for e in np.eye(3)], 2)
+    jac = np.eye(3)[None] + np.stack([w.grad(q) for w in warp], 1)
+    np.testing.assert_allclose(jac, jac_fd, atol=1e-6)
+    d = rng.normal(size=(500, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    c = carry_directions(d, q, warp)
+    # a step along the carried direction lands, after the warp, along the atlas direction
+    step = phi(q + 0.01 * c) - phi(q)
+    step /= np.linalg.norm(step, axis=1, keepdims=True)
+    assert np.min(np.sum(step * d, axis=1)) > 0.9999
+    # and the warp is not negligible: the uncarried directions are off by degrees
+    off = np.degrees(np.arccos(np.clip(np.abs(np.sum(c * d, axis=1)), 0, 1)))
+    assert np.percentile(off, 90) > 3.0
