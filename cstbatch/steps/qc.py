@@ -43,7 +43,9 @@ COURSE_ASYMMETRY_MM = 8.0
 #: subjects (2-3 mm, both families): every other side 0.33-1.0, the shared real scans and their
 #: clinical and regridded copies 0.98-1.0; atlas anatomy 1400's left side 0.0,
 #: where the tracker left the tract at the top of the midbrain and the 54 streamlines that passed
-#: every test ran from the face area down the midline (Dice 0.06; benchmarks/RESULTS.md).
+#: every test ran from the face area down the midline (Dice 0.06). That phantom's fibres ran
+#: across their bundle (atlas phantom version 1; benchmarks/RESULTS.md, "Landing 30"), but a
+#: tracker that leaves the tract on any scan leaves such a side behind, and no other flag saw it.
 FACE_ONLY_SHARE = 0.1
 #: Registration quality (Pearson r of subject FA and warped template FA, see
 #: :class:`cstbatch.steps.register.Registration`) below this: ``registration_poor``. Measured:
