@@ -335,10 +335,9 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
         """Each voxel's sample ``offset`` in the undeformed head (MNI mm before the warp)."""
         return (ijk + offset) @ (s2m @ aff)[:3, :3].T + (s2m @ aff)[:3, 3]
 
-    def anatomy_at(offset):
-        """MNI point of the atlas anatomy seen at each voxel's sample ``offset``."""
-        p = pose_at(offset)
-        return p + np.stack([w(p) for w in warp], 1)
+    def warped(q):
+        """MNI point of the atlas anatomy seen at the undeformed points ``q``."""
+        return q + np.stack([w(q) for w in warp], 1)
 
     def carried(d, q):
         return d if version < 2 else carry_directions(d, q, warp)
@@ -347,7 +346,7 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
         c = (p @ inv[:3, :3].T + inv[:3, 3] - origin).T
         return ndimage.map_coordinates(vol, c, order=1, mode="constant", cval=0.0)
 
-    centre = anatomy_at(0.0)
+    centre = warped(pose_at(0.0))
     inside = np.flatnonzero(sample(tpl.brain, centre, t_inv) > 0.02)
     n_in = inside.size
     offsets = [np.array([a, b_, c]) * 0.25 for a in (-1, 1) for b_ in (-1, 1) for c in (-1, 1)]
@@ -355,8 +354,9 @@ def make_atlas_session(*, seed: int, voxel_mm: float = 3.0, snr: float = 20.0,
     acc = {k: np.zeros(n_in, np.float32) for k in ("brain", "tissue", "cst_left", "cst_right", "lesion")}
     rot = m2s[:3, :3]
     for off in offsets:
-        q = pose_at(off)[inside]
-        p = anatomy_at(off)[inside]
+        q = pose_at(off)
+        p = warped(q)[inside]
+        q = q[inside]
         gm, wm, csf, brain = (sample(getattr(tpl, k), p, t_inv) for k in ("gm", "wm", "csf", "brain"))
         tissue = np.clip(gm + wm, 0.0, 1.0)
         f = {n: sample(fd.fraction, p, a_inv, fd.origin) for n, fd in fields.items()}

@@ -274,7 +274,8 @@ def peduncle_counts(options: Mapping[str, Any]) -> bool:
 
 
 def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
-    """Side per streamline (+1 left, -1 right, 0 none) and the extraction info."""
+    """Side per streamline (+1 left, -1 right, 0 none; ±2 for a side's streamlines that reach
+    only the crus cerebri, :func:`peduncle_counts`) and the extraction info."""
     top_z, used, truncated = inferior_levels(options.get("coverage_z"))
     sup_z = superior_end_z(options.get("coverage_top_z"))
     tcode, taff = precentral_rois()
