@@ -175,7 +175,14 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
     """The session's flags, from the steps' record ``info`` dicts, the CST counts per side, the
     metrics' ``course_asymmetry``, ``gyrus_coverage`` (``gyrus``) and each side's
     ``cortical_ends`` (``ends``)."""
-    from cstbatch.steps.coverage import describe, describe_cut, describe_partial, gyrus_parts_cut, partial_levels
+    from cstbatch.steps.coverage import (
+        GYRUS_PARTS_MNI_X,
+        describe,
+        describe_cut,
+        describe_partial,
+        gyrus_parts_cut,
+        partial_levels,
+    )
 
     ingest, model, register = ingest or {}, model or {}, register or {}
     flags = []
@@ -200,11 +207,13 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
                           f"{z0:g} to {z1:g}; healthy scans: 2-3 mm): one side may detour around a "
                           "blocked path (a lesion, a bend the tracker cannot take) or be displaced; check the tract figure"))
     cut = gyrus_parts_cut(gyrus)
+    leg_and_hand_mm = dict((name, hi) for name, _, hi in GYRUS_PARTS_MNI_X)["middle"]
     face_only = [f"{side} {share * 100:.0f} % of {total}" for side, share, total in
                  _leg_and_hand_shares(ends, cut) if n[side] >= minimum and share < FACE_ONLY_SHARE]
     if face_only:
         flags.append(flag("cst_face_area_only",
-                          f"streamlines ending in the leg area or the hand knob (MNI |x| < 45 mm): {', '.join(face_only)}; "
+                          f"streamlines ending in the leg area or the hand knob (MNI |x| < {leg_and_hand_mm:g} mm): "
+                          f"{', '.join(face_only)}; "
                           "the rest end in the face area. Most CST fibres start in the leg and hand areas, which the "
                           "image holds: the tract found is probably not the CST's main body (the tracker may have "
                           "left it); check the tract figure"))
