@@ -170,6 +170,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("extract_tdi_inside", 0.9, _NUM, "extract",
          "corridor/tdi: share of a streamline's cells that must be dense for it to stay.",
          bounds="[0, 1]"),
+    _opt("extract_tdi_parts", False, bool, "extract",
+         "corridor/tdi: a cell above MNI z 20 (the fan) is also dense when it is dense among the streamlines "
+         "ending in the same part of the precentral gyrus (leg, hand, face): wide fans are found more fully, "
+         "but the sample study's right sides and the Trio repeats lose a few hundredths, so off by default (README)."),
     _opt("extract_recover_branches", True, bool, "extract",
          "corridor/tdi: add back the core of each fan branch the density cleaning dropped that grows out of the "
          "kept tract's trunk (the face area's branch, mostly; README)."),
