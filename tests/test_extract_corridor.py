@@ -425,3 +425,28 @@ def test_the_extract_step_hands_the_extractor_streamline_fa_only_when_asked(tmp_
     added = got[0.1]["extraction"]["high_fa_streamlines_kept"]
     assert added["left"] > 0 and added["right"] == 0  # every FA equal: the whole top share joins
     assert got[0.1]["cst_streamlines"]["left"] == got[0.0]["cst_streamlines"]["left"] + added["left"]
+
+
+def test_fan_judged_per_gyrus_part_keeps_a_minor_leg_branch_but_not_strays_beside_the_trunk():
+    """``extract_tdi_parts``: judged by the whole side's density, a leg branch carrying an eighth of
+    the side's streamlines is sparse in the fan and goes as a whole; judged in the fan by the
+    streamlines ending in the same part of the gyrus too, a good part of it stays. A group as
+    large that leaves the trunk in the capsule still goes: below MNI z 20 every cell is judged by
+    the whole side."""
+    from cstbatch.steps.extract_corridor import clean_density, gyrus_parts
+
+    rng = np.random.default_rng(12)
+    hand = _jittered(TRUNK + ENDS["hand"], rng, 300, sd=0.3)
+    leg = _jittered(TRUNK + ENDS["leg"], rng, 40, sd=0.3)
+    stray = _jittered(TRUNK[:3] + [(-34, -6, 4), (-46, 4, 24), (-50, 2, 46)], rng, 40, sd=0.3)
+    sl = hand + leg + stray
+    idx = np.arange(len(sl))
+    assert gyrus_parts(sl, idx).tolist() == [1] * 300 + [0] * 40 + [2] * 40
+    hand_ids, leg_ids, stray_ids = np.arange(300), np.arange(300, 340), np.arange(340, 380)
+    whole = clean_density(sl, idx, {})
+    assert np.isin(hand_ids, whole).mean() > 0.4
+    assert not np.isin(leg_ids, whole).any() and not np.isin(stray_ids, whole).any()
+    parts = clean_density(sl, idx, {"extract_tdi_parts": True})
+    assert set(whole.tolist()) <= set(parts.tolist())
+    assert np.isin(leg_ids, parts).mean() >= 0.25
+    assert not np.isin(stray_ids, parts).any()
