@@ -32,7 +32,9 @@ Then strays are removed per side (``extract_core_filter``, default on), by tract
 cells; a cell is dense when at least ``extract_tdi_fraction`` (0.3) of the 95th-percentile
 cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) of its cells are
 dense, and the best-supported ``extract_tdi_keep`` (30 %, version 7) of the side's candidates stay in
-any case; then the core of each fan branch the cleaning dropped but that grows out of the kept
+any case (with ``extract_tdi_parts``, off by default, a cell above MNI z 20 is also dense when it
+is dense among the side's streamlines ending in the same part of the gyrus:
+:func:`_part_dense_share`); then the core of each fan branch the cleaning dropped but that grows out of the kept
 trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6).
 With ``extract_fa_keep`` > 0 (off by default) that share of the side's candidates with the
 highest mean FA along them stays too (:func:`keep_high_fa`: the sparse parts of a wide fan that
