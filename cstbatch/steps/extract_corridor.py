@@ -517,7 +517,7 @@ def _part_dense_share(keys: list[np.ndarray], parts: np.ndarray, frac: float) ->
     Why: the tract converges in the capsule and fans out above it, so in the fan every branch is
     sparse next to the trunk, and judged by the whole side's density the branch of a part with
     fewer streamlines (the leg area's, under the vertex) went as a whole. On atlas phantom
-    version 2 the leg area holds 25-30 % of a side's true voxels, and the kept tract found 0.18-0.20
+    version 2 the leg area holds 25-28 % of a side's true voxels, and the kept tract found 0.18-0.20
     of them where the candidates found about twice as many (``benchmarks/RESULTS.md``, "Landing
     31"). The trunk stays judged by the whole side: what runs beside it is a stray, whatever its
     end. Why "also", and a stricter share than the side's 0.3: judged by its own part alone at
