@@ -34,8 +34,8 @@ cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) 
 dense, and the best-supported ``extract_tdi_keep`` (30 %, version 7) of the side's candidates stay in
 any case (with ``extract_tdi_parts``, off by default, a cell above MNI z 20 is also dense when it
 is dense among the side's streamlines ending in the same part of the gyrus:
-:func:`_part_dense_share`); then the core of each fan branch the cleaning dropped but that grows out of the kept
-trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6).
+:func:`_part_dense_share`); then the core of each fan branch the cleaning dropped but that grows
+out of the kept trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6).
 With ``extract_fa_keep`` > 0 (off by default) that share of the side's candidates with the
 highest mean FA along them stays too (:func:`keep_high_fa`: the sparse parts of a wide fan that
 run in coherent white matter; the extract step hands every extractor ``streamline_fa``,
@@ -495,7 +495,11 @@ PART_MIN_STREAMLINES = 20
 
 def gyrus_parts(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray) -> np.ndarray:
     """Per streamline ``idx``, the part of the precentral gyrus its superior end lies over (an
-    index into :data:`cstbatch.steps.coverage.GYRUS_PARTS_MNI_X`: leg, hand, face), by MNI |x|."""
+    index into :data:`cstbatch.steps.coverage.GYRUS_PARTS_MNI_X`: leg, hand, face), by MNI |x|.
+
+    Why the superior end: the branches of the fan share the trunk and part only under the gyrus,
+    so where a streamline ends says which branch it belongs to; the parts are the report's own
+    (``cortical_ends``), so the cleaning and the QC flag speak of the same leg and hand areas."""
     from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X
 
     bounds = np.array([lo for _, lo, _ in GYRUS_PARTS_MNI_X[1:]])
