@@ -85,6 +85,15 @@ def level_fractions(shape, affine, subject_to_mni) -> dict[str, float]:
 #: Parts of the precentral gyrus by MNI |x| (mm): name, from, to. The leg area runs up to the
 #: vertex and over the midline, the hand knob lies between, the face area low on the lateral surface.
 GYRUS_PARTS_MNI_X = (("medial", 0.0, 25.0), ("middle", 25.0, 45.0), ("lateral", 45.0, math.inf))
+
+
+def gyrus_part_index(x_mni: np.ndarray) -> np.ndarray:
+    """Per MNI x (mm), the index into :data:`GYRUS_PARTS_MNI_X` of the part of the gyrus it lies
+    over: the one place the leg / hand / face split is drawn for the cleaning, the metrics and QC."""
+    bounds = np.array([lo for _, lo, _ in GYRUS_PARTS_MNI_X[1:]])
+    return np.searchsorted(bounds, np.abs(np.asarray(x_mni, float)), side="right")
+
+
 GYRUS_PART_LABELS = {"medial": "medial precentral gyrus (leg area)", "middle": "middle precentral gyrus (hand knob)",
                      "lateral": "lateral precentral gyrus (face area)"}
 #: Template voxels (every this many along each axis) that sample the gyrus for :func:`gyrus_points`.

@@ -34,7 +34,7 @@ cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) 
 dense, and the best-supported ``extract_tdi_keep`` (30 %, version 7) of the side's candidates stay in
 any case (with ``extract_tdi_parts``, off by default, a cell above MNI z 20 is also dense when it
 is dense among the side's streamlines ending in the same part of the gyrus:
-:func:`_part_dense_share`); then the core of each fan branch the cleaning dropped but that grows
+:func:`_dense_share`); then the core of each fan branch the cleaning dropped but that grows
 out of the kept trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6).
 With ``extract_fa_keep`` > 0 (off by default) that share of the side's candidates with the
 highest mean FA along them stays too (:func:`keep_high_fa`: the sparse parts of a wide fan that
@@ -444,8 +444,8 @@ def clean_density(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, option
         return both
     keys = _cell_keys(streamlines_mni, both)
     frac = float(options.get("extract_tdi_fraction", 0.3))
-    share = _part_dense_share(keys, gyrus_parts(streamlines_mni, both), frac) \
-        if options.get("extract_tdi_parts", False) else _dense_share(keys, frac)
+    share = _dense_share(keys, frac, gyrus_parts(streamlines_mni, both) if options.get("extract_tdi_parts", False)
+                         else None)
     threshold = float(options.get("extract_tdi_inside", 0.9))
     floor_of = np.isin(both, idx)
     if floor_of.any():
@@ -465,12 +465,35 @@ def _keys(points: np.ndarray) -> np.ndarray:
     return np.unique((c[:, 0] + 512) * 1_048_576 + (c[:, 1] + 512) * 1024 + (c[:, 2] + 512))
 
 
-def _dense_share(keys: list[np.ndarray], frac: float) -> np.ndarray:
+def _dense_share(keys: list[np.ndarray], frac: float, parts: np.ndarray | None = None) -> np.ndarray:
     """Per streamline, the share of its cells that are dense: visited by at least ``frac`` of the
-    95th-percentile cell's count of these streamlines (and by two)."""
+    95th-percentile cell's count of these streamlines (and by two). With ``parts`` (each
+    streamline's part of the gyrus, :func:`gyrus_parts`; ``extract_tdi_parts``), a cell above
+    :data:`FAN_PARTS_Z` is dense also when it is dense among the streamlines of the same part
+    (:data:`PART_TDI_FRACTION` of their 95th-percentile fan cell).
+
+    Why the parts: the tract converges in the capsule and fans out above it, so in the fan every
+    branch is sparse next to the trunk, and judged by the whole side's density the branch of a
+    part with fewer streamlines (the leg area's, under the vertex) went as a whole. On atlas
+    phantom version 2 the leg area holds 25-28 % of a side's true voxels, and the kept tract found
+    0.18-0.20 of them where the candidates found about twice as many (``benchmarks/RESULTS.md``,
+    "Landing 31"). The trunk stays judged by the whole side: what runs beside it is a stray,
+    whatever its end. Why "also", and a stricter share than the side's 0.3: judged by its own part
+    alone at 0.3, a side whose streamlines all end in one part was judged more leniently in the fan
+    than before, and the strays beside the tube phantoms' thin branches stayed (3 mm tubes
+    41000-41009, worst side 0.432 / 0.575 -> 0.413 / 0.547).
+    """
     allk = np.concatenate(keys)
     owner = np.repeat(np.arange(len(keys)), [len(k) for k in keys])
     dense = np.isin(allk, _dense_cells(allk, frac))
+    if parts is not None:
+        fan = _key_z(allk) >= FAN_PARTS_Z
+        part_of_cell = np.asarray(parts)[owner]
+        for p in np.unique(parts):
+            if int((parts == p).sum()) < PART_MIN_STREAMLINES:
+                continue
+            sel = fan & (part_of_cell == p)
+            dense[sel] |= np.isin(allk[sel], _dense_cells(allk[sel], PART_TDI_FRACTION))
     return np.bincount(owner, weights=dense.astype(float), minlength=len(keys)) / \
         np.maximum(np.bincount(owner, minlength=len(keys)), 1)
 
@@ -495,52 +518,20 @@ PART_MIN_STREAMLINES = 20
 
 def gyrus_parts(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray) -> np.ndarray:
     """Per streamline ``idx``, the part of the precentral gyrus its superior end lies over (an
-    index into :data:`cstbatch.steps.coverage.GYRUS_PARTS_MNI_X`: leg, hand, face), by MNI |x|.
+    index into :data:`cstbatch.steps.coverage.GYRUS_PARTS_MNI_X`: leg, hand, face).
 
     Why the superior end: the branches of the fan share the trunk and part only under the gyrus,
     so where a streamline ends says which branch it belongs to; the parts are the report's own
     (``cortical_ends``), so the cleaning and the QC flag speak of the same leg and hand areas."""
-    from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X
+    from cstbatch.steps.coverage import gyrus_part_index
 
-    bounds = np.array([lo for _, lo, _ in GYRUS_PARTS_MNI_X[1:]])
-    top_x = np.array([s[-1, 0] if s[-1, 2] >= s[0, 2] else s[0, 0]
-                      for s in (np.asarray(streamlines_mni[i]) for i in idx)]).reshape(-1)
-    return np.searchsorted(bounds, np.abs(top_x), side="right")
+    return gyrus_part_index(np.array([s[-1, 0] if s[-1, 2] >= s[0, 2] else s[0, 0]
+                                      for s in (np.asarray(streamlines_mni[i]) for i in idx)]).reshape(-1))
 
 
 def _key_z(keys: np.ndarray) -> np.ndarray:
     """MNI z (mm) of the lower face of each cell (:func:`_keys`)."""
     return ((keys % 1024) - 512) * TDI_CELL_MM
-
-
-def _part_dense_share(keys: list[np.ndarray], parts: np.ndarray, frac: float) -> np.ndarray:
-    """:func:`_dense_share`, where a cell above :data:`FAN_PARTS_Z` is dense also when it is dense
-    among the streamlines of the same part of the gyrus (``parts``; :data:`PART_TDI_FRACTION` of
-    their 95th-percentile fan cell).
-
-    Why: the tract converges in the capsule and fans out above it, so in the fan every branch is
-    sparse next to the trunk, and judged by the whole side's density the branch of a part with
-    fewer streamlines (the leg area's, under the vertex) went as a whole. On atlas phantom
-    version 2 the leg area holds 25-28 % of a side's true voxels, and the kept tract found 0.18-0.20
-    of them where the candidates found about twice as many (``benchmarks/RESULTS.md``, "Landing
-    31"). The trunk stays judged by the whole side: what runs beside it is a stray, whatever its
-    end. Why "also", and a stricter share than the side's 0.3: judged by its own part alone at
-    0.3, a side whose streamlines all end in one part was judged more leniently in the fan than
-    before, and the strays beside the tube phantoms' thin branches stayed (3 mm tubes 41000-41009,
-    worst side 0.432 / 0.575 -> 0.413 / 0.547).
-    """
-    allk = np.concatenate(keys)
-    owner = np.repeat(np.arange(len(keys)), [len(k) for k in keys])
-    dense = np.isin(allk, _dense_cells(allk, frac))
-    fan = _key_z(allk) >= FAN_PARTS_Z
-    part_of_cell = np.asarray(parts)[owner]
-    for p in np.unique(parts):
-        if int((parts == p).sum()) < PART_MIN_STREAMLINES:
-            continue
-        sel = fan & (part_of_cell == p)
-        dense[sel] |= np.isin(allk[sel], _dense_cells(allk[sel], PART_TDI_FRACTION))
-    return np.bincount(owner, weights=dense.astype(float), minlength=len(keys)) / \
-        np.maximum(np.bincount(owner, minlength=len(keys)), 1)
 
 
 def _share_threshold(share: np.ndarray, inside: float, keep: float) -> float:

@@ -79,7 +79,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from nibabel.affines import voxel_sizes
 
-from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X
+from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X, gyrus_part_index
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
@@ -320,8 +320,9 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
 def cortical_ends(oriented: Sequence[np.ndarray], subject_to_mni: np.ndarray) -> dict[str, int]:
     """Streamlines (oriented brainstem → cortex) ending in each part of the precentral gyrus."""
     m = np.asarray(subject_to_mni, float)
-    x = np.abs(np.array([s[-1] for s in oriented]) @ m[0, :3] + m[0, 3])
-    return {name: int(((x >= lo) & (x < hi)).sum()) for name, lo, hi in GYRUS_PARTS_MNI_X}
+    counts = np.bincount(gyrus_part_index(np.array([s[-1] for s in oriented]) @ m[0, :3] + m[0, 3]),
+                         minlength=len(GYRUS_PARTS_MNI_X))
+    return {name: int(c) for (name, _, _), c in zip(GYRUS_PARTS_MNI_X, counts)}
 
 
 def laterality_index(left, right) -> float | None:
