@@ -196,7 +196,7 @@ def test_metrics_known_values_and_laterality(bundle):
     assert rows[0].keys() == rows[2].keys()
     assert rows[2]["fa_mean"] == pytest.approx(0.2, abs=1e-6)
     prow = profiles_to_rows(m)
-    assert len(prow) == 2 * 4 * 50 and set(prow[0]) == {"side", "node", "metric", "value", "std"}
+    assert len(prow) == 2 * 4 * 50 and set(prow[0]) == {"side", "node", "z_mni", "metric", "value", "std"}
 
 
 def test_a_region_the_image_does_not_cover_is_not_measured(bundle):
@@ -251,17 +251,45 @@ def test_profiles_average_only_the_streamlines_from_the_extractions_level(bundle
     mixed = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4))
     ped = compute_metrics([full, full, crus], [full, full], maps, AFF, opts, mni=np.eye(4), profile_from_z=-18.0)
     assert mixed["left"]["profiles"]["fa"][0] > pons_only["left"]["profiles"]["fa"][0] + 0.02
-    np.testing.assert_allclose(ped["left"]["profiles"]["fa"], pons_only["left"]["profiles"]["fa"], atol=1e-9)
+    pons_clipped = compute_metrics([full, full], [full, full], maps, AFF, opts, mni=np.eye(4), profile_from_z=-18.0)
+    np.testing.assert_allclose(ped["left"]["profiles"]["fa"], pons_clipped["left"]["profiles"]["fa"], atol=1e-9)
+    # the profile starts at that level: FA 0.2 + 0.004 (z + 60) at z -18
+    assert ped["left"]["profiles"]["fa"][0] == pytest.approx(0.368, abs=1e-3)
+    assert ped["left"]["profile_z_mni"][0] == pytest.approx(-18.0, abs=1e-6)
     assert ped["left"]["fa_mean"] == mixed["left"]["fa_mean"] != pons_only["left"]["fa_mean"]
     assert ped["left"]["streamline_count"] == 3
     top_z, _, truncated = inferior_levels(-27.0)
     assert truncated and top_z == pytest.approx(-17.0)
     slabs = compute_metrics([slab, slab, crus], [slab, slab], maps, AFF, opts, mni=np.eye(4), profile_from_z=top_z)
-    slab_only = compute_metrics([slab, slab], [slab, slab], maps, AFF, opts, mni=np.eye(4))
+    slab_only = compute_metrics([slab, slab], [slab, slab], maps, AFF, opts, mni=np.eye(4), profile_from_z=top_z)
     np.testing.assert_allclose(slabs["left"]["profiles"]["fa"], slab_only["left"]["profiles"]["fa"], atol=1e-9)
     # the fixed pons level would have left both slab streamlines out, and averaged every streamline
     fixed = compute_metrics([slab, slab, crus], [slab, slab], maps, AFF, opts, mni=np.eye(4), profile_from_z=-18.0)
-    assert fixed["left"]["profiles"]["fa"][0] > slab_only["left"]["profiles"]["fa"][0] + 0.005
+    slab_unclipped = compute_metrics([slab, slab], [slab, slab], maps, AFF, opts, mni=np.eye(4))
+    assert fixed["left"]["profiles"]["fa"][0] > slab_unclipped["left"]["profiles"]["fa"][0] + 0.005
+
+
+def test_profile_nodes_are_one_level_in_streamlines_that_start_at_different_depths(bundle):
+    """A capsular lesion (FA 0.3 between MNI z 0 and 10) on a side whose streamlines start at
+    different depths of the brainstem (where the tracker stopped, or the image ends): clipped at
+    the extraction's level, every streamline puts the lesion at the same nodes, so the profile
+    dips to the lesion's FA at its level. By fraction of length, the dips of a long and a short
+    streamline fall on different nodes and the profile's dip is half as deep, and on one node of
+    those the short streamline is already above the lesion."""
+    _, _, z = _grid_mm()
+    maps = {"fa": np.where((z >= 0) & (z <= 10), 0.3, 0.6).astype(np.float32)}
+    full = bundle["left"]
+    assert full[:, 2].min() < -40  # from the lower pons
+    short = full[full[:, 2] >= -26.0]  # from the upper pons
+    opts = {"profile_nodes": 50, "min_cst_streamlines": 1}
+    side = [full, short] * 3
+    clipped = compute_metrics(side, side, maps, AFF, opts, mni=np.eye(4), profile_from_z=-18.0)["left"]
+    by_length = compute_metrics(side, side, maps, AFF, opts, mni=np.eye(4))["left"]
+    prof, zs = np.array(clipped["profiles"]["fa"]), np.array(clipped["profile_z_mni"])
+    dip = prof <= 0.31  # the lesion's FA, within interpolation
+    assert dip.sum() >= 5 and np.all((zs[dip] >= 0.0) & (zs[dip] <= 10.0))
+    assert (np.array(by_length["profiles"]["fa"]) <= 0.31).sum() == 0
+    assert clipped["fa_mean"] == by_length["fa_mean"]  # the means do not depend on nodes
 
 
 def test_empty_sides_and_laterality_none():

@@ -58,6 +58,9 @@ BUILTIN_STEP_VERSION["metrics"] = "9"
 # in the pons the profiles keep the streamlines that start at its lowest level;
 # profile_streamline_count; the cst_face_area_only QC flag
 BUILTIN_STEP_VERSION["metrics"] = "10"
+# metrics 11: the profiles start where every profiled streamline crosses that level (node 0 is one
+# MNI z for every streamline and both sides); profile_z_mni, each node's level
+BUILTIN_STEP_VERSION["metrics"] = "11"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes
 #: the result: the register step takes its atlas from a plugin but registers with cstbatch's

@@ -117,10 +117,13 @@ def check_session(out_dir: Path, sample_dir: Path, entry: dict) -> dict[str, Any
     lesion = truth.get("lesion")
     if lesion:
         side = lesion["side"]
-        to_mni = np.asarray(truth["subject_to_mni"], float)
         nodes = int(metrics.get("profile_nodes") or 100)
-        res = _resample(orient_streamlines(bundles[side], to_mni), nodes)
-        z = (res @ to_mni[2, :3] + to_mni[2, 3]).mean(axis=0)
+        z = metrics[side].get("profile_z_mni")  # each node's level (metrics version 11)
+        if z is None:  # written before: the level of node k in the mean streamline
+            to_mni = np.asarray(truth["subject_to_mni"], float)
+            res = _resample(orient_streamlines(bundles[side], to_mni), nodes)
+            z = (res @ to_mni[2, :3] + to_mni[2, 3]).mean(axis=0)
+        z = np.array([np.nan if v is None else v for v in z], float)
         profile = np.array([np.nan if v is None else v for v in metrics[side]["profiles"]["fa"]])
         trim = int(np.floor(TRIM_FRACTION * nodes))
         inner = np.arange(trim, nodes - trim)

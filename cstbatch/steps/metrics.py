@@ -30,7 +30,15 @@ profiles
     MNI z -18, the pons, or a truncated image's lowest level plus 10 mm), only the streamlines
     whose brainstem end lies at or below it are averaged, when two or more do
     (:func:`_profile_rows`): corridor version 8 also keeps streamlines that start in the crus
-    cerebri, higher. ``profile_streamline_count`` says how many were averaged.
+    cerebri, higher. ``profile_streamline_count`` says how many were averaged. Each of them is
+    profiled from where it last rises through that level (:func:`clip_below_level`), so node 0
+    is that level in every streamline and on both sides, as AFQ clips its profiles to the
+    waypoint ROIs; the brainstem below it is measured by the ``pontine`` region. Without that
+    level (another extractor, no MNI transform) node k is the same fraction of every
+    streamline's whole length.
+profile_z_mni
+    Per node, the median MNI z of the profiled streamlines there (``None`` without an MNI
+    transform): where along the tract each node lies, also a column of profiles.csv.
 regions
     Means over all (end-trimmed) profile points of a side falling in an MNI z band: ``pontine``
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
@@ -267,6 +275,34 @@ def _profile_rows(z_mni: np.ndarray | None, from_z: float | None) -> np.ndarray 
     return np.flatnonzero(low) if low.sum() >= 2 else slice(None)
 
 
+def clip_below_level(oriented: Sequence[np.ndarray], subject_to_mni: np.ndarray, z0: float) -> list[np.ndarray]:
+    """Each streamline (oriented brainstem → cortex) from where it last rises through MNI z
+    ``z0`` on, its first point placed on that level.
+
+    Why: a profile's node k is the same fraction of every streamline's length. Streamlines that
+    start at different depths of the brainstem (where the tracker stopped, where the
+    extraction's brainstem cut fell, where the image ends) put different levels at one node:
+    on the shared scans the middle node spread over 10-23 mm of MNI z, the lower nodes over up
+    to 40 mm, and a capsular lesion's dip was smeared along the profile. Clipped at the level
+    the extraction requires every CST streamline to reach (AFQ clips its profiles to the
+    waypoint ROIs for the same reason), node 0 is one level for every streamline and both sides,
+    and the lower nodes lie within 3-5 mm of z of each other (``benchmarks/RESULTS.md``,
+    "Landing 32"). A streamline with no point below ``z0`` is returned unchanged."""
+    m = np.asarray(subject_to_mni, float)
+    out = []
+    for s in oriented:
+        s = np.asarray(s, np.float64)
+        z = s @ m[2, :3] + m[2, 3]
+        below = np.flatnonzero(z < z0)
+        k = int(below[-1]) if below.size else -1
+        if k < 0 or k + 1 >= len(s):
+            out.append(s)
+            continue
+        t = (z0 - z[k]) / (z[k + 1] - z[k])  # z[k] < z0 <= z[k + 1]
+        out.append(np.vstack([s[k] + t * (s[k + 1] - s[k]), s[k + 1:]]))
+    return out
+
+
 def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile_from_z=None) -> dict:
     sl = [s for s in _as_list(streamlines) if len(s) > 0]
     vox_vol = float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3])))
@@ -282,6 +318,11 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
     out["cortical_ends"] = cortical_ends(oriented, m) if (m is not None and oriented) else None
     rows = _profile_rows(z_mni, profile_from_z)
     out["profile_streamline_count"] = len(res) if isinstance(rows, slice) else len(rows)
+    profiled = res[rows]
+    if not isinstance(rows, slice):  # every profiled streamline reaches the level: start there
+        profiled = _resample(clip_below_level([oriented[i] for i in rows], m, float(profile_from_z)), nodes)
+    out["profile_z_mni"] = ([_f(v) for v in np.median(profiled @ m[2, :3] + m[2, 3], axis=0)]
+                            if m is not None and len(profiled) else None)
     out["profiles"], out["profiles_std"], out["regions"] = {}, {}, {r: {} for r in REGIONS_MNI_Z}
     for name in SCALARS:
         data = maps.get(name) if maps else None
@@ -292,6 +333,8 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
                 out["regions"][r][name] = None
             continue
         vals = sample_map(np.asarray(data), res.reshape(-1, 3), affine).reshape(res.shape[:2])
+        pvals = vals[rows] if isinstance(rows, slice) else \
+            sample_map(np.asarray(data), profiled.reshape(-1, 3), affine).reshape(profiled.shape[:2])
         trim = int(np.floor(TRIM_FRACTION * nodes)) if nodes >= 10 else 0
         inner = np.zeros(nodes, bool)
         inner[trim:nodes - trim] = True
@@ -303,8 +346,8 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
                 per_sl = np.nanmean(vals[:, inner], axis=1)
                 out[f"{name}_mean"] = _f(np.nanmean(per_sl))
                 out[f"{name}_std"] = _f(np.nanstd(per_sl))
-                out["profiles"][name] = [_f(v) for v in np.nanmean(vals[rows], axis=0)]
-                out["profiles_std"][name] = [_f(v) for v in np.nanstd(vals[rows], axis=0)]
+                out["profiles"][name] = [_f(v) for v in np.nanmean(pvals, axis=0)]
+                out["profiles_std"][name] = [_f(v) for v in np.nanstd(pvals, axis=0)]
                 for r, (zlo, zhi) in REGIONS_MNI_Z.items():
                     if z_mni is not None:
                         sel = (z_mni >= zlo) & (z_mni <= zhi) & inner[None, :]
@@ -462,16 +505,18 @@ def metrics_to_rows(metrics: Mapping[str, Any]) -> list[dict]:
 
 
 def profiles_to_rows(metrics: Mapping[str, Any]) -> list[dict]:
-    """Tidy profile rows: side, node, metric, value, std."""
+    """Tidy profile rows: side, node, the node's median MNI z (``z_mni``, empty without a
+    registration), metric, value, std."""
     rows = []
     for side in SIDES:
         m = metrics[side]
+        z = m.get("profile_z_mni")
         for s in SCALARS:
             prof = (m.get("profiles") or {}).get(s)
             std = (m.get("profiles_std") or {}).get(s)
             if prof is None:
                 continue
             for node, v in enumerate(prof):
-                rows.append({"side": side, "node": node, "metric": s, "value": v,
-                             "std": None if std is None else std[node]})
+                rows.append({"side": side, "node": node, "z_mni": None if z is None else z[node], "metric": s,
+                             "value": v, "std": None if std is None else std[node]})
     return rows

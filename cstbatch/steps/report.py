@@ -270,8 +270,11 @@ def profile_difference(metrics: dict, name: str = "fa") -> dict | None:
     if not np.isfinite(rel).any():
         return None
     i = int(np.nanargmax(np.abs(rel)))
+    levels = [(_side(metrics, side).get("profile_z_mni") or [None] * n) for side in SIDES]
+    z = [v[i] for v in levels if len(v) == n and v[i] is not None]
     out = {"node": i, "nodes": n, "fraction": i / (n - 1), "relative": float(rel[i]),
-           "left": float(ls[i]), "right": float(rs[i]), "effect": None}
+           "left": float(ls[i]), "right": float(rs[i]), "effect": None,
+           "z_mni": float(np.mean(z)) if z else None}
     sd_l, sd_r = _profile(metrics, "left", name, std=True), _profile(metrics, "right", name, std=True)
     if sd_l is not None and sd_r is not None and len(sd_l) == n and len(sd_r) == n:
         pooled = float(np.sqrt((sd_l[i] ** 2 + sd_r[i] ** 2) / 2.0))
@@ -308,7 +311,8 @@ def summary_sentences(metrics: dict) -> list[str]:
         out.append(region)
     d = profile_difference(metrics, "fa")
     if d is not None:
-        where = f"about {d['fraction'] * 100:.0f}% of the way from the brainstem to the cortex"
+        where = f"about {d['fraction'] * 100:.0f}% of the way from the brainstem to the cortex" + (
+            "" if d.get("z_mni") is None else f" (MNI z {d['z_mni']:.0f})")
         if abs(d["relative"]) >= PROFILE_DIFF_NOTE:
             word = "lower" if d["relative"] < 0 else "higher"
             e = None if d["effect"] is None else abs(d["effect"])
@@ -434,7 +438,10 @@ def profile_figure(metrics: dict):
                                 alpha=0.18, lw=0)
             drawn = True
         ax.set_xlim(0, 100)
-        ax.set_xlabel("position along the tract (%): brainstem → cortex")
+        start = [(_side(metrics, s).get("profile_z_mni") or [None])[0] for s in SIDES]
+        start = [v for v in start if v is not None]
+        ax.set_xlabel("position along the tract (%): brainstem"
+                      + (f" (MNI z {np.mean(start):.0f})" if start else "") + " → cortex")
         ax.set_ylabel(f"{name.upper()}" + (f" ({unit})" if unit else ""))
         ax.set_title(f"{name.upper()} profile (mean ± std over streamlines)")
         ax.grid(alpha=0.3, lw=0.5)
@@ -648,8 +655,10 @@ def build_session_document(session: SessionReportInput, options: dict):
     b.append(H2("Tract profiles"))
     b.append(Fig(profile_figure(metrics),
                  "FA and MD sampled along each tract from the brainstem (0%) to the cortex (100%); lines: mean over "
-                 "streamlines, shading: ± 1 standard deviation. A focal dip of FA (with a rise of MD) on one side "
-                 "only suggests a local lesion of that tract."))
+                 "streamlines, shading: ± 1 standard deviation. Every streamline starts at the same brainstem level "
+                 "(the lowest level the extraction requires), so the positions near the brainstem are one level in "
+                 "all of them; the brainstem below it is the pons row of the 'FA by tract region' table. A focal dip "
+                 "of FA (with a rise of MD) on one side only suggests a local lesion of that tract."))
     lat = metrics.get("laterality") or {}
     if lat:
         b.append(H2("Laterality"))
