@@ -256,6 +256,7 @@ def test_profiles_average_only_the_streamlines_from_the_extractions_level(bundle
     # the profile starts at that level: FA 0.2 + 0.004 (z + 60) at z -18
     assert ped["left"]["profiles"]["fa"][0] == pytest.approx(0.368, abs=1e-3)
     assert ped["left"]["profile_z_mni"][0] == pytest.approx(-18.0, abs=1e-6)
+    assert ped["left"]["profile_start_z_mni"] == -18.0 and pons_only["left"]["profile_start_z_mni"] is None
     assert ped["left"]["fa_mean"] == mixed["left"]["fa_mean"] != pons_only["left"]["fa_mean"]
     assert ped["left"]["streamline_count"] == 3
     top_z, _, truncated = inferior_levels(-27.0)

@@ -342,6 +342,13 @@ def test_profile_difference_ignores_one_noisy_node_near_the_end():
     metrics = {"left": side(left), "right": side(right)}
     assert abs(profile_difference(metrics, "fa")["relative"]) < 0.10
     assert "No focal left–right FA difference" in " ".join(summary_sentences(metrics))
+    # with each node's level (metrics 11) the sentence says where the difference lies
+    right[40:60] = 0.55
+    levels = list(np.linspace(-18.0, 70.0, n))
+    metrics = {s: {**side(p), "profile_z_mni": levels} for s, p in (("left", left), ("right", right))}
+    d = profile_difference(metrics, "fa")
+    assert d["z_mni"] == pytest.approx(levels[d["node"]])
+    assert f"(MNI z {levels[d['node']]:.0f})" in " ".join(summary_sentences(metrics))
 
 
 def test_summary_says_a_side_was_not_found_instead_of_sizing_it():

@@ -59,7 +59,8 @@ BUILTIN_STEP_VERSION["metrics"] = "9"
 # profile_streamline_count; the cst_face_area_only QC flag
 BUILTIN_STEP_VERSION["metrics"] = "10"
 # metrics 11: the profiles start where every profiled streamline crosses that level (node 0 is one
-# MNI z for every streamline and both sides); profile_z_mni, each node's level
+# MNI z for every streamline and both sides); profile_z_mni, each node's level, and
+# profile_start_z_mni (the html reporter, version 6, names both)
 BUILTIN_STEP_VERSION["metrics"] = "11"
 
 #: Version of the code a plugin-selected step runs around its plugin, where that code shapes

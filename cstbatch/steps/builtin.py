@@ -79,4 +79,4 @@ def register_extractors(register):
 @hookimpl
 def register_reporters(register):
     register("html", _lazy(".report", "report_html",
-             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="5")
+             "Self-contained HTML report (figures embedded); PDF too with generate_pdf."), version="6")

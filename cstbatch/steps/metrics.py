@@ -39,6 +39,8 @@ profiles
 profile_z_mni
     Per node, the median MNI z of the profiled streamlines there (``None`` without an MNI
     transform): where along the tract each node lies, also a column of profiles.csv.
+profile_start_z_mni
+    The level every profiled streamline starts at, when they were clipped to one (else ``None``).
 regions
     Means over all (end-trimmed) profile points of a side falling in an MNI z band: ``pontine``
     −40 ≤ z ≤ −15 (basis pontis), ``internal_capsule`` 0 ≤ z ≤ 18 (posterior limb, above the
@@ -319,8 +321,10 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
     rows = _profile_rows(z_mni, profile_from_z)
     out["profile_streamline_count"] = len(res) if isinstance(rows, slice) else len(rows)
     profiled = res[rows]
+    out["profile_start_z_mni"] = None
     if not isinstance(rows, slice):  # every profiled streamline reaches the level: start there
         profiled = _resample(clip_below_level([oriented[i] for i in rows], m, float(profile_from_z)), nodes)
+        out["profile_start_z_mni"] = float(profile_from_z)
     out["profile_z_mni"] = ([_f(v) for v in np.median(profiled @ m[2, :3] + m[2, 3], axis=0)]
                             if m is not None and len(profiled) else None)
     out["profiles"], out["profiles_std"], out["regions"] = {}, {}, {r: {} for r in REGIONS_MNI_Z}

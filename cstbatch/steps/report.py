@@ -415,6 +415,12 @@ def tract_overlay_figure(fa_img, masks: dict, convention: str = "radiological"):
     return fig
 
 
+def _profile_start(metrics: dict) -> float | None:
+    """The MNI z both sides' profiles start at, when the metrics clipped them to one level."""
+    start = {_side(metrics, side).get("profile_start_z_mni") for side in SIDES}
+    return start.pop() if len(start) == 1 and None not in start else None
+
+
 def profile_figure(metrics: dict):
     """FA and MD along the tract (brainstem → cortex), left vs right, mean ± std shading."""
     import numpy as np
@@ -438,10 +444,9 @@ def profile_figure(metrics: dict):
                                 alpha=0.18, lw=0)
             drawn = True
         ax.set_xlim(0, 100)
-        start = [(_side(metrics, s).get("profile_z_mni") or [None])[0] for s in SIDES]
-        start = [v for v in start if v is not None]
+        start = _profile_start(metrics)
         ax.set_xlabel("position along the tract (%): brainstem"
-                      + (f" (MNI z {np.mean(start):.0f})" if start else "") + " → cortex")
+                      + ("" if start is None else f" (MNI z {start:.0f})") + " → cortex")
         ax.set_ylabel(f"{name.upper()}" + (f" ({unit})" if unit else ""))
         ax.set_title(f"{name.upper()} profile (mean ± std over streamlines)")
         ax.grid(alpha=0.3, lw=0.5)
@@ -653,12 +658,15 @@ def build_session_document(session: SessionReportInput, options: dict):
                  f"subject's left is on the image's {side_word} in axial and coronal slices. The letters on each "
                  "edge (L/R, A/P, S/I) give the world direction from the image's orientation."))
     b.append(H2("Tract profiles"))
+    start = _profile_start(metrics)
     b.append(Fig(profile_figure(metrics),
                  "FA and MD sampled along each tract from the brainstem (0%) to the cortex (100%); lines: mean over "
-                 "streamlines, shading: ± 1 standard deviation. Every streamline starts at the same brainstem level "
-                 "(the lowest level the extraction requires), so the positions near the brainstem are one level in "
-                 "all of them; the brainstem below it is the pons row of the 'FA by tract region' table. A focal dip "
-                 "of FA (with a rise of MD) on one side only suggests a local lesion of that tract."))
+                 "streamlines, shading: ± 1 standard deviation. "
+                 + ("" if start is None else
+                    f"Every streamline starts at MNI z {start:.0f}, the lowest level the extraction requires, so the "
+                    "positions near the brainstem are one level in all of them; the brainstem below it is the pons "
+                    "row of the 'FA by tract region' table. ")
+                 + "A focal dip of FA (with a rise of MD) on one side only suggests a local lesion of that tract."))
     lat = metrics.get("laterality") or {}
     if lat:
         b.append(H2("Laterality"))
