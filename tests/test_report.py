@@ -425,3 +425,23 @@ def test_summary_names_the_region_where_left_and_right_fa_differ_most():
 
     assert _regions_table(metrics)[0] == ["pons", "not in the image", "not in the image", ""]
     assert "differ most in the internal capsule" in " ".join(summary_sentences(metrics))
+
+
+def test_profile_figure_marks_the_capsule_only_when_the_profiles_start_at_one_level():
+    """The grey band says where the profile runs through the internal capsule (MNI z 0-18); by
+    fraction of length (no start level) a node is no one level, so nothing is marked."""
+    from cstbatch.steps.report import profile_figure
+
+    n = 50
+    levels = list(np.linspace(-18.0, 70.0, n))
+    side = {"profiles": {"fa": [0.6] * n, "md": [0.7e-3] * n}, "profile_z_mni": levels}
+    clipped = {s: {**side, "profile_start_z_mni": -18.0} for s in ("left", "right")}
+    by_length = {s: {**side, "profile_start_z_mni": None} for s in ("left", "right")}
+    fa_ax = profile_figure(clipped).axes[0]
+    (band,) = fa_ax.patches
+    xs = band.get_patch_transform().transform(band.get_path().vertices)[:, 0]  # a Rectangle or a Polygon
+    x0, x1 = xs.min(), xs.max()
+    inside = [100 * i / (n - 1) for i, z in enumerate(levels) if 0.0 <= z <= 18.0]
+    assert x0 == pytest.approx(min(inside)) and x1 == pytest.approx(max(inside))
+    assert "MNI z -18" in fa_ax.get_xlabel()
+    assert not profile_figure(by_length).axes[0].patches

@@ -421,6 +421,29 @@ def _profile_start(metrics: dict) -> float | None:
     return start.pop() if len(start) == 1 and None not in start else None
 
 
+def _mark_capsule(ax, metrics: dict) -> None:
+    """Shade the stretch of the profile that lies in the internal capsule's MNI z band, when the
+    profiles start at one level (so their lower nodes are one level in every streamline): where
+    the table's capsule FA comes from, and where capsular lesions show."""
+    import numpy as np
+
+    from cstbatch.steps.metrics import REGIONS_MNI_Z
+
+    if _profile_start(metrics) is None:
+        return
+    levels = [_side(metrics, side).get("profile_z_mni") for side in SIDES]
+    levels = [np.array([np.nan if v is None else v for v in z], float) for z in levels if z]
+    if not levels or len({len(z) for z in levels}) != 1:
+        return
+    z = np.nanmean(levels, axis=0)
+    lo, hi = REGIONS_MNI_Z["internal_capsule"]
+    x = np.linspace(0, 100, len(z))[(z >= lo) & (z <= hi)]
+    if len(x):
+        ax.axvspan(x.min(), x.max(), color="0.88", lw=0, zorder=0)
+        ax.text((x.min() + x.max()) / 2, 0.02, "internal capsule", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=7, color="0.35")
+
+
 def profile_figure(metrics: dict):
     """FA and MD along the tract (brainstem → cortex), left vs right, mean ± std shading."""
     import numpy as np
@@ -444,6 +467,7 @@ def profile_figure(metrics: dict):
                                 alpha=0.18, lw=0)
             drawn = True
         ax.set_xlim(0, 100)
+        _mark_capsule(ax, metrics)
         start = _profile_start(metrics)
         ax.set_xlabel("position along the tract (%): brainstem"
                       + ("" if start is None else f" (MNI z {start:.0f})") + " → cortex")
@@ -665,7 +689,8 @@ def build_session_document(session: SessionReportInput, options: dict):
                  + ("" if start is None else
                     f"Every streamline starts at MNI z {start:.0f}, the lowest level the extraction requires, so the "
                     "positions near the brainstem are one level in all of them; the brainstem below it is the pons "
-                    "row of the 'FA by tract region' table. ")
+                    "row of the 'FA by tract region' table. The grey band is where the profile runs through the "
+                    "internal capsule (MNI z 0–18), where that table's capsule FA comes from. ")
                  + "A focal dip of FA (with a rise of MD) on one side only suggests a local lesion of that tract."))
     lat = metrics.get("laterality") or {}
     if lat:
