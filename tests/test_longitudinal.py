@@ -320,6 +320,22 @@ def test_group_report_longitudinal_section(tmp_path):
     assert section.count("data:image/png;base64,") == 3  # trajectories, change vs RC, profile difference
     assert "FA profile difference: sub-01" in section and "sub-01_ses-2" in section
     assert re.search(r"<td>fa_mean</td><td>left</td>", section)
+    # a later session whose image stops in the pons: its left profile starts higher (metrics 11)
+    m2 = tmp_path / "sub-01" / rows[1]["session_id"] / "metrics" / f"{rows[1]['key']}_metrics.json"
+    data = json.loads(m2.read_text())
+    data["metrics"]["left"]["profile_start_z_mni"] = -12.0
+    data["metrics"]["right"]["profile_start_z_mni"] = -18.0
+    m2.write_text(json.dumps(data))
+    for r in (rows[0], rows[2]):
+        mj = tmp_path / "sub-01" / r["session_id"] / "metrics" / f"{r['key']}_metrics.json"
+        d = json.loads(mj.read_text())
+        for side in ("left", "right"):
+            d["metrics"][side]["profile_start_z_mni"] = -18.0
+        mj.write_text(json.dumps(d))
+    text = write_group_report(tmp_path, summary, rows, repeated).read_text(encoding="utf-8")
+    section = text.split('id="longitudinal"')[1].split('id="qc"')[0]
+    assert "The left profiles start at other levels (MNI z -18 and -12" in section
+    assert section.count("data:image/png;base64,") == 3  # the right side is still drawn
     without = write_group_report(tmp_path / "none", summary, rows[5:6], None).read_text(encoding="utf-8")
     assert "No subject has two or more successful sessions." in without
     one = [r for r in rows if r["participant_id"] == "sub-01"]
@@ -408,3 +424,15 @@ def test_sample_study_sub01_sessions_are_ordered_by_label(tmp_path):
     assert [r["session_id"] for r in ordered["sub-01"][0]] == ["ses-01", "ses-02"] and ordered["sub-01"][1] == "label"
     task = aggregate_task(study)
     assert all(str(p).endswith(".json") and "_step-" in str(p) for p in task["file_dep"])
+
+
+def test_profiles_that_start_at_other_levels_are_not_differenced():
+    """Since metrics 11 a profile starts at the lowest level the extraction requires, higher on an
+    image that stops in the pons; node k of the two sessions would be other levels."""
+    from cstbatch.outputs.longitudinal_report import same_start
+
+    p = {"left": np.ones(20), "right": np.ones(20)}
+    a, b, notes = same_start(p, {"left": -18.0, "right": -18.0}, p, {"left": -12.0, "right": -18.0})
+    assert set(a) == set(b) == {"right"} and len(notes) == 1 and "left" in notes[0]
+    a, b, notes = same_start(p, {"left": None, "right": None}, p, {"left": None, "right": None})
+    assert set(a) == {"left", "right"} and not notes  # written before metrics 11: as before

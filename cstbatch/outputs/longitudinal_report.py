@@ -107,22 +107,40 @@ def change_figure(long_rows, rcs: Mapping[str, tuple[float | None, str]]):
     return fig
 
 
-def _profiles(output_dir: Path, subject: str, row: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """side → FA profile (brainstem → cortex) of a session, from its metrics.json."""
+def _profiles(output_dir: Path, subject: str, row: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict]:
+    """(side → FA profile (brainstem → cortex), side → the MNI z it starts at or None) of a
+    session, from its metrics.json."""
     session = row.get("session_id")
     rel = Path(subject, session) if session and session != "n/a" else Path(subject)
     path = SessionLayout(Path(output_dir), str(row["key"]), rel).metrics_json
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return {}, {}
     data = data.get("metrics", data)
-    out = {}
+    out, start = {}, {}
     for side in SIDES:
         prof = ((data.get(side) or {}).get("profiles") or {}).get("fa")
         if prof:
             out[side] = np.array([to_float(v) for v in prof], float)
-    return out
+            start[side] = (data.get(side) or {}).get("profile_start_z_mni")
+    return out, start
+
+
+def same_start(p1: dict, s1: dict, p2: dict, s2: dict) -> tuple[dict, dict, list[str]]:
+    """The two sessions' profiles of the sides whose profiles start at the same level, and a
+    sentence per side left out. Why: since metrics version 11 a profile starts at the lowest
+    level the extraction requires, which is higher on an image that stops in the pons; node k of
+    two such profiles lies at other levels, and their difference would be read as a change."""
+    keep1, keep2, notes = {}, {}, []
+    for side in set(p1) & set(p2):
+        a, b = s1.get(side), s2.get(side)
+        if a is not None and b is not None and abs(float(a) - float(b)) > 0.5:
+            notes.append(f"The {side} profiles start at other levels (MNI z {float(a):.0f} and {float(b):.0f}: "
+                         "the fields of view differ), so their difference is not drawn.")
+            continue
+        keep1[side], keep2[side] = p1[side], p2[side]
+    return keep1, keep2, sorted(notes)
 
 
 def chosen_subject(long_rows) -> str | None:
@@ -238,13 +256,16 @@ def longitudinal_blocks(output_dir: Path, repeated: Mapping[str, Any] | None) ->
     order = {idx: next(r for r in rows if r["session_index"] == idx) for idx, _ in sessions}
     if len(order) >= 2:
         first, second = order[0], order[min(k for k in order if k > 0)]
-        p1, p2 = _profiles(output_dir, subject, first), _profiles(output_dir, subject, second)
+        (p1, s1), (p2, s2) = _profiles(output_dir, subject, first), _profiles(output_dir, subject, second)
         blocks.append(H3(f"FA profile difference: {subject}"))
+        found = bool(set(p1) & set(p2))
+        p1, p2, notes = same_start(p1, s1, p2, s2)
+        blocks += [P(n, css="warn") for n in notes]
         if set(p1) & set(p2):
             labels = (str(first["session_id"]), str(second["session_id"]))
             blocks.append(Fig(profile_difference_figure(p1, p2, labels),
                               f"{subject}: FA profile of each side along the CST in {labels[0]} (solid) and "
                               f"{labels[1]} (dashed), and their difference; where along the tract mean FA changed."))
-        else:
+        elif not found:
             blocks.append(P(f"No FA profiles found in {subject}'s metrics.json.", css="warn"))
     return blocks
