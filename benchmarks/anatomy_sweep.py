@@ -198,22 +198,30 @@ def _points_in(sl, mask, inv) -> int:
     return int(mask[v[:, 0], v[:, 1], v[:, 2]].sum())
 
 
-def score(subj: dict, method: str, options: dict) -> dict:
+def extraction(subj: dict, method: str, options: dict):
+    """(extractor, atlas, options) as the extract step calls ``method`` on the subject's
+    streamlines in MNI mm: with how far the image reaches in MNI space and FA along them."""
     from cstbatch.engine.context import implementation_for
+    from cstbatch.steps.extract_corridor import extraction_inputs
+
+    cover = extraction_inputs(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni,
+                              subj["streamlines"], options)
+    opts = {**options, "extraction_method": method, **cover}
+    atlas = implementation_for("register", opts, None).func(opts)
+    return implementation_for("extract", opts, None).func, atlas, opts
+
+
+def score(subj: dict, method: str, options: dict) -> dict:
     from cstbatch.sample.accuracy import dice
     from cstbatch.steps.extract import selected_streamlines
-    from cstbatch.steps.extract_corridor import extraction_inputs
     from cstbatch.steps.metrics import compute_metrics, visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
     from cstbatch.steps.track_region import mni_coordinates
 
-    # what the extract step passes: how far the image reaches in MNI space, FA along the streamlines
     sl = subj["streamlines"]
-    cover = extraction_inputs(subj["maps"]["fa"], subj["affine"], subj["reg"].subject_to_mni, sl, options)
-    opts = {**options, "extraction_method": method, **cover}
-    atlas = implementation_for("register", opts, None).func(opts)
+    extract, atlas, opts = extraction(subj, method, options)
     t = time.perf_counter()
-    sel = implementation_for("extract", opts, None).func(streamlines_to_mni(sl, subj["reg"]), atlas, opts)
+    sel = extract(streamlines_to_mni(sl, subj["reg"]), atlas, opts)
     seconds = time.perf_counter() - t
     bundles = {s: [np.asarray(x, np.float64) for x in selected_streamlines(sl, sel, s)] for s in ("left", "right")}
     res = compute_metrics(bundles["left"], bundles["right"], subj["maps"], subj["affine"], opts, mni=subj["reg"],

@@ -42,20 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def voxel_incidence(streamlines, shape, affine):
     """(streamlines × voxels) sparse 0/1 matrix: which voxels each streamline visits, counted as
-    ``cstbatch.steps.metrics.visited_voxel_mask`` counts them (densified to half a voxel)."""
-    from nibabel.affines import voxel_sizes
+    ``cstbatch.steps.metrics.visited_voxel_mask`` counts them (its ``visited_voxels``)."""
     from scipy.sparse import csr_matrix
 
-    from cstbatch.steps.metrics import densify
+    from cstbatch.steps.metrics import visited_voxels
 
     shape = tuple(int(v) for v in shape[:3])
-    step = 0.5 * float(voxel_sizes(np.asarray(affine, float)).min())
-    inv = np.linalg.inv(np.asarray(affine, float))
     rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for j, s in enumerate(streamlines):
-        ijk = np.rint(densify(np.asarray(s, np.float64), step) @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
-        ijk = ijk[np.all((ijk >= 0) & (ijk < np.array(shape)), axis=1)]
-        lin = np.unique(np.ravel_multi_index(ijk.T, shape))
+        lin = np.unique(np.ravel_multi_index(visited_voxels([np.asarray(s, np.float64)], shape, affine).T, shape))
         rows.append(np.full(len(lin), j, np.int64))
         cols.append(lin)
     r, c = np.concatenate(rows), np.concatenate(cols)
@@ -91,19 +86,16 @@ def greedy_best_dice(incidence, truth: np.ndarray) -> tuple[float, np.ndarray]:
 def side_ceilings(subj: dict, options: dict) -> dict:
     """{side: {kept, best_of_kept, best_of_candidates, best_of_all: (Dice, streamlines chosen or
     kept)}} for one cached subject of ``anatomy_sweep``."""
-    from cstbatch.engine.context import implementation_for
+    from anatomy_sweep import extraction
+
     from cstbatch.sample.accuracy import dice
     from cstbatch.steps.extract import selected_streamlines
-    from cstbatch.steps.extract_corridor import extraction_inputs
     from cstbatch.steps.metrics import visited_voxel_mask
     from cstbatch.steps.register import streamlines_to_mni
 
     sl, shape, aff = subj["streamlines"], subj["shape"], subj["affine"]
-    cover = extraction_inputs(subj["maps"]["fa"], aff, subj["reg"].subject_to_mni, sl, options)
+    extract, atlas, opts = extraction(subj, "corridor", options)
     mni = streamlines_to_mni(sl, subj["reg"])
-    opts = {**options, "extraction_method": "corridor", **cover}
-    extract = implementation_for("extract", opts, None).func
-    atlas = implementation_for("register", opts, None).func(opts)
     kept_sel = extract(mni, atlas, opts)
     cand_sel = extract(mni, atlas, {**opts, "extract_core_filter": False})
     every = voxel_incidence(sl, shape, aff)

@@ -133,6 +133,11 @@ def _mni_matrix(mni) -> np.ndarray | None:
     return m if m.shape == (4, 4) else None
 
 
+def _mni_z(points: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """MNI z (mm) of subject-space ``points`` (..., 3) under the subject → MNI matrix ``m``."""
+    return points @ m[2, :3] + m[2, 3]
+
+
 def densify(streamline: np.ndarray, max_step: float) -> np.ndarray:
     """Insert points linearly so that no step is longer than ``max_step`` mm."""
     s = np.asarray(streamline, np.float64)
@@ -150,19 +155,24 @@ def densify(streamline: np.ndarray, max_step: float) -> np.ndarray:
     return np.vstack([pts, s[-1:]])
 
 
-def visited_voxel_mask(streamlines, shape, affine) -> np.ndarray:
-    """Bool mask of voxels (grid ``shape``/``affine``) visited by any streamline."""
-    shape = tuple(int(v) for v in shape[:3])
-    mask = np.zeros(shape, bool)
+def visited_voxels(streamlines, shape, affine) -> np.ndarray:
+    """(n, 3) int voxel indices (grid ``shape``/``affine``, repeats kept) the streamlines pass
+    through: each densified to half the smallest voxel side, so no voxel is jumped over."""
     sl = _as_list(streamlines)
     if not sl:
-        return mask
+        return np.zeros((0, 3), np.int64)
     step = 0.5 * float(voxel_sizes(np.asarray(affine, float)).min())
     pts = np.concatenate([densify(s, step) for s in sl], axis=0)
     inv = np.linalg.inv(np.asarray(affine, float))
     ijk = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
-    ok = np.all((ijk >= 0) & (ijk < np.array(shape)), axis=1)
-    ijk = ijk[ok]
+    return ijk[np.all((ijk >= 0) & (ijk < np.array(shape[:3])), axis=1)]
+
+
+def visited_voxel_mask(streamlines, shape, affine) -> np.ndarray:
+    """Bool mask of voxels (grid ``shape``/``affine``) visited by any streamline."""
+    shape = tuple(int(v) for v in shape[:3])
+    mask = np.zeros(shape, bool)
+    ijk = visited_voxels(streamlines, shape, affine)
     mask[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
     return mask
 
@@ -241,7 +251,7 @@ def orient_streamlines(streamlines, mni=None, brainstem_mask=None, affine=None) 
     first = np.array([s[0] for s in sl])
     last = np.array([s[-1] for s in sl])
     if m is not None:
-        flip = (last @ m[2, :3] + m[2, 3]) < (first @ m[2, :3] + m[2, 3])
+        flip = _mni_z(last, m) < _mni_z(first, m)
     elif brainstem_mask is not None and affine is not None and np.asarray(brainstem_mask).any():
         ijk = np.argwhere(np.asarray(brainstem_mask, bool))
         a = np.asarray(affine, float)
@@ -294,7 +304,7 @@ def clip_below_level(oriented: Sequence[np.ndarray], subject_to_mni: np.ndarray,
     out = []
     for s in oriented:
         s = np.asarray(s, np.float64)
-        z = s @ m[2, :3] + m[2, 3]
+        z = _mni_z(s, m)
         below = np.flatnonzero(z < z0)
         k = int(below[-1]) if below.size else -1
         if k < 0 or k + 1 >= len(s):
@@ -316,7 +326,7 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
     oriented = orient_streamlines(sl, mni, brainstem_mask, affine)
     res = _resample(oriented, nodes)  # (S, N, 3)
     m = _mni_matrix(mni)
-    z_mni = (res @ m[2, :3] + m[2, 3]) if (m is not None and len(res)) else None
+    z_mni = _mni_z(res, m) if (m is not None and len(res)) else None
     out["cortical_ends"] = cortical_ends(oriented, m) if (m is not None and oriented) else None
     rows = _profile_rows(z_mni, profile_from_z)
     out["profile_streamline_count"] = len(res) if isinstance(rows, slice) else len(rows)
@@ -325,7 +335,7 @@ def _side_metrics(streamlines, maps, affine, nodes, mni, brainstem_mask, profile
     if not isinstance(rows, slice):  # every profiled streamline reaches the level: start there
         profiled = _resample(clip_below_level([oriented[i] for i in rows], m, float(profile_from_z)), nodes)
         out["profile_start_z_mni"] = float(profile_from_z)
-    out["profile_z_mni"] = ([_f(v) for v in np.median(profiled @ m[2, :3] + m[2, 3], axis=0)]
+    out["profile_z_mni"] = ([_f(v) for v in np.median(_mni_z(profiled, m), axis=0)]
                             if m is not None and len(profiled) else None)
     out["profiles"], out["profiles_std"], out["regions"] = {}, {}, {r: {} for r in REGIONS_MNI_Z}
     for name in SCALARS:

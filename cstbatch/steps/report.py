@@ -270,11 +270,10 @@ def profile_difference(metrics: dict, name: str = "fa") -> dict | None:
     if not np.isfinite(rel).any():
         return None
     i = int(np.nanargmax(np.abs(rel)))
-    levels = [(_side(metrics, side).get("profile_z_mni") or [None] * n) for side in SIDES]
-    z = [v[i] for v in levels if len(v) == n and v[i] is not None]
+    levels = _node_levels(metrics, n)
     out = {"node": i, "nodes": n, "fraction": i / (n - 1), "relative": float(rel[i]),
            "left": float(ls[i]), "right": float(rs[i]), "effect": None,
-           "z_mni": float(np.mean(z)) if z else None}
+           "z_mni": float(levels[i]) if levels is not None and np.isfinite(levels[i]) else None}
     sd_l, sd_r = _profile(metrics, "left", name, std=True), _profile(metrics, "right", name, std=True)
     if sd_l is not None and sd_r is not None and len(sd_l) == n and len(sd_r) == n:
         pooled = float(np.sqrt((sd_l[i] ** 2 + sd_r[i] ** 2) / 2.0))
@@ -415,6 +414,24 @@ def tract_overlay_figure(fa_img, masks: dict, convention: str = "radiological"):
     return fig
 
 
+def _node_levels(metrics: dict, n: int | None = None):
+    """Per profile node, the MNI z of its level (``profile_z_mni``: the mean over the sides that
+    have one, of ``n`` nodes when given; NaN where neither has), or None when no side has one or
+    the sides' lengths differ."""
+    import warnings
+
+    import numpy as np
+
+    levels = [_side(metrics, side).get("profile_z_mni") for side in SIDES]
+    levels = [np.array([np.nan if v is None else v for v in z], float) for z in levels
+              if z and (n is None or len(z) == n)]
+    if not levels or len({len(z) for z in levels}) != 1:
+        return None
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a node neither side has: NaN
+        return np.nanmean(levels, axis=0)
+
+
 def _profile_start(metrics: dict) -> float | None:
     """The MNI z both sides' profiles start at, when the metrics clipped them to one level."""
     start = {_side(metrics, side).get("profile_start_z_mni") for side in SIDES}
@@ -429,13 +446,9 @@ def _mark_capsule(ax, metrics: dict) -> None:
 
     from cstbatch.steps.metrics import REGIONS_MNI_Z
 
-    if _profile_start(metrics) is None:
+    z = _node_levels(metrics) if _profile_start(metrics) is not None else None
+    if z is None:
         return
-    levels = [_side(metrics, side).get("profile_z_mni") for side in SIDES]
-    levels = [np.array([np.nan if v is None else v for v in z], float) for z in levels if z]
-    if not levels or len({len(z) for z in levels}) != 1:
-        return
-    z = np.nanmean(levels, axis=0)
     lo, hi = REGIONS_MNI_Z["internal_capsule"]
     x = np.linspace(0, 100, len(z))[(z >= lo) & (z <= hi)]
     if len(x):
