@@ -118,18 +118,32 @@ def side_ceilings(subj: dict, options: dict) -> dict:
 COLUMNS = ("kept", "best_of_kept", "best_of_candidates", "best_of_all")
 
 
-def main(argv=None) -> int:
-    from anatomy_sweep import ACQUISITION, _cached
-
-    from cstbatch.engine.threads import limit_threads
-    from cstbatch.study.options import defaults
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def subject_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments that name a set of ``anatomy_sweep.py``'s subjects (its cache serves), shared
+    with ``selection_rules.py``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--phantom", default="tubes", choices=("tubes", "juelich"))
     ap.add_argument("--seed0", type=int, default=1400)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--voxel", type=float, default=3.0)
     ap.add_argument("--cache", type=Path, default=None)
+    return ap
+
+
+def cached_subjects(args, options: dict):
+    """(seed, subject, acquisition) for each seed of ``args``, as ``anatomy_sweep.py`` made and cached it."""
+    from anatomy_sweep import ACQUISITION, _cached
+
+    acq = {**ACQUISITION, "phantom": args.phantom}  # anatomy_sweep.py's defaults, so its caches serve
+    for seed in range(args.seed0, args.seed0 + args.n):
+        yield seed, _cached(seed, args.voxel, options, args.cache, acq), acq
+
+
+def main(argv=None) -> int:
+    from cstbatch.engine.threads import limit_threads
+    from cstbatch.study.options import defaults
+
+    ap = subject_arguments(__doc__.splitlines()[0])
     ap.add_argument("--option", action="append", default=[], help="NAME=JSON, as anatomy_sweep.py's")
     args = ap.parse_args(argv)
     limit_threads()
@@ -137,11 +151,10 @@ def main(argv=None) -> int:
     for item in args.option:
         name, _, value = item.partition("=")
         options[name] = json.loads(value)
-    acq = {**ACQUISITION, "phantom": args.phantom}  # anatomy_sweep.py's defaults, so its caches serve
     worst = {c: [] for c in COLUMNS}
     print("seed\tside\t" + "\t".join(COLUMNS) + "\t(Dice, streamlines chosen / of)", flush=True)
-    for seed in range(args.seed0, args.seed0 + args.n):
-        res = side_ceilings(_cached(seed, args.voxel, options, args.cache, acq), options)
+    for seed, subj, _ in cached_subjects(args, options):
+        res = side_ceilings(subj, options)
         for side, row in res.items():
             cells = [f"{row['kept'][0]:.3f} ({row['kept'][1]})"]
             cells += [f"{row[c][0]:.3f} ({row[c][1]}/{row[c][2]})" for c in COLUMNS[1:]]
@@ -154,7 +167,6 @@ def main(argv=None) -> int:
         print(f"{c:20s} worst side min {w.min():.3f} median {np.median(w):.3f}; "
               f"subjects with both sides >= 0.70: {int((w >= 0.70).sum())}/{len(w)}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

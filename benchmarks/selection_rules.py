@@ -25,7 +25,6 @@ Same subjects, tractograms and cache as ``anatomy_sweep.py`` for the same seeds 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -127,17 +126,12 @@ def side_rules(subj: dict, voxel: float, acq: dict, options: dict, rules=RULES) 
 
 
 def main(argv=None) -> int:
-    from anatomy_sweep import ACQUISITION, _cached
+    from selection_ceiling import cached_subjects, subject_arguments
 
     from cstbatch.engine.threads import limit_threads
     from cstbatch.study.options import defaults
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phantom", default="tubes", choices=("tubes", "juelich"))
-    ap.add_argument("--seed0", type=int, default=1400)
-    ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--voxel", type=float, default=3.0)
-    ap.add_argument("--cache", type=Path, default=None)
+    ap = subject_arguments(__doc__.splitlines()[0])
     ap.add_argument("--rules", default=",".join(RULES))
     args = ap.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
@@ -146,12 +140,11 @@ def main(argv=None) -> int:
         ap.error(f"unknown rule(s) {', '.join(unknown)}; choose from {', '.join(RULES)}")
     limit_threads()
     options = defaults()
-    acq = {**ACQUISITION, "phantom": args.phantom}  # anatomy_sweep.py's defaults, so its caches serve
     worst = {r: [] for r in rules}
     pr = {r: [] for r in rules}
     print("seed\tside\t" + "\t".join(rules) + "\t(Dice, streamlines)", flush=True)
-    for seed in range(args.seed0, args.seed0 + args.n):
-        res = side_rules(_cached(seed, args.voxel, options, args.cache, acq), args.voxel, acq, options, rules)
+    for seed, subj, acq in cached_subjects(args, options):
+        res = side_rules(subj, args.voxel, acq, options, rules)
         for side, row in res.items():
             print(f"{seed}\t{side}\t" + "\t".join(f"{row[r][0]:.3f} ({row[r][3]})" for r in rules), flush=True)
         for r in rules:
@@ -163,7 +156,6 @@ def main(argv=None) -> int:
         print(f"{r:10s} worst side min {w.min():.3f} median {np.median(w):.3f}; precision {np.median(p[:, 0]):.2f} "
               f"recall {np.median(p[:, 1]):.2f}; subjects with both sides >= 0.70: {int((w >= 0.70).sum())}/{len(w)}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
