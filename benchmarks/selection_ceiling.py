@@ -127,7 +127,19 @@ def subject_arguments(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--voxel", type=float, default=3.0)
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--option", action="append", default=[], help="NAME=JSON, as anatomy_sweep.py's")
     return ap
+
+
+def options_from(args) -> dict:
+    """The default options with ``--option NAME=JSON`` applied."""
+    from cstbatch.study.options import defaults
+
+    options = defaults()
+    for item in args.option:
+        name, _, value = item.partition("=")
+        options[name] = json.loads(value)
+    return options
 
 
 def cached_subjects(args, options: dict):
@@ -141,16 +153,10 @@ def cached_subjects(args, options: dict):
 
 def main(argv=None) -> int:
     from cstbatch.engine.threads import limit_threads
-    from cstbatch.study.options import defaults
 
-    ap = subject_arguments(__doc__.splitlines()[0])
-    ap.add_argument("--option", action="append", default=[], help="NAME=JSON, as anatomy_sweep.py's")
-    args = ap.parse_args(argv)
+    args = subject_arguments(__doc__.splitlines()[0]).parse_args(argv)
     limit_threads()
-    options = defaults()
-    for item in args.option:
-        name, _, value = item.partition("=")
-        options[name] = json.loads(value)
+    options = options_from(args)
     worst = {c: [] for c in COLUMNS}
     print("seed\tside\t" + "\t".join(COLUMNS) + "\t(Dice, streamlines chosen / of)", flush=True)
     for seed, subj, _ in cached_subjects(args, options):

@@ -2,6 +2,7 @@
 
     python benchmarks/selection_rules.py [--phantom tubes|juelich] [--seed0 1400] [--n 10]
                                          [--voxel 3] [--cache DIR] [--rules kept,life_kept,...]
+                                         [--option NAME=JSON ...]
 
 Why: ``selection_ceiling.py`` showed that an oracle choosing from the same streamlines reaches
 the Dice bar on both phantom families, so the question is whether any rule the extraction could
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RULES = ("kept", "life_kept", "life_cand", "smooth_3", "smooth_8", "front_5", "front_0")
+RULES = ("kept", "life_kept", "life_cand", "smooth_3", "smooth_8", "front_5", "front_3", "front_0")
 
 
 def smooth_along(streamline: np.ndarray, sigma_mm: float) -> np.ndarray:
@@ -126,10 +127,9 @@ def side_rules(subj: dict, voxel: float, acq: dict, options: dict, rules=RULES) 
 
 
 def main(argv=None) -> int:
-    from selection_ceiling import cached_subjects, subject_arguments
+    from selection_ceiling import cached_subjects, options_from, subject_arguments
 
     from cstbatch.engine.threads import limit_threads
-    from cstbatch.study.options import defaults
 
     ap = subject_arguments(__doc__.splitlines()[0])
     ap.add_argument("--rules", default=",".join(RULES))
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown rule(s) {', '.join(unknown)}; choose from {', '.join(RULES)}")
     limit_threads()
-    options = defaults()
+    options = options_from(args)  # extraction options (e.g. extract_tdi_parts) change what is kept
     worst = {r: [] for r in rules}
     pr = {r: [] for r in rules}
     print("seed\tside\t" + "\t".join(rules) + "\t(Dice, streamlines)", flush=True)

@@ -450,3 +450,27 @@ def test_fan_judged_per_gyrus_part_keeps_a_minor_leg_branch_but_not_strays_besid
     assert set(whole.tolist()) <= set(parts.tolist())
     assert np.isin(leg_ids, parts).mean() >= 0.25
     assert not np.isin(stray_ids, parts).any()
+
+
+def test_front_limit_drops_streamlines_that_end_in_front_of_the_crown(atlas):
+    """extract_front_mm: a branch that leaves the trunk for the gyrus's front (premotor) half, where
+    it enters the cortex 5-8 mm in front of the crown, passes the target and the cleaning; with a
+    4 mm limit it goes, the branches that end behind the crown stay, and the info counts what went."""
+    from cstbatch.steps.atlas import precentral_crown_y
+
+    rng = np.random.default_rng(5)
+    front_end = [(-26, -6, 38), (-28, -1, 58)]
+    assert front_end[-1][1] - precentral_crown_y(front_end[-1][2]) == pytest.approx(15.1)
+    left = _fan(rng, -1) + _jittered(TRUNK + front_end, rng, 30)
+    streamlines = left + _fan(rng, +1)
+    n_fan = 65
+    plain = extract_corridor(streamlines, atlas, {})
+    limited = extract_corridor(streamlines, atlas, {"extract_front_mm": 4.0})
+    assert len([i for i in plain["left"] if i >= n_fan and i < len(left)]) >= 20  # passes without the limit
+    kept = limited["left"]
+    assert not any(n_fan <= i < len(left) for i in kept)
+    assert set(kept) == {i for i in plain["left"] if i < n_fan}
+    assert len(limited["ranges"]["left"]) == len(kept)
+    assert np.array_equal(limited["right"], plain["right"])
+    assert limited["info"]["front_streamlines_dropped"]["left"] == len(plain["left"]) - len(kept)
+    assert "front_streamlines_dropped" not in plain["info"]

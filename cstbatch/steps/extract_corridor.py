@@ -767,13 +767,27 @@ def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float)
     return np.union1d(kept, idx[ok & (fa >= cut)]).astype(np.int64)
 
 
+def ends_behind_crown(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, ranges: np.ndarray,
+                      max_front_mm: float) -> np.ndarray:
+    """Bool per streamline ``idx`` (cut to ``ranges``): its superior end lies at most
+    ``max_front_mm`` in front of the precentral crown (``extract_front_mm``)."""
+    from cstbatch.steps.atlas import precentral_crown_y
+
+    ok = np.ones(len(idx), bool)
+    for k, (i, (a, b)) in enumerate(zip(idx, ranges)):
+        s = np.asarray(streamlines_mni[i])[int(a):int(b)]
+        top = s[-1] if s[-1, 2] >= s[0, 2] else s[0]
+        ok[k] = top[1] - precentral_crown_y(top[2]) <= max_front_mm
+    return ok
+
+
 def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapping[str, Any] | None = None):
     """CST streamlines through the pons, the posterior limb and to the precentral gyrus, cut
     where they leave the brainstem below the peduncles (``ranges``, :func:`brainstem_ranges`)."""
     options = dict(options or {})
     side, info = _classify(streamlines_mni, atlas, options)
     out: dict[str, Any] = {"ranges": {}}
-    trimmed, candidates, recovered, high_fa, peduncle = {}, {}, {}, {}, {}
+    trimmed, candidates, recovered, high_fa, peduncle, front = {}, {}, {}, {}, {}, {}
     clip = bool(options.get("extract_clip_cortex", True))
     for name, v in (("left", 1), ("right", -1)):
         idx = np.flatnonzero(side == v).astype(np.int64)
@@ -802,15 +816,22 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
             idx = np.union1d(idx, ped).astype(np.int64)
         if len(ped):
             peduncle[name] = int(len(ped))
-        out[name] = idx
-        out["ranges"][name] = ranges = brainstem_ranges(streamlines_mni, idx)
+        ranges = brainstem_ranges(streamlines_mni, idx)
         trimmed[name] = int(sum(int(b - a) < len(streamlines_mni[i]) for i, (a, b) in zip(idx, ranges)))
-        if clip:
-            out["ranges"][name] = cortex_entry_ranges(streamlines_mni, idx, ranges)
+        final = cortex_entry_ranges(streamlines_mni, idx, ranges) if clip else ranges
+        if options.get("extract_front_mm") is not None:
+            behind = ends_behind_crown(streamlines_mni, idx, final, float(options["extract_front_mm"]))
+            front[name] = int((~behind).sum())
+            idx, ranges, final = idx[behind], ranges[behind], final[behind]
+            trimmed[name] = int(sum(int(b - a) < len(streamlines_mni[i]) for i, (a, b) in zip(idx, ranges)))
+        out[name] = idx
+        out["ranges"][name] = final
     out["info"] = {**info, "candidates": candidates, "branch_streamlines_recovered": recovered,
                    "trimmed_in_brainstem": trimmed}
     if high_fa:
         out["info"]["high_fa_streamlines_kept"] = high_fa
+    if front:
+        out["info"]["front_streamlines_dropped"] = front
     if peduncle_counts(options):
         out["info"]["peduncle_streamlines_kept"] = {k: peduncle.get(k, 0) for k in ("left", "right")}
     if clip:

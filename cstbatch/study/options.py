@@ -174,6 +174,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
          "corridor/tdi: a cell above MNI z 20 (the fan) is also dense when it is dense among the streamlines "
          "ending in the same part of the precentral gyrus (leg, hand, face): wide fans are found more fully, "
          "but the sample study's right sides and the Trio repeats lose a few hundredths, so off by default (README)."),
+    _opt("extract_front_mm", None, (int, float, type(None)), "extract",
+         "corridor: drop CST streamlines whose superior end lies more than this many mm in front of the "
+         "precentral gyrus's crown (MNI y); null: any end on the gyrus counts (README).", bounds="[0, )"),
     _opt("extract_recover_branches", True, bool, "extract",
          "corridor/tdi: add back the core of each fan branch the density cleaning dropped that grows out of the "
          "kept tract's trunk (the face area's branch, mostly; README)."),
