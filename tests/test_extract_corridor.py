@@ -284,7 +284,8 @@ def test_branch_recovery_adds_the_core_of_a_minor_branch_off_the_trunk_not_a_str
     stray = _jittered(TRUNK[:3] + [(-34, -6, 4), (-46, 4, 24), (-50, 2, 46)], rng, 30)
     sl = hand + face + stray
     idx = np.arange(len(sl))
-    kept = clean_density(sl, idx, {})
+    v8 = {"extract_tdi_parts": False}  # the side's own judgement alone (version 8's cleaning)
+    kept = clean_density(sl, idx, v8)
     face_ids, stray_ids = np.arange(300, 330), np.arange(330, 360)
     assert np.isin(face_ids, kept).sum() <= 3 and not np.isin(stray_ids, kept).any()
     out = recover_branches(sl, idx, kept)
@@ -293,7 +294,7 @@ def test_branch_recovery_adds_the_core_of_a_minor_branch_off_the_trunk_not_a_str
     assert len(added) >= 1 and np.isin(added, face_ids).all(), added
     # without the minor branch nothing is added; a side too small to clean is left alone
     no_face = np.concatenate([np.arange(300), stray_ids])
-    kept2 = clean_density(sl, no_face, {})
+    kept2 = clean_density(sl, no_face, v8)
     assert np.array_equal(recover_branches(sl, no_face, kept2), np.sort(kept2))
     few = np.arange(50)
     assert np.array_equal(recover_branches(sl, few, few[:10]), few[:10])
@@ -443,7 +444,7 @@ def test_fan_judged_per_gyrus_part_keeps_a_minor_leg_branch_but_not_strays_besid
     idx = np.arange(len(sl))
     assert gyrus_parts(sl, idx).tolist() == [1] * 300 + [0] * 40 + [2] * 40
     hand_ids, leg_ids, stray_ids = np.arange(300), np.arange(300, 340), np.arange(340, 380)
-    whole = clean_density(sl, idx, {})
+    whole = clean_density(sl, idx, {"extract_tdi_parts": False})
     assert np.isin(hand_ids, whole).mean() > 0.4
     assert not np.isin(leg_ids, whole).any() and not np.isin(stray_ids, whole).any()
     parts = clean_density(sl, idx, {"extract_tdi_parts": True})
@@ -464,7 +465,7 @@ def test_front_limit_drops_streamlines_that_end_in_front_of_the_crown(atlas):
     left = _fan(rng, -1) + _jittered(TRUNK + front_end, rng, 30)
     streamlines = left + _fan(rng, +1)
     n_fan = 65
-    plain = extract_corridor(streamlines, atlas, {})
+    plain = extract_corridor(streamlines, atlas, {"extract_front_mm": None})
     limited = extract_corridor(streamlines, atlas, {"extract_front_mm": 4.0})
     assert len([i for i in plain["left"] if i >= n_fan and i < len(left)]) >= 20  # passes without the limit
     kept = limited["left"]

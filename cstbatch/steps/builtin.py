@@ -72,8 +72,9 @@ def register_extractors(register):
              "One end in the brainstem, the other in a motor ROI."), version="2")
     register("corridor", _lazy(".extract_corridor", "extract_corridor",
              "Pons or cerebral peduncle (or lowest covered level) + posterior limb of the internal capsule + "
-             "whole precentral gyrus; tract-density cleaning, fan branches recovered; cut at the cortex (the default)."),
-             version="8")
+             "whole precentral gyrus; tract-density cleaning with the fan judged per part of the gyrus, fan branches "
+             "recovered; ends behind the crown, cut at the cortex (the default)."),
+             version="9")
 
 
 @hookimpl

@@ -32,10 +32,12 @@ Then strays are removed per side (``extract_core_filter``, default on), by tract
 cells; a cell is dense when at least ``extract_tdi_fraction`` (0.3) of the 95th-percentile
 cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) of its cells are
 dense, and the best-supported ``extract_tdi_keep`` (30 %, version 7) of the side's candidates stay in
-any case (with ``extract_tdi_parts``, off by default, a cell above MNI z 20 is also dense when it
-is dense among the side's streamlines ending in the same part of the gyrus:
-:func:`_dense_share`); then the core of each fan branch the cleaning dropped but that grows
-out of the kept trunk is added back (:func:`recover_branches`, ``extract_recover_branches``, version 6).
+any case. With ``extract_tdi_parts`` (the default since version 9) a streamline also stays when
+≥ ``extract_tdi_inside`` of its cells are dense once a cell above MNI z 20 is also judged among the
+side's streamlines ending in the same part of the gyrus (:func:`_dense_share`): this only adds,
+the side's own judgement and floor stand. Then the core of each fan branch the cleaning dropped
+but that grows out of the kept trunk is added back (:func:`recover_branches`,
+``extract_recover_branches``, version 6).
 With ``extract_fa_keep`` > 0 (off by default) that share of the side's candidates with the
 highest mean FA along them stays too (:func:`keep_high_fa`: the sparse parts of a wide fan that
 run in coherent white matter; the extract step hands every extractor ``streamline_fa``,
@@ -46,7 +48,15 @@ peak), for comparison. Last, in the pons and below (z < ``TRIM_BELOW_Z``) each k
 streamline is cut where it first leaves the brainstem (into a cerebellar peduncle or across the
 pons), and at the brainstem ROI's lower end (z −60): :func:`brainstem_ranges`; and, with
 ``extract_clip_cortex`` (the default), where it enters the precentral cortex for good
-(:func:`cortex_entry_ranges`).
+(:func:`cortex_entry_ranges`). Since version 9 a streamline whose kept part ends more than
+``extract_front_mm`` (5 mm) in front of the precentral crown is dropped (:func:`ends_behind_crown`).
+
+Why version 9: the parts judgement lifted the atlas phantom in every set but, as version 8's
+option, reshuffled the side's floor toward the fan's strays (the sample study's right sides, a
+tube subject's frontopontine streamlines). Adding only, and dropping the ends in front of the
+crown (where the false positives above MNI z 40 lie on both phantom families, and where the
+frontopontine tract ends), every set's worst side rose or held within 0.006 (README, "Where it
+stands"; ``benchmarks/RESULTS.md``, "Landing 33").
 
 Why tract density: with the tracker seeded on the tract (``track_region=cst``) a side has
 hundreds to thousands of candidates, and the first cleaning, which keeps a streamline by its
@@ -444,13 +454,17 @@ def clean_density(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, option
         return both
     keys = _cell_keys(streamlines_mni, both)
     frac = float(options.get("extract_tdi_fraction", 0.3))
-    share = _dense_share(keys, frac, gyrus_parts(streamlines_mni, both) if options.get("extract_tdi_parts", False)
-                         else None)
-    threshold = float(options.get("extract_tdi_inside", 0.9))
+    inside = float(options.get("extract_tdi_inside", 0.9))
+    share = _dense_share(keys, frac)
+    threshold = inside
     floor_of = np.isin(both, idx)
     if floor_of.any():
         threshold = _share_threshold(share[floor_of], threshold, float(options.get("extract_tdi_keep", TDI_KEEP)))
-    return both[share >= threshold]
+    kept = share >= threshold
+    if options.get("extract_tdi_parts", True):
+        # only adds: the side's own judgement and floor stand (corridor version 9)
+        kept |= _dense_share(keys, frac, gyrus_parts(streamlines_mni, both)) >= inside
+    return both[kept]
 
 
 def _cell_keys(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
@@ -507,7 +521,7 @@ def _dense_cells(allk: np.ndarray, frac: float) -> np.ndarray:
     return cells[counts >= np.maximum(2.0, frac * np.percentile(counts, 95))]
 
 
-#: ``extract_tdi_parts`` (off by default): above this MNI z (the fan) a cell is also dense when at
+#: ``extract_tdi_parts`` (on since version 9): above this MNI z (the fan) a cell is also dense when at
 #: least ``PART_TDI_FRACTION`` of the 95th-percentile fan cell's count of the streamlines ending in
 #: the same part of the precentral gyrus visit it; a part with fewer than ``PART_MIN_STREAMLINES``
 #: streamlines keeps the whole side's judgement only.
@@ -767,6 +781,11 @@ def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float)
     return np.union1d(kept, idx[ok & (fa >= cut)]).astype(np.int64)
 
 
+#: ``extract_front_mm``'s default (corridor version 9): a CST streamline's superior end lies at most
+#: this many mm in front of the precentral crown
+FRONT_MM = 5.0
+
+
 def ends_behind_crown(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, ranges: np.ndarray,
                       max_front_mm: float) -> np.ndarray:
     """Bool per streamline ``idx`` (cut to ``ranges``): its superior end lies at most
@@ -817,13 +836,13 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
         if len(ped):
             peduncle[name] = int(len(ped))
         ranges = brainstem_ranges(streamlines_mni, idx)
-        trimmed[name] = int(sum(int(b - a) < len(streamlines_mni[i]) for i, (a, b) in zip(idx, ranges)))
         final = cortex_entry_ranges(streamlines_mni, idx, ranges) if clip else ranges
-        if options.get("extract_front_mm") is not None:
-            behind = ends_behind_crown(streamlines_mni, idx, final, float(options["extract_front_mm"]))
+        front_mm = options.get("extract_front_mm", FRONT_MM)
+        if front_mm is not None:
+            behind = ends_behind_crown(streamlines_mni, idx, final, float(front_mm))
             front[name] = int((~behind).sum())
             idx, ranges, final = idx[behind], ranges[behind], final[behind]
-            trimmed[name] = int(sum(int(b - a) < len(streamlines_mni[i]) for i, (a, b) in zip(idx, ranges)))
+        trimmed[name] = int(sum(int(b - a) < len(streamlines_mni[i]) for i, (a, b) in zip(idx, ranges)))
         out[name] = idx
         out["ranges"][name] = final
     out["info"] = {**info, "candidates": candidates, "branch_streamlines_recovered": recovered,
@@ -836,5 +855,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
         out["info"]["peduncle_streamlines_kept"] = {k: peduncle.get(k, 0) for k in ("left", "right")}
     if clip:
         out["info"]["superior_end"] += ", cut where the streamline enters its cortex for good (extract_clip_cortex)"
+    if front:
+        out["info"]["superior_end"] += f"; ends at most {float(front_mm):g} mm in front of its crown (extract_front_mm)"
     return out
 

@@ -170,13 +170,14 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("extract_tdi_inside", 0.9, _NUM, "extract",
          "corridor/tdi: share of a streamline's cells that must be dense for it to stay.",
          bounds="[0, 1]"),
-    _opt("extract_tdi_parts", False, bool, "extract",
-         "corridor/tdi: a cell above MNI z 20 (the fan) is also dense when it is dense among the streamlines "
-         "ending in the same part of the precentral gyrus (leg, hand, face): wide fans are found more fully, "
-         "but the sample study's right sides and the Trio repeats lose a few hundredths, so off by default (README)."),
-    _opt("extract_front_mm", None, (int, float, type(None)), "extract",
+    _opt("extract_tdi_parts", True, bool, "extract",
+         "corridor/tdi: also keep a side's streamlines whose cells are dense when a cell above MNI z 20 (the fan) "
+         "is judged among the streamlines ending in the same part of the precentral gyrus (leg, hand, face): "
+         "a branch sparse beside the trunk stays (corridor version 9; false gives version 8's cleaning; README)."),
+    _opt("extract_front_mm", 5.0, (int, float, type(None)), "extract",
          "corridor: drop CST streamlines whose superior end lies more than this many mm in front of the "
-         "precentral gyrus's crown (MNI y); null: any end on the gyrus counts (README).", bounds="[0, )"),
+         "precentral gyrus's crown (MNI y; corridor version 9); null: any end on the gyrus counts, as before "
+         "version 9 (README).", bounds="[0, )"),
     _opt("extract_recover_branches", True, bool, "extract",
          "corridor/tdi: add back the core of each fan branch the density cleaning dropped that grows out of the "
          "kept tract's trunk (the face area's branch, mostly; README)."),
