@@ -52,15 +52,12 @@ def smooth_along(streamline: np.ndarray, sigma_mm: float) -> np.ndarray:
 
 
 def front_offsets(streamlines, subject_to_mni: np.ndarray) -> np.ndarray:
-    """Per streamline, MNI y of its superior end minus the precentral crown's y at that level."""
-    from cstbatch.steps.atlas import precentral_crown_y
+    """Per streamline (subject space), how far its superior end lies in front of the precentral
+    crown (``extract_corridor.crown_offset``, which ``extract_front_mm`` reads)."""
+    from cstbatch.steps.extract_corridor import crown_offset
 
-    out = []
-    for s in streamlines:
-        m = np.asarray(s, np.float64) @ subject_to_mni[:3, :3].T + subject_to_mni[:3, 3]
-        top = m[-1] if m[-1, 2] >= m[0, 2] else m[0]
-        out.append(top[1] - precentral_crown_y(top[2]))
-    return np.asarray(out)
+    return np.asarray([crown_offset(np.asarray(s, np.float64) @ subject_to_mni[:3, :3].T + subject_to_mni[:3, 3])
+                       for s in streamlines], float)
 
 
 def life_weights(dwi: np.ndarray, gtab, streamlines, affine: np.ndarray) -> np.ndarray:

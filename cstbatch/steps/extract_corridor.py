@@ -786,18 +786,22 @@ def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float)
 FRONT_MM = 5.0
 
 
+def crown_offset(streamline_mni: np.ndarray) -> float:
+    """MNI y of the streamline's superior end minus the precentral crown's y at that level (mm;
+    positive: in front of the crown), whichever way the streamline runs."""
+    from cstbatch.steps.atlas import precentral_crown_y
+
+    s = np.asarray(streamline_mni)
+    top = s[-1] if s[-1, 2] >= s[0, 2] else s[0]
+    return float(top[1] - precentral_crown_y(top[2]))
+
+
 def ends_behind_crown(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, ranges: np.ndarray,
                       max_front_mm: float) -> np.ndarray:
     """Bool per streamline ``idx`` (cut to ``ranges``): its superior end lies at most
     ``max_front_mm`` in front of the precentral crown (``extract_front_mm``)."""
-    from cstbatch.steps.atlas import precentral_crown_y
-
-    ok = np.ones(len(idx), bool)
-    for k, (i, (a, b)) in enumerate(zip(idx, ranges)):
-        s = np.asarray(streamlines_mni[i])[int(a):int(b)]
-        top = s[-1] if s[-1, 2] >= s[0, 2] else s[0]
-        ok[k] = top[1] - precentral_crown_y(top[2]) <= max_front_mm
-    return ok
+    return np.array([crown_offset(np.asarray(streamlines_mni[i])[int(a):int(b)]) <= max_front_mm
+                     for i, (a, b) in zip(idx, ranges)], bool)
 
 
 def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapping[str, Any] | None = None):
