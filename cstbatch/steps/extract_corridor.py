@@ -55,8 +55,8 @@ Why version 9: the parts judgement lifted the atlas phantom in every set but, as
 option, reshuffled the side's floor toward the fan's strays (the sample study's right sides, a
 tube subject's frontopontine streamlines). Adding only, and dropping the ends in front of the
 crown (where the false positives above MNI z 40 lie on both phantom families, and where the
-frontopontine tract ends), every set's worst side rose or held within 0.006 (README, "Where it
-stands"; ``benchmarks/RESULTS.md``, "Landing 33").
+frontopontine tract ends), the atlas phantom's worst subject rose on every set and the tubes'
+held within 0.01 (README, "Where it stands"; ``benchmarks/RESULTS.md``, "Corridor version 9").
 
 Why tract density: with the tracker seeded on the tract (``track_region=cst``) a side has
 hundreds to thousands of candidates, and the first cleaning, which keeps a streamline by its
