@@ -34,7 +34,7 @@ cell's count visit it; a streamline stays when ≥ ``extract_tdi_inside`` (0.9) 
 dense, and the best-supported ``extract_tdi_keep`` (30 %, version 7) of the side's candidates stay in
 any case. With ``extract_tdi_parts`` (the default since version 9) a streamline also stays when
 ≥ ``extract_tdi_inside`` of its cells are dense once a cell above MNI z 20 is also judged among the
-side's streamlines ending in the same part of the gyrus (:func:`_dense_share`): this only adds,
+side's streamlines ending in the same part of the gyrus (:func:`_dense_shares`): this only adds,
 the side's own judgement and floor stand. Then the core of each fan branch the cleaning dropped
 but that grows out of the kept trunk is added back (:func:`recover_branches`,
 ``extract_recover_branches``, version 6).
@@ -455,15 +455,15 @@ def clean_density(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, option
     keys = _cell_keys(streamlines_mni, both)
     frac = float(options.get("extract_tdi_fraction", 0.3))
     inside = float(options.get("extract_tdi_inside", 0.9))
-    share = _dense_share(keys, frac)
+    share, by_parts = _dense_shares(keys, frac, gyrus_parts(streamlines_mni, both)
+                                    if options.get("extract_tdi_parts", True) else None)
     threshold = inside
     floor_of = np.isin(both, idx)
     if floor_of.any():
         threshold = _share_threshold(share[floor_of], threshold, float(options.get("extract_tdi_keep", TDI_KEEP)))
     kept = share >= threshold
-    if options.get("extract_tdi_parts", True):
-        # only adds: the side's own judgement and floor stand (corridor version 9)
-        kept |= _dense_share(keys, frac, gyrus_parts(streamlines_mni, both)) >= inside
+    if by_parts is not None:  # only adds: the side's own judgement and floor stand (corridor version 9)
+        kept |= by_parts >= inside
     return both[kept]
 
 
@@ -479,12 +479,19 @@ def _keys(points: np.ndarray) -> np.ndarray:
     return np.unique((c[:, 0] + 512) * 1_048_576 + (c[:, 1] + 512) * 1024 + (c[:, 2] + 512))
 
 
-def _dense_share(keys: list[np.ndarray], frac: float, parts: np.ndarray | None = None) -> np.ndarray:
+def _dense_share(keys: list[np.ndarray], frac: float) -> np.ndarray:
     """Per streamline, the share of its cells that are dense: visited by at least ``frac`` of the
-    95th-percentile cell's count of these streamlines (and by two). With ``parts`` (each
-    streamline's part of the gyrus, :func:`gyrus_parts`; ``extract_tdi_parts``), a cell above
+    95th-percentile cell's count of these streamlines (and by two)."""
+    return _dense_shares(keys, frac)[0]
+
+
+def _dense_shares(keys: list[np.ndarray], frac: float,
+                  parts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(:func:`_dense_share`'s shares; with ``parts``, each streamline's part of the gyrus
+    (:func:`gyrus_parts`; ``extract_tdi_parts``), the shares once a cell above
     :data:`FAN_PARTS_Z` is dense also when it is dense among the streamlines of the same part
-    (:data:`PART_TDI_FRACTION` of their 95th-percentile fan cell).
+    (:data:`PART_TDI_FRACTION` of their 95th-percentile fan cell); else None), from one count of
+    the cells.
 
     Why the parts: the tract converges in the capsule and fans out above it, so in the fan every
     branch is sparse next to the trunk, and judged by the whole side's density the branch of a
@@ -499,17 +506,19 @@ def _dense_share(keys: list[np.ndarray], frac: float, parts: np.ndarray | None =
     """
     allk = np.concatenate(keys)
     owner = np.repeat(np.arange(len(keys)), [len(k) for k in keys])
+    cells = np.maximum(np.bincount(owner, minlength=len(keys)), 1)
     dense = np.isin(allk, _dense_cells(allk, frac))
-    if parts is not None:
-        fan = _key_z(allk) >= FAN_PARTS_Z
-        part_of_cell = np.asarray(parts)[owner]
-        for p in np.unique(parts):
-            if int((parts == p).sum()) < PART_MIN_STREAMLINES:
-                continue
-            sel = fan & (part_of_cell == p)
-            dense[sel] |= np.isin(allk[sel], _dense_cells(allk[sel], PART_TDI_FRACTION))
-    return np.bincount(owner, weights=dense.astype(float), minlength=len(keys)) / \
-        np.maximum(np.bincount(owner, minlength=len(keys)), 1)
+    share = np.bincount(owner, weights=dense.astype(float), minlength=len(keys)) / cells
+    if parts is None:
+        return share, None
+    fan = _key_z(allk) >= FAN_PARTS_Z
+    part_of_cell = np.asarray(parts)[owner]
+    for p in np.unique(parts):
+        if int((parts == p).sum()) < PART_MIN_STREAMLINES:
+            continue
+        sel = fan & (part_of_cell == p)
+        dense[sel] |= np.isin(allk[sel], _dense_cells(allk[sel], PART_TDI_FRACTION))
+    return share, np.bincount(owner, weights=dense.astype(float), minlength=len(keys)) / cells
 
 
 def _dense_cells(allk: np.ndarray, frac: float) -> np.ndarray:
@@ -539,8 +548,13 @@ def gyrus_parts(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray) -> np.nd
     (``cortical_ends``), so the cleaning and the QC flag speak of the same leg and hand areas."""
     from cstbatch.steps.coverage import gyrus_part_index
 
-    return gyrus_part_index(np.array([s[-1, 0] if s[-1, 2] >= s[0, 2] else s[0, 0]
-                                      for s in (np.asarray(streamlines_mni[i]) for i in idx)]).reshape(-1))
+    return gyrus_part_index(np.array([upper_end(streamlines_mni[i])[0] for i in idx]).reshape(-1))
+
+
+def upper_end(streamline: np.ndarray) -> np.ndarray:
+    """The streamline's end with the higher z (its cortical end), whichever way it runs."""
+    s = np.asarray(streamline)
+    return s[-1] if s[-1, 2] >= s[0, 2] else s[0]
 
 
 def _key_z(keys: np.ndarray) -> np.ndarray:
@@ -791,8 +805,7 @@ def crown_offset(streamline_mni: np.ndarray) -> float:
     positive: in front of the crown), whichever way the streamline runs."""
     from cstbatch.steps.atlas import precentral_crown_y
 
-    s = np.asarray(streamline_mni)
-    top = s[-1] if s[-1, 2] >= s[0, 2] else s[0]
+    top = upper_end(streamline_mni)
     return float(top[1] - precentral_crown_y(top[2]))
 
 
@@ -853,13 +866,12 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
                    "trimmed_in_brainstem": trimmed}
     if high_fa:
         out["info"]["high_fa_streamlines_kept"] = high_fa
-    if front:
-        out["info"]["front_streamlines_dropped"] = front
     if peduncle_counts(options):
         out["info"]["peduncle_streamlines_kept"] = {k: peduncle.get(k, 0) for k in ("left", "right")}
     if clip:
         out["info"]["superior_end"] += ", cut where the streamline enters its cortex for good (extract_clip_cortex)"
     if front:
+        out["info"]["front_streamlines_dropped"] = front
         out["info"]["superior_end"] += f"; ends at most {float(front_mm):g} mm in front of its crown (extract_front_mm)"
     return out
 
