@@ -4,7 +4,7 @@
         [--methods passthrough,corridor] [--track csd_deterministic] [--cache DIR] [--json OUT]
         [--bvalue 1000] [--directions 32] [--b0s 5] [--fov-bottom-z Z]
         [--lesion random|none|left|right|alternate] [--lesion-eig PAR,PERP] [--phantom tubes|juelich]
-        [--anatomy-version 2|1] [--cst-width 1.0] [--regions]
+        [--anatomy-version 2|1|3] [--cst-width 1.0] [--regions]
 
 Every subject ``i`` gets seed ``seed0 + i``: a new anatomy (:func:`cstbatch.sample.anatomy.
 random_anatomy`: perturbed centre lines, a CST fanning to the whole precentral gyrus, other
@@ -41,6 +41,8 @@ subject: :mod:`cstbatch.sample.anatomy`). With ``--phantom juelich``, version 1 
 bundles with each subject's deformation but not their fibre directions, as every atlas set
 scored before the thirtieth landing had; version 2 carries the directions too
 (``atlas_phantom.ATLAS_VERSION``). The bundles, masks and noise of a seed are the same in both.
+Version 3 (atlas phantom only) lays each bundle's fibres only where the bundle is, so that the
+CST's fibres reach the brainstem inside it; the fractions and truth masks are version 2's.
 
 ``--cst-width W`` multiplies every radius of the tube CST (trunk and fan branches) by ``W``,
 the rest of each anatomy unchanged: 1.5 makes a CST of 13-20 cm³ per side, as wide as the atlas
@@ -329,9 +331,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lesion-eig", default=None, help="PAR,PERP of the lesion in 1e-3 mm^2/s (default 1.35,0.72)")
     ap.add_argument("--phantom", default="tubes", choices=("tubes", "juelich"),
                     help="tubes: cstbatch.sample.phantom (default); juelich: benchmarks/atlas_phantom.py")
-    ap.add_argument("--anatomy-version", type=int, default=ANATOMY_VERSION, choices=(1, 2),
+    ap.add_argument("--anatomy-version", type=int, default=ANATOMY_VERSION, choices=(1, 2, 3),
                     help="tubes: 2 (default) draws each anatomy's background white matter; 1: the fixed field. "
-                         "juelich: 2 (default) carries the fibre directions through the deformation; 1: does not")
+                         "juelich: 2 (default) carries the fibre directions through the deformation; 1: does not; "
+                         "3: as 2, with fibres that run only where their bundle is (atlas_phantom.ATLAS_VERSION)")
     ap.add_argument("--cst-width", type=float, default=1.0,
                     help="tubes: multiply every CST radius by this (1: the drawn radii, about 8 cm3 per side)")
     ap.add_argument("--regions", action="store_true",
@@ -345,6 +348,8 @@ def main(argv=None) -> int:
            "phantom": args.phantom, "anatomy_version": args.anatomy_version, "cst_width": args.cst_width}
     if args.cst_width <= 0:
         ap.error(f"--cst-width must be positive, got {args.cst_width}")
+    if args.anatomy_version == 3 and args.phantom != "juelich":
+        ap.error("--anatomy-version 3 applies to the atlas phantom (--phantom juelich) only")
     if args.cst_width != 1.0 and args.phantom != "tubes":
         ap.error("--cst-width applies to the tube phantom only")
     limit_threads()

@@ -126,6 +126,8 @@ def subject_arguments(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--seed0", type=int, default=1400)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--voxel", type=float, default=3.0)
+    ap.add_argument("--anatomy-version", type=int, default=None, choices=(1, 2, 3),
+                    help="as anatomy_sweep.py's (default: its default)")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--option", action="append", default=[], help="NAME=JSON, as anatomy_sweep.py's")
     return ap
@@ -147,6 +149,8 @@ def cached_subjects(args, options: dict):
     from anatomy_sweep import ACQUISITION, _cached
 
     acq = {**ACQUISITION, "phantom": args.phantom}  # anatomy_sweep.py's defaults, so its caches serve
+    if args.anatomy_version is not None:
+        acq["anatomy_version"] = args.anatomy_version
     for seed in range(args.seed0, args.seed0 + args.n):
         yield seed, _cached(seed, args.voxel, options, args.cache, acq), acq
 

@@ -7,7 +7,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from atlas_phantom import _direction, _potential, _waves, carry_directions  # noqa: E402
+from atlas_phantom import _direction, _potential, _waves, carry_directions, reaches_source  # noqa: E402
 
 
 def _field(domain, source, target):
@@ -72,3 +72,31 @@ def test_fibre_directions_follow_the_deformation_of_their_bundle():
     # and the warp is not negligible: the uncarried directions are off by degrees
     off = np.degrees(np.arccos(np.clip(np.abs(np.sum(c * d, axis=1)), 0, 1)))
     assert np.percentile(off, 90) > 3.0
+
+
+def test_fibres_solved_where_the_bundle_is_reach_its_source_and_those_of_its_outline_do_not():
+    """Version 3: an L-shaped bundle inside a wider, fibreless outline (the atlas's low-probability
+    fringe). Solved over the outline (versions 1 and 2), the fibres of the L's far limb cut the
+    corner through the outline, where there are none, so no tracker could follow them to the
+    source; solved over the bundle, they run along it."""
+    bundle = np.zeros((40, 12, 40), bool)
+    bundle[4:10, 3:9, 2:34] = True
+    bundle[4:36, 3:9, 28:34] = True
+    outline = np.zeros_like(bundle)
+    outline[2:38, 1:11, 2:38] = True
+    src = np.zeros_like(bundle)
+    src[4:10, 3:9, 2] = True
+    tgt = np.zeros_like(bundle)
+    tgt[35, 3:9, 28:34] = True
+    far = np.argwhere(bundle & (np.arange(40)[:, None, None] >= 20))
+    fraction = bundle.astype(np.float32)
+    at_source = lambda v: v[:, 2] <= 4.0  # noqa: E731
+    shares = {}
+    for name, domain in (("outline", outline), ("bundle", bundle)):
+        d = _field(domain, src & domain, tgt & domain)
+        shares[name] = reaches_source(fraction, d, np.eye(3), at_source, far).mean()
+    assert shares["bundle"] > 0.9
+    assert shares["outline"] < 0.5
+    # with no gap to cross, the outline's field reaches the source too: the test is the gap
+    d = _field(outline, src, tgt)
+    assert reaches_source(outline.astype(np.float32), d, np.eye(3), at_source, far).mean() > 0.9
