@@ -238,11 +238,16 @@ def fibre_connectivity(version: int | None = None, tau: float = 0.1, z_source: f
     return out
 
 
-@functools.lru_cache(maxsize=2)
 def atlas_fields(version: int | None = None) -> tuple[np.ndarray, dict[str, Field]]:
-    """Every bundle's fraction and direction on the atlas grid (about 20 s, once per process and
-    direction domain: versions 1 and 2 share theirs, :data:`ATLAS_VERSION`)."""
-    domain_p = _domain_p(ATLAS_VERSION if version is None else version)
+    """Every bundle's fraction and direction on the atlas grid for phantom ``version``
+    (:data:`ATLAS_VERSION` by default)."""
+    return _atlas_fields(_domain_p(ATLAS_VERSION if version is None else version))
+
+
+@functools.lru_cache(maxsize=2)
+def _atlas_fields(domain_p: float) -> tuple[np.ndarray, dict[str, Field]]:
+    """:func:`atlas_fields` with directions solved where the atlas probability is at least
+    ``domain_p`` % (about 20 s, once per process and domain: versions 1 and 2 share one)."""
     img = nib.load(_atlas_path())
     aff = img.affine.copy()
     data = np.asanyarray(img.dataobj)
@@ -345,7 +350,7 @@ def carry_directions(d: np.ndarray, q: np.ndarray, warp) -> np.ndarray:
 #: Version 3 (landing 34) solves each bundle's fibre directions only where the bundle has fibres
 #: (atlas probability ≥ :data:`P_LOW`, where its fraction is above 0). Versions 1 and 2 solved them
 #: over the atlas's whole 5 % outline, whose field lines cut corners through the bundle's thin
-#: fringe: on the atlas grid the fibres of 40-45 % of the CST's truth voxels (55-70 % above MNI
+#: fringe: on the atlas grid the fibres of 40-45 % of the CST's truth voxels (58-69 % above MNI
 #: z 40, the leg area) ran through voxels without CST fibres on their way to the brainstem
 #: (:func:`reaches_source`), so no tracker following the signal could join them to it. The
 #: fractions, the truth and every other draw are the same in all versions.
