@@ -74,7 +74,7 @@ def register_extractors(register):
              "Pons or cerebral peduncle (or lowest covered level) + posterior limb of the internal capsule + "
              "whole precentral gyrus; tract-density cleaning with the fan judged per part of the gyrus, fan branches "
              "recovered; ends behind the crown, cut at the cortex (the default)."),
-             version="9")
+             version="10")
 
 
 @hookimpl

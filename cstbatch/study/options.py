@@ -184,9 +184,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _opt("extract_clip_cortex", True, bool, "extract",
          "corridor: cut each CST streamline where it enters the precentral cortex for good (the white-matter "
          "tract up to the cortex): more reproducible between repeats; false keeps the part in the cortex (README)."),
-    _opt("extract_tdi_keep", 0.3, _NUM, "extract",
+    _opt("extract_tdi_keep", 0.2, _NUM, "extract",
          "corridor/tdi: at least this share of a side's candidate streamlines stays (those with the most dense "
-         "cells), when extract_tdi_inside would keep fewer; 0 turns it off (0.1 before corridor version 7; README).",
+         "cells), when extract_tdi_inside would keep fewer; 0 turns it off (0.1 before corridor version 7, 0.3 "
+         "before version 10; README).",
          bounds="[0, 1]"),
     _opt("extract_fa_keep", 0.0, _NUM, "extract",
          "corridor/tdi: also keep this share of a side's candidate streamlines, those with the highest mean FA "
