@@ -96,7 +96,7 @@ from cstbatch.steps.extract import (
     point_codes,
     roi_code_volume,
 )
-from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT
+from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT, OPTIONS
 
 INFERIOR_TOP_Z = -18.0
 COVERAGE_MARGIN_MM = 10.0
@@ -405,8 +405,9 @@ def _trunk_scores(sl: list[np.ndarray]) -> np.ndarray:
 
 TDI_CELL_MM = 2.0
 TDI_MIN_STREAMLINES = 100
-#: the floor of the density cleaning (``extract_tdi_keep``; 0.1 before corridor version 7, 0.3 before 10)
-TDI_KEEP = 0.2
+#: the floor of the density cleaning (``extract_tdi_keep``'s default, read from the option so the two
+#: cannot drift apart; 0.1 before corridor version 7, 0.3 before 10)
+TDI_KEEP = OPTIONS["extract_tdi_keep"].default
 
 
 def clean_density(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, options,
@@ -772,8 +773,8 @@ def cortex_entry_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, 
     return out
 
 
-#: the share of a side's candidates kept for their mean FA (``extract_fa_keep``; off by default)
-FA_KEEP = 0.0
+#: the share of a side's candidates kept for their mean FA (``extract_fa_keep``'s default: off)
+FA_KEEP = OPTIONS["extract_fa_keep"].default
 
 
 def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float) -> np.ndarray:
@@ -807,7 +808,7 @@ def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float)
 
 #: ``extract_front_mm``'s default (corridor version 9): a CST streamline's superior end lies at most
 #: this many mm in front of the precentral crown
-FRONT_MM = 5.0
+FRONT_MM = OPTIONS["extract_front_mm"].default
 
 
 def crown_offset(streamline_mni: np.ndarray) -> float:
@@ -835,6 +836,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
     out: dict[str, Any] = {"ranges": {}}
     trimmed, candidates, recovered, high_fa, peduncle, front = {}, {}, {}, {}, {}, {}
     clip = bool(options.get("extract_clip_cortex", True))
+    front_mm = options.get("extract_front_mm", FRONT_MM)
     for name, v in (("left", 1), ("right", -1)):
         idx = np.flatnonzero(side == v).astype(np.int64)
         ped = np.flatnonzero(side == 2 * v).astype(np.int64)
@@ -864,7 +866,6 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
             peduncle[name] = int(len(ped))
         ranges = brainstem_ranges(streamlines_mni, idx)
         final = cortex_entry_ranges(streamlines_mni, idx, ranges) if clip else ranges
-        front_mm = options.get("extract_front_mm", FRONT_MM)
         if front_mm is not None:
             behind = ends_behind_crown(streamlines_mni, idx, final, float(front_mm))
             front[name] = int((~behind).sum())
