@@ -108,6 +108,18 @@ def test_options_layering_and_type_errors():
         merge_options({"generate_pdf": "yes"})
 
 
+def test_an_unset_option_reads_the_tables_default_and_an_explicit_null_stays():
+    from cstbatch.study.options import OPTIONS, option_value
+
+    assert option_value({}, "extract_tdi_keep") == OPTIONS["extract_tdi_keep"].default
+    assert option_value({"extract_tdi_keep": 0.4}, "extract_tdi_keep") == 0.4
+    # null switches the front limit off; it must not fall back to the 5 mm default
+    assert OPTIONS["extract_front_mm"].default is not None
+    assert option_value({"extract_front_mm": None}, "extract_front_mm") is None
+    with pytest.raises(KeyError):
+        option_value({}, "no_such_option")
+
+
 def test_option_values_outside_their_choices_fail_at_planning():
     from cstbatch.study.options import OPTIONS
 

@@ -96,7 +96,7 @@ from cstbatch.steps.extract import (
     point_codes,
     roi_code_volume,
 )
-from cstbatch.study.options import EXTRACT_INFERIOR_DEFAULT, OPTIONS
+from cstbatch.study.options import option_value
 
 INFERIOR_TOP_Z = -18.0
 COVERAGE_MARGIN_MM = 10.0
@@ -197,7 +197,7 @@ def extraction_inputs(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.nda
     trilinear; NaN where none of it lies in the image). Only then: sampling FA along a whole
     tractogram costs 2 s on a 2 mm session."""
     out: dict[str, Any] = coverage_options(fa, affine, subject_to_mni)
-    if not float(options.get("extract_fa_keep") or 0.0) > 0:
+    if not float(option_value(options, "extract_fa_keep") or 0.0) > 0:
         return out
     from cstbatch.steps.metrics import sample_map
 
@@ -281,7 +281,7 @@ def peduncle_counts(options: Mapping[str, Any]) -> bool:
     """Whether a streamline that reaches only the crus cerebri counts (``extract_inferior``),
     which needs an image that covers it."""
     cover_z = options.get("coverage_z")
-    return (options.get("extract_inferior", EXTRACT_INFERIOR_DEFAULT) == "peduncle"
+    return (option_value(options, "extract_inferior") == "peduncle"
             and (cover_z is None or cover_z < PEDUNCLE_TOP_Z))
 
 
@@ -293,7 +293,7 @@ def _classify(streamlines_mni, atlas, options) -> tuple[np.ndarray, dict]:
     tcode, taff = precentral_rois()
     bcode = roi_code_volume(atlas)
     bs_top = brainstem_top_z(atlas)
-    tol = float(options.get("extract_midline_tolerance", 3.0))
+    tol = float(option_value(options, "extract_midline_tolerance"))
     lo_len, hi_len = _length_limits(options)
     peduncle = peduncle_counts(options)
     if peduncle and "midbrain" not in used:
@@ -405,9 +405,6 @@ def _trunk_scores(sl: list[np.ndarray]) -> np.ndarray:
 
 TDI_CELL_MM = 2.0
 TDI_MIN_STREAMLINES = 100
-#: the floor of the density cleaning (``extract_tdi_keep``'s default, read from the option so the two
-#: cannot drift apart; 0.1 before corridor version 7, 0.3 before 10)
-TDI_KEEP = OPTIONS["extract_tdi_keep"].default
 
 
 def clean_density(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, options,
@@ -464,14 +461,14 @@ def clean_density(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, option
     if len(both) < TDI_MIN_STREAMLINES:
         return both
     keys = _cell_keys(streamlines_mni, both)
-    frac = float(options.get("extract_tdi_fraction", 0.3))
-    inside = float(options.get("extract_tdi_inside", 0.9))
+    frac = float(option_value(options, "extract_tdi_fraction"))
+    inside = float(option_value(options, "extract_tdi_inside"))
     share, by_parts = _dense_shares(keys, frac, gyrus_parts(streamlines_mni, both)
-                                    if options.get("extract_tdi_parts", True) else None)
+                                    if option_value(options, "extract_tdi_parts") else None)
     threshold = inside
     floor_of = np.isin(both, idx)
     if floor_of.any():
-        threshold = _share_threshold(share[floor_of], threshold, float(options.get("extract_tdi_keep", TDI_KEEP)))
+        threshold = _share_threshold(share[floor_of], threshold, float(option_value(options, "extract_tdi_keep")))
     kept = share >= threshold
     if by_parts is not None:  # only adds: the side's own judgement and floor stand (corridor version 9)
         kept |= by_parts >= inside
@@ -665,7 +662,7 @@ def clean_fan(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, options) -
 
     if len(idx) < MIN_STREAMLINES:
         return idx
-    thr = float(options.get("extract_core_threshold", 0.35))
+    thr = float(option_value(options, "extract_core_threshold"))
     sl = orient_streamlines([np.asarray(streamlines_mni[i], np.float64) for i in idx], np.eye(4))
     sl = [densify(s, 1.0) for s in sl]
     ok = _trunk_scores(sl) >= thr
@@ -773,10 +770,6 @@ def cortex_entry_ranges(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray, 
     return out
 
 
-#: the share of a side's candidates kept for their mean FA (``extract_fa_keep``'s default: off)
-FA_KEEP = OPTIONS["extract_fa_keep"].default
-
-
 def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float) -> np.ndarray:
     """``kept`` plus the ``share`` of the candidates ``idx`` with the highest mean FA along them.
 
@@ -806,11 +799,6 @@ def keep_high_fa(idx: np.ndarray, kept: np.ndarray, streamline_fa, share: float)
     return np.union1d(kept, idx[ok & (fa >= cut)]).astype(np.int64)
 
 
-#: ``extract_front_mm``'s default (corridor version 9): a CST streamline's superior end lies at most
-#: this many mm in front of the precentral crown
-FRONT_MM = OPTIONS["extract_front_mm"].default
-
-
 def crown_offset(streamline_mni: np.ndarray) -> float:
     """MNI y of the streamline's superior end minus the precentral crown's y at that level (mm;
     positive: in front of the crown), whichever way the streamline runs."""
@@ -835,14 +823,14 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
     side, info = _classify(streamlines_mni, atlas, options)
     out: dict[str, Any] = {"ranges": {}}
     trimmed, candidates, recovered, high_fa, peduncle, front = {}, {}, {}, {}, {}, {}
-    clip = bool(options.get("extract_clip_cortex", True))
-    front_mm = options.get("extract_front_mm", FRONT_MM)
+    clip = bool(option_value(options, "extract_clip_cortex"))
+    front_mm = option_value(options, "extract_front_mm")
     for name, v in (("left", 1), ("right", -1)):
         idx = np.flatnonzero(side == v).astype(np.int64)
         ped = np.flatnonzero(side == 2 * v).astype(np.int64)
         candidates[name] = int(len(idx))  # before cleaning: how much the anatomical test let through
-        if options.get("extract_core_filter", True):
-            tdi = options.get("extract_clean", "tdi") != "fan"
+        if option_value(options, "extract_core_filter"):
+            tdi = option_value(options, "extract_clean") != "fan"
             if tdi:
                 kept = clean_density(streamlines_mni, idx, options, extra=ped)
                 ped = np.intersect1d(kept, ped)
@@ -850,11 +838,11 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
                 kept = clean_fan(streamlines_mni, idx, options)
                 ped = ped[:0]
             n_clean = len(kept)
-            if tdi and options.get("extract_recover_branches", True):
+            if tdi and option_value(options, "extract_recover_branches"):
                 kept = recover_branches(streamlines_mni, idx, kept,
-                                        float(options.get("extract_tdi_fraction", 0.3)))
+                                        float(option_value(options, "extract_tdi_fraction")))
             recovered[name] = int(len(kept) - n_clean)
-            share = float(options.get("extract_fa_keep", FA_KEEP))
+            share = float(option_value(options, "extract_fa_keep"))
             if tdi and share > 0:
                 n_before = len(kept)
                 kept = keep_high_fa(idx, kept, options.get("streamline_fa"), share)

@@ -269,6 +269,16 @@ def defaults() -> dict[str, Any]:
     return {name: opt.default for name, opt in OPTIONS.items()}
 
 
+def option_value(options: Mapping[str, Any], name: str) -> Any:
+    """``options[name]``, or the table's default when the name is not set at all.
+
+    Why not ``options.get(name, literal)`` in each step: a literal beside the table is a second
+    copy of the default, and changing one without the other changed the output of direct calls
+    (tests, benchmarks) but not of the pipeline. An explicit ``None`` is kept, not replaced:
+    for some options (``extract_front_mm``) it means "off"."""
+    return options[name] if name in options else OPTIONS[name].default
+
+
 def check_options(options: Mapping[str, Any], where: str = "options") -> list[str]:
     """Return one problem line per unknown name or ill-typed value (JSON-path style)."""
     problems = []
