@@ -173,8 +173,16 @@ def _fov_z(mask, affine, reg) -> list[float]:
 def _cached(seed, voxel, options, cache: Path | None, acq: dict | None = None) -> dict:
     if cache is None:
         return _process(seed, voxel, options, acq)
+    from cstbatch.study.options import OPTIONS
+
     track_keys = sorted(k for k in options if k.startswith(("track_", "mask_", "denoise")))
     ident = [seed, voxel, [(k, options[k]) for k in track_keys]]
+    # the registration makes the tracking corridor too; keyed only when changed, so that the
+    # caches written before it was keyed stay valid for the default
+    reg_keys = sorted(k for k in options if k.startswith("registration_")
+                      and k in OPTIONS and options[k] != OPTIONS[k].default)
+    if reg_keys:
+        ident.append([(k, options[k]) for k in reg_keys])
     # the keys of caches written before anatomy version 2 (of either family) stay valid for version 1
     base = {**ACQUISITION, "anatomy_version": 1}
     acq = {**ACQUISITION, **(acq or {})}
