@@ -31,6 +31,25 @@ def side_fraction(fractions: dict, side: str) -> np.ndarray:
     return np.sum(parts, axis=0) if parts else np.zeros(next(iter(fractions.values())).shape)
 
 
+#: a voxel the true bundle "touches": a CST fraction above this
+TOUCHED = 0.01
+
+
+def cst_fraction(session, phantom: str, side: str) -> np.ndarray:
+    """The side's CST fraction per voxel of a sweep subject of either family."""
+    if phantom == "juelich":
+        return session.info["cst_fraction"][f"cst_{side}"]
+    return side_fraction(session.fractions, side)
+
+
+def fill_dice(session, phantom: str, side: str) -> float:
+    """Dice of the voxels the true bundle touches with the truth: what a tract that fills the
+    bundle would score."""
+    from cstbatch.sample.accuracy import dice
+
+    return float(dice(cst_fraction(session, phantom, side) > TOUCHED, session.masks[f"cst_{side}"]))
+
+
 def main(argv=None) -> int:
     from anatomy_sweep import _subject
 
@@ -47,11 +66,10 @@ def main(argv=None) -> int:
     for seed in range(args.seed0, args.seed0 + args.n):
         s = _subject(seed, args.voxel, {"phantom": args.phantom})
         for side in ("left", "right"):
-            f = (s.info["cst_fraction"][f"cst_{side}"] if args.phantom == "juelich"
-                 else side_fraction(s.fractions, side))
+            f = cst_fraction(s, args.phantom, side)
             truth = s.masks[f"cst_{side}"]
-            touched = f > 0.01
-            d = dice(touched, truth)
+            touched = f > TOUCHED
+            d = fill_dice(s, args.phantom, side)
             touched_all.append(d)
             print(f"{seed}\t{side}\t{int(truth.sum())}\t{int(touched.sum())}\t{d:.3f}\t"
                   f"{(touched & truth).sum() / max(1, touched.sum()):.3f}\t{dice(f > 0.25, truth):.3f}", flush=True)
