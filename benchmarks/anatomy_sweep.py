@@ -179,6 +179,20 @@ def _fov_z(mask, affine, reg) -> list[float]:
 def _cached(seed, voxel, options, cache: Path | None, acq: dict | None = None) -> dict:
     if cache is None:
         return _process(seed, voxel, options, acq)
+    path = cache / f"s{seed}_{cache_key(seed, voxel, options, acq)}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    out = _process(seed, voxel, options, acq)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(out))
+    tmp.replace(path)
+    return out
+
+
+def cache_key(seed, voxel, options, acq: dict | None = None) -> str:
+    """What a cached subject depends on: the seed, the voxel size, the options of every step
+    up to tracking, and the acquisition where it differs from the sample study's."""
     from cstbatch.study.options import OPTIONS
 
     track_keys = sorted(k for k in options if k.startswith(("track_", "mask_", "denoise")))
@@ -195,16 +209,7 @@ def _cached(seed, voxel, options, cache: Path | None, acq: dict | None = None) -
     changed = {k: v for k, v in acq.items() if base.get(k) != v}
     if changed:  # the sample study's acquisition keeps the keys older caches were written with
         ident.append(sorted(changed.items()))
-    key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
-    path = cache / f"s{seed}_{key}.pkl"
-    if path.exists():
-        return pickle.loads(path.read_bytes())
-    out = _process(seed, voxel, options, acq)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(out))
-    tmp.replace(path)
-    return out
+    return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
 
 
 def _points_in(sl, mask, inv) -> int:
