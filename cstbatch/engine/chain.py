@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cstbatch.outputs.layout import NO_DENOISING, TENSOR_PARAMS, SessionLayout
-from cstbatch.study.options import STEP_SELECTOR, STEPS  # noqa: F401  (STEP_SELECTOR: part of the chain's table)
+from cstbatch.study.options import STEP_SELECTOR, STEPS, option_value  # noqa: F401  (STEP_SELECTOR: part of the chain's table)
 
 #: step -> earlier steps whose outputs it reads (its records are the task's file_dep).
 STEP_INPUTS: dict[str, tuple[str, ...]] = {
@@ -77,7 +77,7 @@ def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Pat
     if step == "ingest":
         return [layout.dwi, layout.dwi_json, layout.bval, layout.bvec]
     if step == "denoise":  # denoiser "none": the next steps read ingest's DWI, nothing is written
-        if options.get("denoise_method", NO_DENOISING) == NO_DENOISING:
+        if option_value(options, "denoise_method") == NO_DENOISING:
             return []
         return [layout.denoised, layout.denoised_json]
     if step == "mask":
@@ -87,14 +87,14 @@ def step_outputs(step: str, layout: SessionLayout, options: Mapping) -> list[Pat
     if step == "track":
         return [layout.tractogram] + ([layout.tractogram_trx] if options.get("save_trx") else [])
     if step == "register":
-        atlas = options.get("atlas", "icbm2009a")
+        atlas = option_value(options, "atlas")
         syn = [layout.registration_cache(atlas)] if options.get("registration_method") == "syn" else []
         return [layout.transform(atlas), *syn, layout.registration_qc] + [
             path for r in ROI_NAMES for path in (layout.roi(r), layout.roi_json(r))]
     if step == "extract":
         return [layout.cst("left"), layout.cst("right")]
     if step == "metrics":
-        atlas = options.get("atlas", "icbm2009a")
+        atlas = option_value(options, "atlas")
         return [layout.metrics_json, layout.metrics_csv, layout.profiles_csv,
                 *(layout.cst_template_mask(side, atlas) for side in ("left", "right"))]
     if step == "report":  # other reporters' files are listed in the step record

@@ -17,6 +17,7 @@ from cstbatch.errors import InputError, OptionError, PluginError
 from cstbatch.engine.chain import ROI_FILES
 from cstbatch.outputs.layout import TENSOR_PARAMS
 from cstbatch.study.bvalues import B0_THRESHOLD
+from cstbatch.study.options import option_value
 
 
 def load_dwi(layout, path: Path | None = None, checked: bool = False):
@@ -175,7 +176,7 @@ def model(ctx: StepContext) -> dict[str, Any]:
 
     from cstbatch.study.options import require_choice
 
-    mode = require_choice("gradient_check", str(ctx.options.get("gradient_check", "flag")))
+    mode = require_choice("gradient_check", str(option_value(ctx.options, "gradient_check")))
     img, data, gtab = load_dwi(ctx.layout, ctx.layout.analysis_dwi(ctx.options))
     keep = tensor_volumes(gtab.bvals)
     info: dict[str, Any] = {"tensor_max_b": TENSOR_MAX_B, "tensor_volumes": int(keep.size)}
@@ -270,7 +271,7 @@ def register(ctx: StepContext) -> dict[str, Any]:
 
     from cstbatch.steps.register import qc_figure, register_template, save_itk_affine, save_registration
 
-    layout, atlas_option = ctx.layout, ctx.options.get("atlas", "icbm2009a")
+    layout, atlas_option = ctx.layout, option_value(ctx.options, "atlas")
     atlas = ctx.implementation.func(ctx.options)
     fa_img = nib.load(str(layout.tensor_map("fa")))
     reg = register_template(fa_img, atlas, ctx.options)
@@ -316,7 +317,7 @@ def load_session_registration(ctx: StepContext):
     cstbatch's .npz (affine and warp) for SyN."""
     from cstbatch.steps.register import Registration, load_itk_affine, load_registration
 
-    atlas = ctx.options.get("atlas", "icbm2009a")
+    atlas = option_value(ctx.options, "atlas")
     if ctx.options.get("registration_method") == "syn":
         return load_registration(ctx.layout.registration_cache(atlas))
     return Registration(subject_to_mni=load_itk_affine(ctx.layout.transform(atlas)))
@@ -399,7 +400,7 @@ def metrics(ctx: StepContext) -> dict[str, Any]:
     for side, streamlines in sides.items():
         mask, affine = template_mask(streamlines, reg)
         save_nifti(nib.Nifti1Image(mask, affine),
-                   ctx.layout.cst_template_mask(side, ctx.options.get("atlas", "icbm2009a")))
+                   ctx.layout.cst_template_mask(side, option_value(ctx.options, "atlas")))
     for f in flags:
         ctx.log.warning("QC %s: %s", f["code"], f["message"])
     chosen = failing(flags, ctx.options.get("qc_fail"))

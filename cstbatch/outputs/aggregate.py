@@ -16,7 +16,7 @@ from cstbatch.atomic import write_json, write_text
 from cstbatch.outputs.layout import BIDSIGNORE, SessionLayout, group_paths, template_id
 from cstbatch.outputs.results import collect_results
 from cstbatch.outputs.tables import write_csv
-from cstbatch.study.options import merge_options
+from cstbatch.study.options import merge_options, option_value
 from cstbatch.study.spec import BatchConfig, SubjectResult, job_to_spec, spec_to_job
 
 BIDS_VERSION = "1.10.0"
@@ -223,7 +223,7 @@ def _tract_dice(out_dir: Path, subjects):
     specs = {s.key: s for s in subjects}
 
     def atlas(key: str) -> str:
-        return specs[key].options.get("atlas", "icbm2009a")
+        return option_value(specs[key].options, "atlas")
 
     @cache
     def mask(key: str, side: str):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from cstbatch.study.options import option_value
+
 TENSOR_PARAMS = ("fa", "md", "rd", "ad")
 STATE_DIR = ".cstbatch"
 
@@ -116,7 +118,7 @@ class SessionLayout:
     def analysis_dwi(self, options) -> Path:
         """The DWI that mask, model and track read: the denoised one, or the preprocessed one
         itself when the denoiser is ``none`` (no copy)."""
-        return self.dwi if options.get("denoise_method", NO_DENOISING) == NO_DENOISING else self.denoised
+        return self.dwi if option_value(options, "denoise_method") == NO_DENOISING else self.denoised
 
     @property
     def mask(self) -> Path:

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from cstbatch.study.bvalues import B0_THRESHOLD
+from cstbatch.study.options import option_value
 
 
 def _as_float32(data: np.ndarray) -> np.ndarray:
@@ -225,7 +226,7 @@ def denoise_nlmeans(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.nd
     from dipy.denoise.nlmeans import nlmeans
 
     data = _as_float32(data)
-    radius = int(options.get("denoise_patch_radius", 1))
+    radius = int(option_value(options, "denoise_patch_radius"))
     sigma = estimate_noise_sigma(data, gtab)
     if not np.isfinite(sigma) or sigma <= 0:
         return data.copy()
@@ -278,7 +279,7 @@ def denoise_mppca(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.ndar
     from cstbatch.steps.mppca import mppca_batched
 
     data = _as_float32(data)
-    radius = mppca_patch_radius(int(options.get("denoise_patch_radius", 1)), data.shape[-1])
+    radius = mppca_patch_radius(int(option_value(options, "denoise_patch_radius")), data.shape[-1])
     radius = min(radius, max(1, (min(data.shape[:3]) - 1) // 2))
     mask = signal_mask(data, gtab)
     return _restore_outside(mppca_batched(data, mask, radius), data, mask)

@@ -51,15 +51,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from nibabel.affines import voxel_sizes
 
+from cstbatch.study.options import OPTIONS, option_value
+
 BRAINSTEM, MOTOR_LEFT, MOTOR_RIGHT = 1, 2, 4
-MIDLINE_TOLERANCE_MM = 3.0
-ENDPOINT_TOLERANCE_MM = 3.0
-DEFAULT_MIN_LENGTH = 40.0
-DEFAULT_MAX_LENGTH = 250.0
+# the options' defaults, named for the docstrings and read from the one options table
+MIDLINE_TOLERANCE_MM = OPTIONS["extract_midline_tolerance"].default
+ENDPOINT_TOLERANCE_MM = OPTIONS["extract_endpoint_tolerance"].default
+DEFAULT_MIN_LENGTH = OPTIONS["extract_min_length"].default
+DEFAULT_MAX_LENGTH = OPTIONS["extract_max_length"].default
 CORE_NODES = 20
 CORE_CELL_MM = 2.0
-CORE_THRESHOLD = 0.35
-CORE_REGROW = 0.15
 CORE_MIN_STREAMLINES = 20
 #: streamlines are classified in chunks of about this many points (bounds the temporaries)
 CHUNK_POINTS = 1_000_000
@@ -176,8 +177,8 @@ def _midline_crossing(points, offsets, lengths, z_top, tol) -> np.ndarray:
 
 
 def _length_limits(options: Mapping[str, Any]) -> tuple[float, float]:
-    lo = options.get("extract_min_length", DEFAULT_MIN_LENGTH)
-    hi = options.get("extract_max_length", DEFAULT_MAX_LENGTH)
+    lo = option_value(options, "extract_min_length")
+    hi = option_value(options, "extract_max_length")
     lo = DEFAULT_MIN_LENGTH if lo is None else float(lo)
     hi = np.inf if hi is None else float(hi)
     return lo, hi
@@ -219,8 +220,8 @@ def classify_streamlines(streamlines_mni, atlas, options: Mapping[str, Any] | No
 
 
 def _classify_chunk(streamlines_mni, atlas, options, method) -> dict[str, np.ndarray]:
-    tol = float(options.get("extract_midline_tolerance", MIDLINE_TOLERANCE_MM))
-    end_tol = float(options.get("extract_endpoint_tolerance", ENDPOINT_TOLERANCE_MM))
+    tol = float(option_value(options, "extract_midline_tolerance"))
+    end_tol = float(option_value(options, "extract_endpoint_tolerance"))
     points, offsets, lengths = concat_streamlines(streamlines_mni)
     n = len(lengths)
     aff = atlas.affine
@@ -287,10 +288,10 @@ def core_filter(streamlines_mni: Sequence[np.ndarray], idx: np.ndarray,
     from cstbatch.steps.metrics import _resample, orient_streamlines
 
     options = dict(options or {})
-    if not options.get("extract_core_filter", True) or len(idx) < CORE_MIN_STREAMLINES:
+    if not option_value(options, "extract_core_filter") or len(idx) < CORE_MIN_STREAMLINES:
         return idx
-    thr = float(options.get("extract_core_threshold", CORE_THRESHOLD))
-    regrow = options.get("extract_core_regrow", CORE_REGROW)
+    thr = float(option_value(options, "extract_core_threshold"))
+    regrow = option_value(options, "extract_core_regrow")
     regrow = 0.0 if regrow is None else float(regrow)
     sl = [np.asarray(streamlines_mni[i], np.float64) for i in idx]
     res = _resample(orient_streamlines(sl, np.eye(4)), CORE_NODES)  # (S, N, 3), both passes

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cstbatch.study.bvalues import B0_THRESHOLD
+from cstbatch.study.options import option_value
 
 
 def mask_median_otsu(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.ndarray:
@@ -43,7 +44,7 @@ def mask_median_otsu(data: np.ndarray, gtab, options: Mapping[str, Any]) -> np.n
     mean_b0 /= b0.sum()
     _, mask = median_otsu(
         mean_b0,
-        median_radius=int(options.get("mask_median_radius", 2)),
-        numpass=int(options.get("mask_numpass", 2)),
+        median_radius=int(option_value(options, "mask_median_radius")),
+        numpass=int(option_value(options, "mask_numpass")),
     )
     return np.asarray(mask, dtype=bool)

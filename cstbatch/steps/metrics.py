@@ -418,9 +418,9 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
 
         raise OptionError(f"profile_nodes: must be at least 2, got {nodes}")
     maps = {k: np.asarray(v) for k, v in (maps or {}).items() if k in SCALARS}
-    from cstbatch.steps.qc import DEFAULT_MIN_CST_STREAMLINES
+    from cstbatch.study.options import option_value
 
-    minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
+    minimum = int(option_value(options, "min_cst_streamlines"))
     result: dict[str, Any] = {}
     for side, sl in (("left", cst_left), ("right", cst_right)):
         sl = [s for s in _as_list(sl) if len(s) > 0]

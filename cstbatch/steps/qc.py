@@ -18,9 +18,10 @@ import numpy as np
 
 from cstbatch.errors import OptionError
 from cstbatch.study.bvalues import B0_THRESHOLD
+from cstbatch.study.options import OPTIONS, option_value
 
 #: A side with fewer CST streamlines than this (option ``min_cst_streamlines``) is "not found".
-DEFAULT_MIN_CST_STREAMLINES = 10
+DEFAULT_MIN_CST_STREAMLINES = OPTIONS["min_cst_streamlines"].default
 #: A found side with fewer CST streamlines than this (option ``sparse_cst_streamlines``) is
 #: flagged ``cst_sparse``. Measured: phantom sides (healthy, or with the default moderate
 #: lesion) keep at least 63 (fresh sets at 2–3 mm, b 1000–2500, benchmarks/RESULTS.md), the shared real scans
@@ -28,7 +29,7 @@ DEFAULT_MIN_CST_STREAMLINES = 10
 #: lesioned side (``benchmarks/anatomy_sweep.py --lesion alternate --lesion-eig 1.1,0.85``). So
 #: few streamlines are a finding in themselves (an interrupted tract), and the side's volume,
 #: shape and profile rest on a handful of paths.
-DEFAULT_SPARSE_CST_STREAMLINES = 50
+DEFAULT_SPARSE_CST_STREAMLINES = OPTIONS["sparse_cst_streamlines"].default
 #: Median distance (mm) between the two CSTs' courses, one mirrored, from the cerebral peduncle to
 #: the centrum semiovale (:func:`cstbatch.steps.metrics.course_asymmetry`) above which the session
 #: is flagged ``cst_course_asymmetric``. Measured: the shared real scans 2.0–2.7 mm; 83 phantoms
@@ -186,14 +187,14 @@ def session_flags(counts: Mapping[str, int], options: Mapping[str, Any], ingest:
 
     ingest, model, register = ingest or {}, model or {}, register or {}
     flags = []
-    minimum = int(options.get("min_cst_streamlines", DEFAULT_MIN_CST_STREAMLINES))
+    minimum = int(option_value(options, "min_cst_streamlines"))
     n = {side: int(counts.get(side, 0)) for side in ("left", "right")}
     empty = [f"{side} {k}" for side, k in n.items() if k < minimum]
     if empty:
         flags.append(flag("cst_not_found", f"CST not found: streamlines {', '.join(empty)} "
                                            f"(fewer than min_cst_streamlines={minimum}); no tract, so those sides' "
                                            "metrics and the laterality indices are left empty"))
-    sparse_below = int(options.get("sparse_cst_streamlines", DEFAULT_SPARSE_CST_STREAMLINES))
+    sparse_below = int(option_value(options, "sparse_cst_streamlines"))
     sparse = [f"{side} {k}" for side, k in n.items() if minimum <= k < sparse_below]
     if sparse:
         flags.append(flag("cst_sparse", f"few CST streamlines: {', '.join(sparse)} (fewer than "
