@@ -90,6 +90,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X, gyrus_part_index
+from cstbatch.study.options import option_value
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
@@ -418,8 +419,6 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
 
         raise OptionError(f"profile_nodes: must be at least 2, got {nodes}")
     maps = {k: np.asarray(v) for k, v in (maps or {}).items() if k in SCALARS}
-    from cstbatch.study.options import option_value
-
     minimum = int(option_value(options, "min_cst_streamlines"))
     result: dict[str, Any] = {}
     for side, sl in (("left", cst_left), ("right", cst_right)):
