@@ -120,6 +120,19 @@ def test_an_unset_option_reads_the_tables_default_and_an_explicit_null_stays():
         option_value({}, "no_such_option")
 
 
+def test_a_null_method_or_count_reads_as_the_default_where_null_has_no_meaning_of_its_own():
+    from cstbatch.steps.track_region import SEED_REGIONS, seed_regions
+    from cstbatch.study.options import OPTIONS, option_value
+
+    for name in ("track_region", "registration_method", "motion_correction", "profile_nodes",
+                 "report_convention", "track_cst_seed_regions"):
+        assert option_value({name: None}, name, null_is_default=True) == OPTIONS[name].default, name
+    assert option_value({"extract_front_mm": None}, "extract_front_mm", null_is_default=False) is None
+    # the step reads the table's default, not a literal of its own
+    assert seed_regions({"track_cst_seed_regions": None}) == SEED_REGIONS == seed_regions({})
+    assert seed_regions({"track_cst_seed_regions": "capsule"}) == ("capsule",)
+
+
 def test_option_values_outside_their_choices_fail_at_planning():
     from cstbatch.study.options import OPTIONS
 

@@ -111,7 +111,7 @@ def ingest(ctx: StepContext) -> dict[str, Any]:
 def _head_motion(ctx: StepContext, checked):
     """(data to write, b-vectors to write, the motion summary), each None when unchanged, for the
     ``motion_correction`` option."""
-    method = ctx.options.get("motion_correction") or "none"
+    method = option_value(ctx.options, "motion_correction", null_is_default=True)
     if method == "none":
         return None, None, None
     from cstbatch.steps.ingest import load_dwi_data

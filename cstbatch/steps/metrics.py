@@ -94,7 +94,6 @@ from cstbatch.study.options import option_value
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
-DEFAULT_PROFILE_NODES = 100
 #: fraction of nodes left out at each end of a streamline for its scalar means and regions
 TRIM_FRACTION = 0.05
 #: name -> (z_min, z_max) in MNI mm, inclusive.
@@ -413,7 +412,7 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     streamlines whose brainstem end lies at or below it (:func:`_profile_rows`).
     """
     options = dict(options or {})
-    nodes = int(options.get("profile_nodes") or DEFAULT_PROFILE_NODES)
+    nodes = int(option_value(options, "profile_nodes", null_is_default=True))
     if nodes < 2:
         from cstbatch.errors import OptionError
 

@@ -306,9 +306,10 @@ def register_template(fa_img, template_img, options: Mapping[str, Any] | None = 
     from dipy.align.transforms import AffineTransform3D, RigidIsoScalingTransform3D, RigidTransform3D
 
     options = dict(options or {})
-    from cstbatch.study.options import require_choice
+    from cstbatch.study.options import option_value, require_choice
 
-    method = require_choice("registration_method", str(options.get("registration_method") or "affine").lower())
+    method = require_choice("registration_method",
+                            str(option_value(options, "registration_method", null_is_default=True)).lower())
     fa_img = _as_image(fa_img, "FA map")
     template = _template_from(template_img)
     fa, fa_affine = _clean_fa(fa_img)

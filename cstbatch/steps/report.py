@@ -13,7 +13,7 @@ from typing import Any
 
 from cstbatch.outputs.layout import TENSOR_PARAMS
 from cstbatch.outputs.records import read_record
-from cstbatch.study.options import STEPS
+from cstbatch.study.options import STEPS, option_value
 
 
 @dataclass
@@ -656,7 +656,7 @@ def build_session_document(session: SessionReportInput, options: dict):
         fmt,
     )
 
-    convention = str(options.get("report_convention") or "radiological").lower()
+    convention = str(option_value(options, "report_convention", null_is_default=True)).lower()
     if convention not in ("radiological", "neurological"):
         convention = "radiological"
     metrics, prov = session.metrics or {}, session.provenance or {}

@@ -50,12 +50,11 @@ PROBABILISTIC_PMF_THRESHOLD = 0.5
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 def _opt(options: Mapping[str, Any], name: str):
-    """The option's value, or its default from the one options table when unset."""
-    from cstbatch.study.options import OPTIONS, require_choice, require_in_bounds
+    """The option's value (its default when unset or null), checked against the table's
+    choices or bounds: the tracker is often called directly, without the manifest's checks."""
+    from cstbatch.study.options import OPTIONS, option_value, require_choice, require_in_bounds
 
-    val = options.get(name, None)
-    if val is None:
-        return OPTIONS[name].default
+    val = option_value(options, name, null_is_default=True)
     return require_choice(name, val) if OPTIONS[name].choices else require_in_bounds(name, val)
 
 

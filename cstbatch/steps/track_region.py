@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from cstbatch.steps.atlas import _mm_grid, precentral_crown_y
+from cstbatch.study.options import option_value
 
 def mni_coordinates(shape, affine, subject_to_mni) -> np.ndarray:
     """MNI mm of every voxel centre, (X, Y, Z, 3)."""
@@ -82,7 +83,7 @@ def seeds_mni(p: np.ndarray, regions=SEED_REGIONS) -> np.ndarray:
 
 
 def seed_regions(options: Mapping[str, Any]) -> tuple[str, ...]:
-    value = options.get("track_cst_seed_regions") or ",".join(SEED_REGIONS)
+    value = option_value(options, "track_cst_seed_regions", null_is_default=True)
     names = tuple(v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip())
     unknown = [n for n in names if n not in SEED_REGIONS]
     if unknown or not names:
@@ -108,7 +109,7 @@ def tracking_inputs(brain: np.ndarray, maps: Mapping[str, np.ndarray], affine,
     """
     from cstbatch.study.options import require_choice
 
-    region = require_choice("track_region", str(options.get("track_region") or "cst"))
+    region = require_choice("track_region", str(option_value(options, "track_region", null_is_default=True)))
     brain = np.asarray(brain, bool)
     if region == "brain":
         return brain, dict(maps), {"region": "brain", "region_voxels": int(brain.sum())}

@@ -269,14 +269,17 @@ def defaults() -> dict[str, Any]:
     return {name: opt.default for name, opt in OPTIONS.items()}
 
 
-def option_value(options: Mapping[str, Any], name: str) -> Any:
+def option_value(options: Mapping[str, Any], name: str, *, null_is_default: bool = False) -> Any:
     """``options[name]``, or the table's default when the name is not set at all.
 
     Why not ``options.get(name, literal)`` in each step: a literal beside the table is a second
     copy of the default, and changing one without the other changed the output of direct calls
     (tests, benchmarks) but not of the pipeline. An explicit ``None`` is kept, not replaced:
-    for some options (``extract_front_mm``) it means "off"."""
-    return options[name] if name in options else OPTIONS[name].default
+    for some options (``extract_front_mm``) it means "off". Where null has no meaning of its own
+    (a method's name, a count), ``null_is_default=True`` reads it as the default, as a manifest
+    written with ``"track_region": null`` expects."""
+    value = options[name] if name in options else OPTIONS[name].default
+    return OPTIONS[name].default if value is None and null_is_default else value
 
 
 def check_options(options: Mapping[str, Any], where: str = "options") -> list[str]:
