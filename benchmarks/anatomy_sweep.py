@@ -54,8 +54,8 @@ summed over the subjects by MNI region (:data:`REGION_Z`; from z 20 up also by |
 hand and face branches): where a set's Dice is lost.
 
 ``--fill`` adds, per subject, ``fill_L`` / ``fill_R``: the Dice of a tract that fills the side's
-true bundle (every voxel it touches, ``phantom_ceiling.fill_dice``), and says on how many sides
-the method scores above it. Why: a visited-voxel Dice has a ceiling that depends on the family
+true bundle (every voxel it touches, :func:`fill_dice`, which ``phantom_ceiling.py`` prints per
+seed), and says on how many sides the method scores above it. Why: a visited-voxel Dice has a ceiling that depends on the family
 and the voxel size (on the atlas phantom at 3 mm it lies under 0.70), so a number means little
 without it. The subject is made again for it (seconds), not read from the cache.
 
@@ -328,9 +328,32 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _fill(seed: int, voxel: float, acq: dict) -> dict:
-    from phantom_ceiling import fill_dice
+def side_fraction(fractions: dict, side: str) -> np.ndarray:
+    """The CST tube fraction of one side: the sum of its branches (``cst_left_hand`` …)."""
+    parts = [v for k, v in fractions.items() if k.startswith(f"cst_{side}")]
+    return np.sum(parts, axis=0) if parts else np.zeros(next(iter(fractions.values())).shape)
 
+
+#: a voxel the true bundle "touches": a CST fraction above this
+TOUCHED = 0.01
+
+
+def cst_fraction(session, phantom: str, side: str) -> np.ndarray:
+    """The side's CST fraction per voxel of a sweep subject of either family."""
+    if phantom == "juelich":
+        return session.info["cst_fraction"][f"cst_{side}"]
+    return side_fraction(session.fractions, side)
+
+
+def fill_dice(session, phantom: str, side: str) -> float:
+    """Dice of the voxels the true bundle touches with the truth: what a tract that fills the
+    bundle would score."""
+    from cstbatch.sample.accuracy import dice
+
+    return float(dice(cst_fraction(session, phantom, side) > TOUCHED, session.masks[f"cst_{side}"]))
+
+
+def _fill(seed: int, voxel: float, acq: dict) -> dict:
     s = _subject(seed, voxel, acq)
     return {f"fill_{side[0].upper()}": fill_dice(s, acq["phantom"], side) for side in ("left", "right")}
 

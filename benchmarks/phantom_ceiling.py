@@ -25,33 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def side_fraction(fractions: dict, side: str) -> np.ndarray:
-    """The CST tube fraction of one side: the sum of its branches (``cst_left_hand`` …)."""
-    parts = [v for k, v in fractions.items() if k.startswith(f"cst_{side}")]
-    return np.sum(parts, axis=0) if parts else np.zeros(next(iter(fractions.values())).shape)
-
-
-#: a voxel the true bundle "touches": a CST fraction above this
-TOUCHED = 0.01
-
-
-def cst_fraction(session, phantom: str, side: str) -> np.ndarray:
-    """The side's CST fraction per voxel of a sweep subject of either family."""
-    if phantom == "juelich":
-        return session.info["cst_fraction"][f"cst_{side}"]
-    return side_fraction(session.fractions, side)
-
-
-def fill_dice(session, phantom: str, side: str) -> float:
-    """Dice of the voxels the true bundle touches with the truth: what a tract that fills the
-    bundle would score."""
-    from cstbatch.sample.accuracy import dice
-
-    return float(dice(cst_fraction(session, phantom, side) > TOUCHED, session.masks[f"cst_{side}"]))
-
-
 def main(argv=None) -> int:
-    from anatomy_sweep import _subject
+    from anatomy_sweep import TOUCHED, _subject, cst_fraction, fill_dice
 
     from cstbatch.sample.accuracy import dice
 
