@@ -693,7 +693,9 @@ def build_session_document(session: SessionReportInput, options: dict):
                  note + "Voxels crossed by the left CST (red) and right CST (blue) streamlines, within "
                  f"±{OVERLAY_SLAB_MM:g} mm of each slice, on the FA map. {convention.capitalize()} convention: the "
                  f"subject's left is on the image's {side_word} in axial and coronal slices. The letters on each "
-                 "edge (L/R, A/P, S/I) give the world direction from the image's orientation."))
+                 "edge (L/R, A/P, S/I) give the world direction from the image's orientation. Slice "
+                 "positions (x, y, z) are in the image's own world coordinates (mm; the scanner's for data "
+                 "straight from it), not MNI's."))
     b.append(H2("Tract profiles"))
     start = _profile_start(metrics)
     b.append(Fig(profile_figure(metrics),
