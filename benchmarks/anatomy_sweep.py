@@ -55,9 +55,10 @@ hand and face branches): where a set's Dice is lost.
 
 ``--fill`` adds, per subject, ``fill_L`` / ``fill_R``: the Dice of a tract that fills the side's
 true bundle (every voxel it touches, :func:`fill_dice`, which ``phantom_ceiling.py`` prints per
-seed), and says on how many sides the method scores above it. Why: a visited-voxel Dice has a ceiling that depends on the family
-and the voxel size (on the atlas phantom at 3 mm it lies under 0.70), so a number means little
-without it. The subject is made again for it (seconds), not read from the cache.
+seed), and says on how many sides the method scores above it. Why: a visited-voxel Dice has a
+ceiling that depends on the family and the voxel size (on the atlas phantom at 3 mm it lies
+under 0.70), so a number means little without it. The subject is made again for it (seconds),
+not read from the cache.
 
 Develop on one seed range and report on a fresh one (``--seed0``). ``--cache`` keeps the
 tracked and registered subjects (pickles keyed by seed, voxel, tracker and its options), so
