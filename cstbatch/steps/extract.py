@@ -57,8 +57,6 @@ BRAINSTEM, MOTOR_LEFT, MOTOR_RIGHT = 1, 2, 4
 # the options' defaults, named for the docstrings and read from the one options table
 MIDLINE_TOLERANCE_MM = OPTIONS["extract_midline_tolerance"].default
 ENDPOINT_TOLERANCE_MM = OPTIONS["extract_endpoint_tolerance"].default
-DEFAULT_MIN_LENGTH = OPTIONS["extract_min_length"].default
-DEFAULT_MAX_LENGTH = OPTIONS["extract_max_length"].default
 CORE_NODES = 20
 CORE_CELL_MM = 2.0
 CORE_MIN_STREAMLINES = 20
@@ -177,11 +175,9 @@ def _midline_crossing(points, offsets, lengths, z_top, tol) -> np.ndarray:
 
 
 def _length_limits(options: Mapping[str, Any]) -> tuple[float, float]:
-    lo = option_value(options, "extract_min_length")
-    hi = option_value(options, "extract_max_length")
-    lo = DEFAULT_MIN_LENGTH if lo is None else float(lo)
-    hi = np.inf if hi is None else float(hi)
-    return lo, hi
+    lo = float(option_value(options, "extract_min_length", null_is_default=True))
+    hi = option_value(options, "extract_max_length")  # null: no upper limit
+    return lo, np.inf if hi is None else float(hi)
 
 
 def _chunks(n_points: np.ndarray, budget: int = CHUNK_POINTS):
