@@ -357,7 +357,8 @@ def test_extraction_inputs_give_each_streamline_its_mean_fa():
     across = _polyline((4, 4, 8), (4, 34, 8))          # half in each
     outside = _polyline((100, 100, 100), (120, 100, 100))
     sl = [inside, across, outside]
-    assert set(extraction_inputs(fa, affine, np.eye(4), sl, {})) == {"coverage_z", "coverage_top_z"}
+    for unset in ({}, {"extract_fa_keep": None}):
+        assert set(extraction_inputs(fa, affine, np.eye(4), sl, unset)) == {"coverage_z", "coverage_top_z"}
     got = extraction_inputs(fa, affine, np.eye(4), sl, {"extract_fa_keep": 0.1})
     assert set(got) == {"coverage_z", "coverage_top_z", "streamline_fa"}
     assert got["streamline_fa"][0] == pytest.approx(0.6)
@@ -385,6 +386,9 @@ def test_high_fa_candidates_the_density_cleaning_dropped_come_back(atlas):
     assert not np.isin(stray_ids, np.setdiff1d(out["left"], base["left"])).any()
     assert out["info"]["high_fa_streamlines_kept"]["left"] == len(out["left"]) - len(base["left"])
     assert np.array_equal(extract_corridor(sl, atlas, {"extract_fa_keep": 0.1})["left"], base["left"])
+    # null reads as the default (off) in the extractor, as extraction_inputs reads it
+    assert np.array_equal(extract_corridor(sl, atlas, {"extract_fa_keep": None, "streamline_fa": fa})["left"],
+                          base["left"])
 
 
 def test_the_extract_step_hands_the_extractor_streamline_fa_only_when_asked(tmp_path):

@@ -197,7 +197,7 @@ def extraction_inputs(fa: np.ndarray, affine: np.ndarray, subject_to_mni: np.nda
     trilinear; NaN where none of it lies in the image). Only then: sampling FA along a whole
     tractogram costs 2 s on a 2 mm session."""
     out: dict[str, Any] = coverage_options(fa, affine, subject_to_mni)
-    if not float(option_value(options, "extract_fa_keep") or 0.0) > 0:
+    if not float(option_value(options, "extract_fa_keep", null_is_default=True)) > 0:
         return out
     from cstbatch.steps.metrics import sample_map
 
@@ -842,7 +842,7 @@ def extract_corridor(streamlines_mni: Sequence[np.ndarray], atlas, options: Mapp
                 kept = recover_branches(streamlines_mni, idx, kept,
                                         float(option_value(options, "extract_tdi_fraction")))
             recovered[name] = int(len(kept) - n_clean)
-            share = float(option_value(options, "extract_fa_keep"))
+            share = float(option_value(options, "extract_fa_keep", null_is_default=True))
             if tdi and share > 0:
                 n_before = len(kept)
                 kept = keep_high_fa(idx, kept, options.get("streamline_fa"), share)
