@@ -346,12 +346,13 @@ def cst_fraction(session, phantom: str, side: str) -> np.ndarray:
     return side_fraction(session.fractions, side)
 
 
-def fill_dice(session, phantom: str, side: str) -> float:
+def fill_dice(session, phantom: str, side: str, fraction: np.ndarray | None = None) -> float:
     """Dice of the voxels the true bundle touches with the truth: what a tract that fills the
-    bundle would score."""
+    bundle would score. ``fraction``: the side's :func:`cst_fraction`, when the caller has it."""
     from cstbatch.sample.accuracy import dice
 
-    return float(dice(cst_fraction(session, phantom, side) > TOUCHED, session.masks[f"cst_{side}"]))
+    f = cst_fraction(session, phantom, side) if fraction is None else fraction
+    return float(dice(f > TOUCHED, session.masks[f"cst_{side}"]))
 
 
 def _fill(seed: int, voxel: float, acq: dict) -> dict:

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
             f = cst_fraction(s, args.phantom, side)
             truth = s.masks[f"cst_{side}"]
             touched = f > TOUCHED
-            d = fill_dice(s, args.phantom, side)
+            d = fill_dice(s, args.phantom, side, f)
             touched_all.append(d)
             print(f"{seed}\t{side}\t{int(truth.sum())}\t{int(touched.sum())}\t{d:.3f}\t"
                   f"{(touched & truth).sum() / max(1, touched.sum()):.3f}\t{dice(f > 0.25, truth):.3f}", flush=True)
