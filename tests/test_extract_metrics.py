@@ -304,6 +304,17 @@ def test_empty_sides_and_laterality_none():
     assert len(metrics_to_rows(m)) == 3 and profiles_to_rows(m) == []
 
 
+def test_profile_nodes_out_of_the_tables_bounds_fail_on_a_direct_call(bundle):
+    """compute_metrics is called directly (benchmarks, plugins), without the planning check;
+    it refuses what the options table refuses, in the table's words."""
+    from cstbatch.errors import OptionError
+
+    for nodes in (1, 0, -3):
+        with pytest.raises(OptionError, match=rf"profile_nodes: {nodes} is outside \[2, \)"):
+            compute_metrics([bundle["left"]] * 12, [bundle["right"]] * 12, _maps(), AFF, {"profile_nodes": nodes},
+                            mni=np.eye(4))
+
+
 def test_a_side_with_too_few_streamlines_is_not_measured(bundle):
     """Below min_cst_streamlines a side is no tract: its count stays, nothing else is measured,
     and no laterality is computed against it (a volume LI of -1 would read as a finding)."""

@@ -90,7 +90,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 
 from cstbatch.steps.coverage import GYRUS_PARTS_MNI_X, gyrus_part_index
-from cstbatch.study.options import option_value
+from cstbatch.study.options import option_value, require_in_bounds
 
 SCALARS = ("fa", "md", "rd", "ad")
 SIDES = ("left", "right")
@@ -412,11 +412,7 @@ def compute_metrics(cst_left: Sequence[np.ndarray], cst_right: Sequence[np.ndarr
     streamlines whose brainstem end lies at or below it (:func:`_profile_rows`).
     """
     options = dict(options or {})
-    nodes = int(option_value(options, "profile_nodes", null_is_default=True))
-    if nodes < 2:
-        from cstbatch.errors import OptionError
-
-        raise OptionError(f"profile_nodes: must be at least 2, got {nodes}")
+    nodes = int(require_in_bounds("profile_nodes", option_value(options, "profile_nodes", null_is_default=True)))
     maps = {k: np.asarray(v) for k, v in (maps or {}).items() if k in SCALARS}
     minimum = int(option_value(options, "min_cst_streamlines"))
     result: dict[str, Any] = {}
